@@ -1,0 +1,31 @@
+//! The engine of kiln: what a recipe is and how it becomes a build.
+//!
+//! It owns the recipe model and its readers ([`recipe`]: mkosi projects and `kiln.ron`), the
+//! [`Stage`] trait every stage kind implements, the stage [`Graph`], stage keys ([`key`]), the
+//! [`plan`] (cached or will run, before anything runs), the scheduler ([`execute`]) and
+//! [`explain`]. It knows nothing of Linux, package managers or PE files: those are stage kinds in
+//! the `kiln-stages` crate.
+//!
+//! ```no_run
+//! use kiln_engine::recipe::{load_project, LoadOptions};
+//! let loaded = load_project(std::path::Path::new("recipes/arch-rescue"), &LoadOptions::default())?;
+//! println!("{}", loaded.recipe.image_name());
+//! # Ok::<(), kiln_engine::recipe::LoadError>(())
+//! ```
+
+pub mod execute;
+pub mod explain;
+pub mod graph;
+pub mod inputs;
+pub mod key;
+pub mod plan;
+pub mod recipe;
+pub mod reporter;
+pub mod stage;
+
+pub use execute::{BuildError, BuildOptions, BuildReport, StageReport, execute};
+pub use explain::{Explanation, explain};
+pub use graph::{Graph, GraphError};
+pub use plan::{Plan, PlannedState, plan};
+pub use reporter::{Outcome, Reporter, SilentReporter, StageLog};
+pub use stage::{Input, InputSource, Stage, StageContext, StageError};
