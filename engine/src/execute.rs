@@ -1,0 +1,648 @@
+//! The scheduler: runs a [`Plan`], stages in parallel where the graph allows, and records every
+//! stage of the build in the index.
+//!
+//! Workers only run stages and send back results; the scheduler thread alone touches the index
+//! and decides what runs next, so a 1-worker and an N-worker build record the same thing. A stage
+//! that was pending in the plan gets its key once its upstream stages are done: if they ended
+//! with the outputs they had before, the key is found in the action cache and the stage is
+//! cached (early cutoff). An action is recorded only after its output is in the store, so a
+//! build killed at any instant leaves no action pointing at nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_cache::{ActionResult, BuildId, Digest, RecordedInput, RunStatus, StageRun, Store, StoreError};
+
+use crate::graph::Graph;
+use crate::inputs::stage_input;
+use crate::key::stage_key;
+use crate::plan::{Plan, PlannedState};
+use crate::reporter::{Outcome, Reporter, ReporterLog};
+use crate::stage::{InputSource, StageContext, StageError};
+
+/// What a build is and how it runs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The recipe's name in the index: builds of the same name are compared by `explain`.
+    pub recipe: String,
+    pub project_dir: PathBuf,
+    /// Run every stage, whatever the cache holds (`-ff`).
+    pub force_rerun: bool,
+    /// How many stages may run at once.
+    pub jobs: usize,
+}
+
+/// One stage of a finished build.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub name: String,
+    pub outcome: Outcome,
+    pub output: Digest,
+    pub duration: Duration,
+}
+
+/// A finished build.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub build: BuildId,
+    /// In the order the stages finished.
+    pub stages: Vec<StageReport>,
+}
+
+impl BuildReport {
+    pub fn stage(&self, name: &str) -> Option<&StageReport> {
+        self.stages.iter().find(|stage| stage.name == name)
+    }
+
+    /// The names of the stages that ran, in graph order of completion.
+    pub fn ran(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|stage| matches!(stage.outcome, Outcome::Ran { .. }))
+            .map(|stage| stage.name.as_str())
+            .collect()
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BuildError {
+    #[error("Stage `{stage}` failed")]
+    Stage {
+        stage: String,
+        #[source]
+        #[diagnostic_source]
+        source: StageError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Cannot create a scratch directory in `{}`", path.display())]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Finished {
+    index: usize,
+    key: Digest,
+    inputs: Vec<RecordedInput>,
+    started: Instant,
+    result: Result<Digest, BuildError>,
+}
+
+struct Job {
+    index: usize,
+    key: Digest,
+    inputs: Vec<RecordedInput>,
+}
+
+/// Run the plan. Stages already cached are recorded as such; the others run.
+pub fn execute(
+    graph: &Graph,
+    plan: &Plan,
+    store: &Store,
+    options: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport, BuildError> {
+    let index = store.index()?;
+    let build = index.begin_build(&options.recipe, &options.project_dir)?;
+    let result = Scheduler {
+        graph,
+        plan,
+        options,
+        reporter,
+        runner: StageRunner {
+            graph,
+            store,
+            options,
+            reporter,
+        },
+        index: &index,
+        build,
+    }
+    .run();
+    index.finish_build(build, result.is_ok())?;
+    result.map(|stages| BuildReport { build, stages })
+}
+
+/// The scheduler thread's state: the only place that touches the index.
+struct Scheduler<'a> {
+    graph: &'a Graph,
+    plan: &'a Plan,
+    options: &'a BuildOptions,
+    reporter: &'a dyn Reporter,
+    runner: StageRunner<'a>,
+    index: &'a kiln_cache::Index,
+    build: BuildId,
+}
+
+/// What a worker needs to run one stage; shared by all workers, read-only.
+struct StageRunner<'a> {
+    graph: &'a Graph,
+    store: &'a Store,
+    options: &'a BuildOptions,
+    reporter: &'a dyn Reporter,
+}
+
+impl Scheduler<'_> {
+    fn run(&self) -> Result<Vec<StageReport>, BuildError> {
+        let graph = self.graph;
+        let mut remaining_deps: Vec<usize> = (0..graph.len())
+            .map(|stage| graph.dependencies(stage).len())
+            .collect();
+        let mut outputs: BTreeMap<String, Digest> = BTreeMap::new();
+        let mut ready: Vec<usize> = graph
+            .order()
+            .iter()
+            .copied()
+            .filter(|&stage| remaining_deps[stage] == 0)
+            .collect();
+        let mut reports = Vec::new();
+        let mut failure: Option<BuildError> = None;
+
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        let workers = self.options.jobs.max(1);
+
+        std::thread::scope(|scope| {
+            let runner = &self.runner;
+            for _ in 0..workers {
+                let job_rx = Arc::clone(&job_rx);
+                let done_tx = done_tx.clone();
+                scope.spawn(move || {
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let started = Instant::now();
+                        let result = runner.run_stage(job.index, &job.inputs);
+                        let finished = Finished {
+                            index: job.index,
+                            key: job.key,
+                            inputs: job.inputs,
+                            started,
+                            result,
+                        };
+                        if done_tx.send(finished).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+
+            let mut running = 0usize;
+            loop {
+                // Start or settle everything that is ready, in graph order.
+                ready.sort_by_key(|stage| graph.order().iter().position(|s| s == stage));
+                while failure.is_none() && !ready.is_empty() {
+                    let stage_index = ready.remove(0);
+                    match self.prepare(stage_index, &outputs) {
+                        Err(error) => failure = Some(error),
+                        Ok(Prepared::Cached {
+                            key,
+                            inputs,
+                            output,
+                        }) => {
+                            let stage = graph.stage(stage_index);
+                            let report = StageReport {
+                                name: stage.name().to_string(),
+                                outcome: Outcome::Cached,
+                                output: output.output,
+                                duration: Duration::ZERO,
+                            };
+                            if let Err(error) = self.record(stage_index, key, inputs, output, &report) {
+                                failure = Some(error);
+                                break;
+                            }
+                            self.reporter
+                                .stage_finished(&report.name, report.outcome, &report.output, report.duration);
+                            outputs.insert(report.name.clone(), report.output);
+                            for dependent in graph.dependents(stage_index) {
+                                remaining_deps[dependent] -= 1;
+                                if remaining_deps[dependent] == 0 {
+                                    ready.push(dependent);
+                                }
+                            }
+                            reports.push(report);
+                        }
+                        Ok(Prepared::Run { key, inputs }) => {
+                            self.reporter.stage_started(graph.stage(stage_index).name());
+                            running += 1;
+                            if job_tx
+                                .send(Job {
+                                    index: stage_index,
+                                    key,
+                                    inputs,
+                                })
+                                .is_err()
+                            {
+                                running -= 1;
+                            }
+                        }
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok(finished) = done_rx.recv() else { break };
+                running -= 1;
+                let stage = graph.stage(finished.index);
+                match finished.result {
+                    Err(error) => {
+                        if failure.is_none() {
+                            failure = Some(error);
+                        }
+                    }
+                    Ok(output) => {
+                        let output_changed = match self.previous_output(stage.name()) {
+                            Ok(previous) => previous != Some(output),
+                            Err(error) => {
+                                failure.get_or_insert(error);
+                                true
+                            }
+                        };
+                        let report = StageReport {
+                            name: stage.name().to_string(),
+                            outcome: Outcome::Ran { output_changed },
+                            output,
+                            duration: finished.started.elapsed(),
+                        };
+                        let result = ActionResult {
+                            output,
+                            kind: stage.output_kind(),
+                        };
+                        let recorded = self
+                            .index
+                            .record_action(&finished.key, result)
+                            .map_err(BuildError::from)
+                            .and_then(|()| {
+                                self.record(finished.index, finished.key, finished.inputs, result, &report)
+                            });
+                        if let Err(error) = recorded {
+                            failure.get_or_insert(error);
+                        }
+                        self.reporter
+                            .stage_finished(&report.name, report.outcome, &report.output, report.duration);
+                        outputs.insert(report.name.clone(), output);
+                        for dependent in graph.dependents(finished.index) {
+                            remaining_deps[dependent] -= 1;
+                            if remaining_deps[dependent] == 0 {
+                                ready.push(dependent);
+                            }
+                        }
+                        reports.push(report);
+                    }
+                }
+            }
+            drop(job_tx);
+        });
+
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(reports),
+        }
+    }
+
+    /// Resolve a ready stage's inputs, compute its key and decide: cached or run.
+    fn prepare(&self, stage_index: usize, outputs: &BTreeMap<String, Digest>) -> Result<Prepared, BuildError> {
+        let stage = self.graph.stage(stage_index);
+        let planned = self
+            .plan
+            .stage(stage_index)
+            .expect("the plan covers every stage of its graph");
+        let mut inputs: Vec<RecordedInput> = planned
+            .inputs
+            .iter()
+            .filter(|input| input.kind != crate::inputs::kind::STAGE)
+            .cloned()
+            .collect();
+        for input in stage.inputs() {
+            if let InputSource::Stage(upstream) = &input.source {
+                let output = outputs
+                    .get(upstream)
+                    .copied()
+                    .expect("a stage is ready only when its upstream stages are done");
+                inputs.push(stage_input(&input, upstream, output));
+            }
+        }
+        let key = stage_key(stage.kind(), stage.version(), &inputs);
+        let cached = match (&planned.state, self.options.force_rerun) {
+            (_, true) => None,
+            (PlannedState::Cached { output }, false) if planned.key == Some(key) => Some(ActionResult {
+                output: *output,
+                kind: stage.output_kind(),
+            }),
+            _ => self.index.lookup_action(&key)?,
+        };
+        Ok(match cached {
+            Some(output) => Prepared::Cached { key, inputs, output },
+            None => Prepared::Run { key, inputs },
+        })
+    }
+
+    fn previous_output(&self, stage: &str) -> Result<Option<Digest>, BuildError> {
+        Ok(self
+            .index
+            .last_run_of_stage(&self.options.recipe, stage, self.build)?
+            .map(|run| run.output.output))
+    }
+
+    fn record(
+        &self,
+        stage_index: usize,
+        key: Digest,
+        inputs: Vec<RecordedInput>,
+        output: ActionResult,
+        report: &StageReport,
+    ) -> Result<(), BuildError> {
+        let stage = self.graph.stage(stage_index);
+        let (status, output_changed) = match report.outcome {
+            Outcome::Cached => (RunStatus::Cached, false),
+            Outcome::Ran { output_changed } => (RunStatus::Ran, output_changed),
+        };
+        self.index.record_run(
+            self.build,
+            &StageRun {
+                stage: stage.name().to_string(),
+                kind: stage.kind().to_string(),
+                key,
+                status,
+                output_changed,
+                duration: report.duration,
+                output,
+                inputs,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+impl StageRunner<'_> {
+    fn run_stage(&self, stage_index: usize, inputs: &[RecordedInput]) -> Result<Digest, BuildError> {
+        let stage = self.graph.stage(stage_index);
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("{}-stage-", std::process::id()))
+            .suffix(".tmp")
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(|source| BuildError::Scratch {
+                path: self.store.tmp_dir(),
+                source,
+            })?;
+        let digests: BTreeMap<String, Digest> = inputs
+            .iter()
+            .map(|input| (input.name.clone(), input.digest))
+            .collect();
+        let log = ReporterLog {
+            reporter: self.reporter,
+            stage: stage.name(),
+        };
+        let ctx = StageContext {
+            store: self.store,
+            project_dir: &self.options.project_dir,
+            scratch: scratch.path(),
+            inputs: &digests,
+            log: &log,
+        };
+        let result = stage.run(&ctx).map_err(|source| BuildError::Stage {
+            stage: stage.name().to_string(),
+            source,
+        });
+        remove_scratch(scratch.path());
+        result
+    }
+}
+
+enum Prepared {
+    Cached {
+        key: Digest,
+        inputs: Vec<RecordedInput>,
+        output: ActionResult,
+    },
+    Run {
+        key: Digest,
+        inputs: Vec<RecordedInput>,
+    },
+}
+
+/// Remove a scratch directory even where a stage left read-only directories behind.
+fn remove_scratch(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() {
+        return;
+    }
+    for entry in walkdir_dirs(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o700));
+    }
+    let _ = std::fs::remove_dir_all(path);
+}
+
+fn walkdir_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![path.to_path_buf()];
+    let mut index = 0;
+    while index < dirs.len() {
+        if let Ok(entries) = std::fs::read_dir(&dirs[index]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        index += 1;
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kiln_cache::OutputKind;
+
+    use super::*;
+    use crate::plan::plan;
+    use crate::reporter::SilentReporter;
+    use crate::stage::{Input, Stage};
+
+    /// A stage whose output is its value followed by its upstream outputs' contents, or a
+    /// constant when `constant` is set (so it can end with the same output after a re-run).
+    struct TestStage {
+        name: String,
+        upstream: Vec<String>,
+        value: String,
+        constant: bool,
+        fail: bool,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl Stage for TestStage {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn inputs(&self) -> Vec<Input> {
+            let mut inputs = vec![Input::value("value", &self.value)];
+            for upstream in &self.upstream {
+                inputs.push(Input::stage(upstream.as_str(), upstream.as_str()));
+            }
+            inputs
+        }
+        fn output_kind(&self) -> OutputKind {
+            OutputKind::Blob
+        }
+        fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                return Err(StageError::UndeclaredInput {
+                    input: "failure on purpose".to_string(),
+                });
+            }
+            let mut content = if self.constant {
+                b"constant".to_vec()
+            } else {
+                self.value.as_bytes().to_vec()
+            };
+            if !self.constant {
+                for upstream in &self.upstream {
+                    content.extend(ctx.store.read_blob(&ctx.input(upstream)?)?);
+                }
+            }
+            Ok(ctx.store.put_bytes(&content)?)
+        }
+    }
+
+    struct Fixture {
+        store: Store,
+        dir: tempfile::TempDir,
+        runs: BTreeMap<String, Arc<AtomicUsize>>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            Fixture {
+                store,
+                dir,
+                runs: BTreeMap::new(),
+            }
+        }
+
+        /// a -> b (constant output) -> c, and a -> d.
+        fn graph(&mut self, a_value: &str, fail_c: bool) -> Graph {
+            let mut stage = |name: &str, upstream: &[&str], value: &str, constant: bool, fail: bool| {
+                let runs = Arc::clone(self.runs.entry(name.to_string()).or_default());
+                Box::new(TestStage {
+                    name: name.to_string(),
+                    upstream: upstream.iter().map(|s| s.to_string()).collect(),
+                    value: value.to_string(),
+                    constant,
+                    fail,
+                    runs,
+                }) as Box<dyn Stage>
+            };
+            Graph::new(vec![
+                stage("a", &[], a_value, false, false),
+                stage("b", &["a"], "b", true, false),
+                stage("c", &["b"], "c", false, fail_c),
+                stage("d", &["a"], "d", false, false),
+            ])
+            .unwrap()
+        }
+
+        fn build(&mut self, a_value: &str, jobs: usize) -> Result<BuildReport, BuildError> {
+            self.build_with(a_value, jobs, false)
+        }
+
+        fn build_with(&mut self, a_value: &str, jobs: usize, fail_c: bool) -> Result<BuildReport, BuildError> {
+            let graph = self.graph(a_value, fail_c);
+            let plan = plan(&graph, &self.store, self.dir.path(), false).unwrap();
+            let options = BuildOptions {
+                recipe: "test".to_string(),
+                project_dir: self.dir.path().to_path_buf(),
+                force_rerun: false,
+                jobs,
+            };
+            execute(&graph, &plan, &self.store, &options, &SilentReporter)
+        }
+
+        fn run_count(&self, name: &str) -> usize {
+            self.runs[name].load(Ordering::SeqCst)
+        }
+    }
+
+    fn outcomes(report: &BuildReport) -> BTreeMap<String, Outcome> {
+        report
+            .stages
+            .iter()
+            .map(|stage| (stage.name.clone(), stage.outcome))
+            .collect()
+    }
+
+    #[test]
+    fn second_build_is_all_cached_with_the_same_outputs() {
+        let mut fixture = Fixture::new();
+        let first = fixture.build("1", 2).unwrap();
+        assert_eq!(first.ran().len(), 4);
+        let second = fixture.build("1", 2).unwrap();
+        assert!(second.ran().is_empty(), "ran: {:?}", second.ran());
+        for stage in &first.stages {
+            assert_eq!(second.stage(&stage.name).unwrap().output, stage.output);
+        }
+    }
+
+    #[test]
+    fn unchanged_output_keeps_downstream_cached() {
+        let mut fixture = Fixture::new();
+        fixture.build("1", 2).unwrap();
+        let report = fixture.build("2", 2).unwrap();
+        let outcomes = outcomes(&report);
+        assert_eq!(outcomes["a"], Outcome::Ran { output_changed: true });
+        assert_eq!(outcomes["b"], Outcome::Ran { output_changed: false });
+        assert_eq!(outcomes["c"], Outcome::Cached);
+        assert_eq!(outcomes["d"], Outcome::Ran { output_changed: true });
+        assert_eq!(fixture.run_count("c"), 1);
+    }
+
+    #[test]
+    fn one_worker_and_many_agree() {
+        let mut serial = Fixture::new();
+        let mut parallel = Fixture::new();
+        for value in ["1", "2", "1"] {
+            let one = serial.build(value, 1).unwrap();
+            let many = parallel.build(value, 4).unwrap();
+            assert_eq!(outcomes(&one), outcomes(&many));
+            for stage in &one.stages {
+                assert_eq!(many.stage(&stage.name).unwrap().output, stage.output);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_stage_caches_nothing_of_itself() {
+        let mut fixture = Fixture::new();
+        let error = fixture.build_with("1", 1, true).unwrap_err();
+        assert!(matches!(&error, BuildError::Stage { stage, .. } if stage == "c"), "{error:?}");
+        // The stages before it are cached; c runs again.
+        let report = fixture.build("1", 1).unwrap();
+        let outcomes = outcomes(&report);
+        assert_eq!(outcomes["a"], Outcome::Cached);
+        assert_eq!(outcomes["b"], Outcome::Cached);
+        assert!(matches!(outcomes["c"], Outcome::Ran { .. }));
+        assert_eq!(fixture.run_count("c"), 2);
+    }
+}

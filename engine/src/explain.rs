@@ -1,0 +1,257 @@
+//! `graph explain`: why each stage of a build ran, read from what the index recorded.
+//!
+//! Nothing is re-derived or guessed: for every stage that ran, the inputs recorded for that run
+//! are compared with those recorded for the same stage's previous run of the same recipe. A value
+//! shows old -> new, a file its old and new digest, a tree the paths that were added, removed or
+//! changed (and what about them), and an upstream stage that it changed, so the chain of reasons
+//! leads to the root cause.
+
+use std::collections::BTreeMap;
+
+use kiln_cache::{BuildId, Entry, EntryKind, RecordedInput, RunStatus, StageRun, Store, StoreError};
+use serde::Serialize;
+
+use crate::inputs::kind;
+
+/// One reason a stage ran: an input and its recorded value before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// The input's name; for a path inside a tree input, `name:path`.
+    pub input: String,
+    /// `None` for a first build, or an input that did not exist before.
+    pub before: Option<String>,
+    /// `None` for an input (or a path) that no longer exists.
+    pub after: Option<String>,
+    /// A sentence for people ("changed etc/hostname: content").
+    #[serde(skip)]
+    pub summary: String,
+}
+
+/// One stage of the explained build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageExplanation {
+    pub name: String,
+    pub status: &'static str,
+    pub output_changed: bool,
+    pub reasons: Vec<Reason>,
+}
+
+/// The explanation of one build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    #[serde(serialize_with = "build_number")]
+    pub build: BuildId,
+    pub stages: Vec<StageExplanation>,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ExplainError {
+    #[error("No build of `{recipe}` is recorded in this store")]
+    #[diagnostic(help("Run `kiln build` first"))]
+    NoBuild { recipe: String },
+    #[error("The last build of `{recipe}` has no stage `{stage}`")]
+    #[diagnostic(help("Stages of that build: {known}"))]
+    NoStage {
+        recipe: String,
+        stage: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn build_number<S: serde::Serializer>(build: &BuildId, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_i64(build.0)
+}
+
+/// Explain the last build of `recipe`, or only its stage `only`.
+pub fn explain(store: &Store, recipe: &str, only: Option<&str>) -> Result<Explanation, ExplainError> {
+    let index = store.index()?;
+    let build = index.last_build(recipe)?.ok_or_else(|| ExplainError::NoBuild {
+        recipe: recipe.to_string(),
+    })?;
+    let runs = index.runs(build)?;
+    if let Some(only) = only
+        && !runs.iter().any(|run| run.stage == only)
+    {
+        return Err(ExplainError::NoStage {
+            recipe: recipe.to_string(),
+            stage: only.to_string(),
+            known: runs.iter().map(|run| run.stage.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let mut stages = Vec::new();
+    for run in runs.iter().filter(|run| only.is_none_or(|only| run.stage == only)) {
+        let ran = run.status == RunStatus::Ran;
+        let reasons = if ran {
+            let previous = index.last_run_of_stage(recipe, &run.stage, build)?;
+            reasons(store, run, previous.as_ref())
+        } else {
+            Vec::new()
+        };
+        stages.push(StageExplanation {
+            name: run.stage.clone(),
+            status: if ran { "ran" } else { "cached" },
+            output_changed: run.output_changed,
+            reasons,
+        });
+    }
+    Ok(Explanation { build, stages })
+}
+
+fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Reason> {
+    let Some(previous) = previous else {
+        return run
+            .inputs
+            .iter()
+            .map(|input| Reason {
+                input: input.name.clone(),
+                before: None,
+                after: Some(shown(input)),
+                summary: format!("{}: first build ({})", input.name, shown(input)),
+            })
+            .collect();
+    };
+    let before: BTreeMap<&str, &RecordedInput> =
+        previous.inputs.iter().map(|input| (input.name.as_str(), input)).collect();
+    let after: BTreeMap<&str, &RecordedInput> =
+        run.inputs.iter().map(|input| (input.name.as_str(), input)).collect();
+    let mut reasons = Vec::new();
+    for (name, new) in &after {
+        match before.get(name) {
+            None => reasons.push(Reason {
+                input: name.to_string(),
+                before: None,
+                after: Some(shown(new)),
+                summary: format!("{name}: new input ({})", shown(new)),
+            }),
+            Some(old) if old.digest != new.digest || old.kind != new.kind => {
+                reasons.extend(changed(store, name, old, new));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, old) in &before {
+        if !after.contains_key(name) {
+            reasons.push(Reason {
+                input: name.to_string(),
+                before: Some(shown(old)),
+                after: None,
+                summary: format!("{name}: input removed (was {})", shown(old)),
+            });
+        }
+    }
+    if reasons.is_empty() {
+        let why = if previous.kind != run.kind {
+            format!("stage kind changed: {} -> {}", previous.kind, run.kind)
+        } else if previous.key != run.key {
+            "the stage's version changed".to_string()
+        } else {
+            "no cached result for the same inputs (forced with -ff, or removed from the cache)".to_string()
+        };
+        reasons.push(Reason {
+            input: "(key)".to_string(),
+            before: Some(previous.key.to_string()),
+            after: Some(run.key.to_string()),
+            summary: why,
+        });
+    }
+    reasons
+}
+
+/// How an input is shown: a value as itself, anything else by its digest.
+fn shown(input: &RecordedInput) -> String {
+    if input.kind == kind::VALUE {
+        input.value.clone().unwrap_or_default()
+    } else {
+        input.digest.to_string()
+    }
+}
+
+fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
+    match new.kind.as_str() {
+        kind::VALUE => vec![Reason {
+            input: name.to_string(),
+            before: Some(shown(old)),
+            after: Some(shown(new)),
+            summary: format!("{name} {} -> {}", shown(old), shown(new)),
+        }],
+        kind::STAGE => {
+            let upstream = new.value.clone().unwrap_or_else(|| name.to_string());
+            vec![Reason {
+                input: name.to_string(),
+                before: Some(old.digest.to_string()),
+                after: Some(new.digest.to_string()),
+                summary: format!("upstream stage `{upstream}` changed its output"),
+            }]
+        }
+        kind::TREE => tree_changes(store, name, old, new),
+        _ => {
+            let path = new.value.clone().unwrap_or_else(|| name.to_string());
+            vec![Reason {
+                input: name.to_string(),
+                before: Some(old.digest.to_string()),
+                after: Some(new.digest.to_string()),
+                summary: format!("{path} changed: {} -> {}", short(&old.digest.to_string()), short(&new.digest.to_string())),
+            }]
+        }
+    }
+}
+
+fn tree_changes(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
+    let (Ok(before), Ok(after)) = (store.manifest(&old.digest), store.manifest(&new.digest)) else {
+        return vec![Reason {
+            input: name.to_string(),
+            before: Some(old.digest.to_string()),
+            after: Some(new.digest.to_string()),
+            summary: format!("{name} changed (its old manifest is no longer in the store)"),
+        }];
+    };
+    let root = new.value.clone().unwrap_or_else(|| name.to_string());
+    before
+        .diff(&after)
+        .into_iter()
+        .map(|change| Reason {
+            input: format!("{name}:{}", change.path),
+            before: before.get(&change.path).map(describe_entry),
+            after: after.get(&change.path).map(describe_entry),
+            summary: format!("{root}: {change}"),
+        })
+        .collect()
+}
+
+/// An entry as explain shows it: kind, mode, owner and content.
+pub fn describe_entry(entry: &Entry) -> String {
+    let what = match &entry.kind {
+        EntryKind::Dir => "directory".to_string(),
+        EntryKind::File { blob, size } => format!("file {} ({size} bytes)", short(&blob.to_string())),
+        EntryKind::Symlink { target } => format!("symlink -> {target}"),
+        EntryKind::CharDev { rdev } => format!("character device {rdev:#x}"),
+        EntryKind::BlockDev { rdev } => format!("block device {rdev:#x}"),
+        EntryKind::Fifo => "fifo".to_string(),
+        EntryKind::Socket => "socket".to_string(),
+    };
+    format!("{what} {:04o} {}:{}", entry.mode & 0o7777, entry.uid, entry.gid)
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// Render an explanation for people.
+pub fn render_text(explanation: &Explanation) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "build {}", explanation.build);
+    for stage in &explanation.stages {
+        let status = match (stage.status, stage.output_changed) {
+            ("ran", false) => "ran, output unchanged",
+            (status, _) => status,
+        };
+        let _ = writeln!(out, "{}: {status}", stage.name);
+        for reason in &stage.reasons {
+            let _ = writeln!(out, "  {}", reason.summary);
+        }
+    }
+    out
+}

@@ -1,0 +1,150 @@
+//! The plan: for every stage, before anything runs, whether it is cached or will run.
+//!
+//! Planning resolves every input that does not depend on another stage, computes the key of
+//! each stage whose upstream outputs are known, and looks it up in the action cache. A stage
+//! below one that will run is [`PlannedState::Pending`]: it runs unless the upstream stage
+//! produces the output it produced before (early cutoff). `graph show` prints this value, and
+//! the scheduler starts from it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kiln_cache::{Digest, RecordedInput, Store, StoreError};
+
+use crate::graph::Graph;
+use crate::inputs::{InputError, resolve_static, stage_input};
+use crate::key::stage_key;
+use crate::stage::InputSource;
+
+/// A stage's state for the current inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlannedState {
+    /// Its key is in the action cache.
+    Cached { output: Digest },
+    /// Its key is known and not cached (or every stage is forced to run).
+    WillRun,
+    /// It reads the output of a stage that will run; its key is known only then.
+    Pending { upstream: String },
+}
+
+impl PlannedState {
+    pub fn describe(&self) -> String {
+        match self {
+            PlannedState::Cached { .. } => "cached".to_string(),
+            PlannedState::WillRun => "will run".to_string(),
+            PlannedState::Pending { upstream } => format!("will run unless `{upstream}` ends with the same output"),
+        }
+    }
+}
+
+/// One stage of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub index: usize,
+    pub name: String,
+    pub kind: &'static str,
+    pub version: u32,
+    /// Known once every upstream output is known.
+    pub key: Option<Digest>,
+    pub state: PlannedState,
+    /// Inputs resolved so far: every static input, and stage inputs whose upstream is cached.
+    pub inputs: Vec<RecordedInput>,
+    /// Names of the stages it reads.
+    pub upstream: Vec<String>,
+}
+
+/// Every stage of a graph in topological order, with its state.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<PlannedStage>,
+}
+
+impl Plan {
+    pub fn stage(&self, index: usize) -> Option<&PlannedStage> {
+        self.stages.iter().find(|stage| stage.index == index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&PlannedStage> {
+        self.stages.iter().find(|stage| stage.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum PlanError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Plan `graph` against `store`. With `force_rerun`, no stage is taken from the cache.
+pub fn plan(
+    graph: &Graph,
+    store: &Store,
+    project_dir: &Path,
+    force_rerun: bool,
+) -> Result<Plan, PlanError> {
+    let index = store.index()?;
+    let mut outputs: BTreeMap<String, Digest> = BTreeMap::new();
+    let mut will_run: BTreeMap<String, ()> = BTreeMap::new();
+    let mut stages = Vec::with_capacity(graph.len());
+    for &position in graph.order() {
+        let stage = graph.stage(position);
+        let mut inputs = Vec::new();
+        let mut blocked_by = None;
+        let mut upstream_names = Vec::new();
+        for input in stage.inputs() {
+            if let InputSource::Stage(upstream) = &input.source {
+                upstream_names.push(upstream.clone());
+                match outputs.get(upstream) {
+                    Some(output) => inputs.push(stage_input(&input, upstream, *output)),
+                    None => {
+                        if blocked_by.is_none() && will_run.contains_key(upstream) {
+                            blocked_by = Some(upstream.clone());
+                        }
+                    }
+                }
+            } else if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)? {
+                inputs.push(recorded);
+            }
+        }
+        let (key, state) = match blocked_by {
+            Some(upstream) => (None, PlannedState::Pending { upstream }),
+            None => {
+                let key = stage_key(stage.kind(), stage.version(), &inputs);
+                let cached = if force_rerun {
+                    None
+                } else {
+                    index.lookup_action(&key)?
+                };
+                match cached {
+                    Some(result) => {
+                        outputs.insert(stage.name().to_string(), result.output);
+                        (
+                            Some(key),
+                            PlannedState::Cached {
+                                output: result.output,
+                            },
+                        )
+                    }
+                    None => (Some(key), PlannedState::WillRun),
+                }
+            }
+        };
+        if !matches!(state, PlannedState::Cached { .. }) {
+            will_run.insert(stage.name().to_string(), ());
+        }
+        stages.push(PlannedStage {
+            index: position,
+            name: stage.name().to_string(),
+            kind: stage.kind(),
+            version: stage.version(),
+            key,
+            state,
+            inputs,
+            upstream: upstream_names,
+        });
+    }
+    Ok(Plan { stages })
+}

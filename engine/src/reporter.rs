@@ -1,0 +1,66 @@
+//! Progress as events: the engine says what happens, the binary decides how to draw it.
+
+use std::time::Duration;
+
+use kiln_cache::Digest;
+
+/// How a stage of a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its key was in the action cache: nothing ran.
+    Cached,
+    /// It ran; `output_changed` is false when it produced the same output as its previous run,
+    /// so the stages after it can stay cached (early cutoff).
+    Ran { output_changed: bool },
+}
+
+impl Outcome {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Outcome::Cached => "cached",
+            Outcome::Ran {
+                output_changed: true,
+            } => "ran",
+            Outcome::Ran {
+                output_changed: false,
+            } => "ran, output unchanged",
+        }
+    }
+}
+
+/// Receives the events of a build. Implementations must be cheap: they run on the scheduler's
+/// threads.
+pub trait Reporter: Send + Sync {
+    /// A stage starts running (not sent for cached stages).
+    fn stage_started(&self, stage: &str);
+    /// A line of a running stage's output.
+    fn stage_output(&self, stage: &str, line: &str);
+    /// A stage finished, cached or not.
+    fn stage_finished(&self, stage: &str, outcome: Outcome, output: &Digest, duration: Duration);
+}
+
+/// A reporter that says nothing.
+pub struct SilentReporter;
+
+impl Reporter for SilentReporter {
+    fn stage_started(&self, _stage: &str) {}
+    fn stage_output(&self, _stage: &str, _line: &str) {}
+    fn stage_finished(&self, _: &str, _: Outcome, _: &Digest, _: Duration) {}
+}
+
+/// Where one running stage writes its output lines.
+pub trait StageLog: Sync {
+    fn line(&self, line: &str);
+}
+
+/// A [`StageLog`] that forwards to a [`Reporter`] under the stage's name.
+pub struct ReporterLog<'a> {
+    pub reporter: &'a dyn Reporter,
+    pub stage: &'a str,
+}
+
+impl StageLog for ReporterLog<'_> {
+    fn line(&self, line: &str) {
+        self.reporter.stage_output(self.stage, line);
+    }
+}

@@ -1,0 +1,127 @@
+//! The command line as the user types it: clap structures, parsed once and resolved into
+//! [`crate::settings::Settings`] before any verb runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Builds bootable OS images from mkosi projects as a DAG of content-addressed, cached stages.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub verb: Option<Verb>,
+}
+
+/// Options shared by every verb, spelled as mkosi spells them.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Change to DIR before doing anything (the project directory)
+    #[arg(short = 'C', long = "directory", value_name = "DIR", global = true, default_value = ".")]
+    pub directory: PathBuf,
+
+    /// Force: rewrite the final output; twice re-runs every stage
+    #[arg(short = 'f', long = "force", action = clap::ArgAction::Count, global = true)]
+    pub force: u8,
+
+    /// Set the image version (IMAGE_VERSION), overriding ImageVersion= and mkosi.version
+    #[arg(long = "image-version", value_name = "VERSION", global = true)]
+    pub image_version: Option<String>,
+
+    /// Log in as root automatically on the console (Autologin=yes)
+    #[arg(long, global = true)]
+    pub autologin: bool,
+
+    /// Use DIR as the local store instead of mkosi.cache/ or $XDG_CACHE_HOME/kiln
+    #[arg(long = "cache-dir", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Turn every configuration warning into an error
+    #[arg(long, global = true)]
+    pub strict: bool,
+
+    /// Select a profile (Profiles=); may be repeated
+    #[arg(long = "profile", value_name = "NAME", global = true)]
+    pub profiles: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Build the image (the default verb)
+    Build,
+    /// Show the recipe as kiln understood it
+    #[command(subcommand)]
+    Recipe(RecipeVerb),
+    /// Show the build graph, or why stages re-ran
+    #[command(subcommand)]
+    Graph(GraphVerb),
+    /// Show the sections of a PE/UKI file, like `ukify inspect`
+    Inspect(InspectArgs),
+    /// Boot the built image in qemu
+    Qemu,
+    /// Look after the local store
+    #[command(subcommand)]
+    Cache(CacheVerb),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipeVerb {
+    /// Print the resolved recipe as RON
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GraphVerb {
+    /// Print the stage DAG with each stage's state for the current inputs
+    Show {
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+    /// Say why each stage of the last build ran
+    Explain {
+        /// Only this stage
+        stage: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Text,
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The PE file (a .efi UKI)
+    pub file: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheVerb {
+    /// Show what the store holds
+    Stats,
+    /// Remove what recent builds do not use
+    Gc {
+        /// Keep what the last N builds of each recipe use
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// Then drop the oldest builds until the store is under this many bytes
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+    },
+    /// Rehash every object; remove corrupt ones
+    Verify,
+    /// Upload to the shared cache
+    Push,
+    /// Download from the shared cache
+    Pull,
+}

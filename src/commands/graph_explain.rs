@@ -1,0 +1,27 @@
+//! `kiln graph explain`: why each stage of the last build ran, read from the build index.
+
+use kiln_engine::explain::{explain, render_text};
+
+use crate::project::Project;
+use crate::report::{CliError, Renderer};
+use crate::settings::Settings;
+
+pub fn run(
+    settings: &Settings,
+    renderer: &Renderer,
+    stage: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let project = Project::open(settings, renderer)?;
+    let explanation = explain(&project.store, &project.recipe_key, stage)?;
+    if json {
+        let text = serde_json::to_string_pretty(&explanation).map_err(|source| CliError::Io {
+            what: "Cannot print the explanation as JSON".to_string(),
+            source: source.into(),
+        })?;
+        println!("{text}");
+    } else {
+        print!("{}", render_text(&explanation));
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `kiln graph show`: the stage DAG with each stage's state for the current inputs, as text or
+//! Graphviz DOT.
+
+use std::fmt::Write;
+
+use kiln_engine::{Plan, PlannedState, plan};
+
+use crate::cli::GraphFormat;
+use crate::project::Project;
+use crate::report::{CliError, Renderer};
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Result<(), CliError> {
+    let project = Project::open(settings, renderer)?;
+    let pipeline = project.pipeline()?;
+    let plan = plan(
+        &pipeline.graph,
+        &project.store,
+        &project.loaded.dir,
+        settings.force >= 2,
+    )?;
+    let text = match format {
+        GraphFormat::Text => text(&plan),
+        GraphFormat::Dot => dot(&plan),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    for stage in &plan.stages {
+        let _ = write!(out, "{} [{}]: {}", stage.name, stage.kind, stage.state.describe());
+        if !stage.upstream.is_empty() {
+            let _ = write!(out, " (after {})", stage.upstream.join(", "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph kiln {\n  rankdir=LR;\n  node [shape=box, style=filled];\n");
+    for stage in &plan.stages {
+        let color = match stage.state {
+            PlannedState::Cached { .. } => "palegreen",
+            PlannedState::WillRun => "lightsalmon",
+            PlannedState::Pending { .. } => "lightgoldenrod",
+        };
+        let state = match stage.state {
+            PlannedState::Cached { .. } => "cached",
+            PlannedState::WillRun => "will run",
+            PlannedState::Pending { .. } => "pending",
+        };
+        let _ = writeln!(
+            out,
+            "  \"{}\" [label=\"{}\\n{}\", fillcolor={color}];",
+            stage.name, stage.name, state
+        );
+        for upstream in &stage.upstream {
+            let _ = writeln!(out, "  \"{upstream}\" -> \"{}\";", stage.name);
+        }
+    }
+    out.push_str("}\n");
+    out
+}

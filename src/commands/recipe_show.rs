@@ -1,0 +1,12 @@
+//! `kiln recipe show`: the resolved recipe of a mkosi or RON project, printed as RON.
+
+use kiln_engine::recipe::to_ron;
+
+use crate::report::{CliError, Renderer};
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+    let loaded = super::load_recipe(settings, renderer)?;
+    print!("{}", to_ron(&loaded.recipe));
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! The project a verb works on: its recipe, its store and its stage pipeline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_cache::Store;
+use kiln_engine::recipe::Loaded;
+use kiln_stages::host::RealHost;
+use kiln_stages::pipeline::{Pipeline, pipeline};
+
+use crate::report::{CliError, Renderer};
+use crate::settings::Settings;
+
+pub struct Project {
+    pub loaded: Loaded,
+    pub store: Store,
+    /// The recipe's name in the build index: its image name and directory.
+    pub recipe_key: String,
+}
+
+impl Project {
+    /// Read the recipe (printing its warnings) and open its store.
+    pub fn open(settings: &Settings, renderer: &Renderer) -> Result<Project, CliError> {
+        let loaded = crate::commands::load_recipe(settings, renderer)?;
+        let store_dir = store_dir(settings, &loaded);
+        let store = Store::open(&store_dir).map_err(|source| CliError::Store {
+            path: store_dir.clone(),
+            source,
+        })?;
+        let recipe_key = format!("{}@{}", loaded.recipe.image_name(), loaded.dir.display());
+        Ok(Project {
+            loaded,
+            store,
+            recipe_key,
+        })
+    }
+
+    /// The recipe's stages.
+    pub fn pipeline(&self) -> Result<Pipeline, CliError> {
+        Ok(pipeline(
+            &self.loaded.recipe,
+            &self.loaded.dir,
+            Arc::new(RealHost::default()),
+        )?)
+    }
+}
+
+/// The local store: `--cache-dir`, else `CacheDirectory=` (mkosi.cache/ when it exists), else
+/// `$XDG_CACHE_HOME/kiln` (`~/.cache/kiln`).
+pub fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
+    if let Some(dir) = &settings.cache_dir {
+        return dir.clone();
+    }
+    if let Some(dir) = &loaded.recipe.output.cache_directory {
+        return loaded.dir.join(dir);
+    }
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(cache).join("kiln");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/kiln")
+}

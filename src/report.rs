@@ -1,0 +1,106 @@
+//! How kiln talks back: the binary's error type, exit codes and miette rendering.
+//!
+//! Libraries return typed errors; only this module chooses exit codes (0 ok, 1 build or
+//! configuration error, 2 usage) and how a report looks.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
+use thiserror::Error;
+
+/// Everything a verb can fail with.
+#[derive(Debug, Error, Diagnostic)]
+pub enum CliError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] kiln_engine::recipe::LoadError),
+
+    #[error("`kiln {verb}` is not implemented yet")]
+    #[diagnostic(help("See the README for the status of every verb"))]
+    NotImplemented { verb: &'static str },
+
+    #[error("The project directory `{}` does not exist", path.display())]
+    #[diagnostic(help("Pass an existing directory with -C DIR"))]
+    NoProjectDir { path: PathBuf },
+
+    #[error("Cannot open the store at `{}`", path.display())]
+    #[diagnostic(help("Check that the directory is writable, or choose another with --cache-dir"))]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: kiln_cache::StoreError,
+    },
+
+    #[error("The store at `{}` was damaged; what was broken has been removed", path.display())]
+    #[diagnostic(help("The next build recomputes what was removed"))]
+    StoreRepaired { path: PathBuf },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Pipeline(#[from] kiln_stages::pipeline::PipelineError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] kiln_engine::plan::PlanError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Build(#[from] kiln_engine::BuildError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Export(#[from] kiln_stages::error::OutputError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Explain(#[from] kiln_engine::explain::ExplainError),
+
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NotImplemented { .. } | CliError::NoProjectDir { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Renders diagnostics: colours and the terminal's width on a terminal, plain and 100 columns
+/// otherwise, so logs and tests see stable text.
+pub struct Renderer {
+    handler: GraphicalReportHandler,
+}
+
+impl Renderer {
+    pub fn for_stderr() -> Renderer {
+        let handler = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        {
+            GraphicalReportHandler::new()
+        } else {
+            GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100)
+        };
+        Renderer { handler }
+    }
+
+    pub fn render(&self, diagnostic: &dyn Diagnostic) -> String {
+        let mut out = String::new();
+        if self.handler.render_report(&mut out, diagnostic).is_err() {
+            out = format!("{diagnostic}\n");
+        }
+        out
+    }
+
+    /// Print a diagnostic to stderr.
+    pub fn eprint(&self, diagnostic: &dyn Diagnostic) {
+        eprint!("{}", self.render(diagnostic));
+    }
+}

@@ -1,0 +1,52 @@
+//! Settings resolved from the command line: absolute paths, the load options the engine reads a
+//! recipe with, and the force level. Verbs receive these, never the raw arguments.
+
+use std::path::PathBuf;
+
+use kiln_engine::recipe::LoadOptions;
+
+use crate::cli::GlobalArgs;
+use crate::report::CliError;
+
+/// What every verb needs to know about this invocation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The project directory, absolute.
+    pub project_dir: PathBuf,
+    /// How the recipe is read (overrides from the command line, strictness).
+    pub load: LoadOptions,
+    /// 0: reuse everything; 1: rewrite the final output; 2 or more: re-run every stage.
+    pub force: u8,
+    /// The local store chosen on the command line, if any.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(args: &GlobalArgs) -> Result<Settings, CliError> {
+        let cwd = std::env::current_dir().map_err(|source| CliError::Io {
+            what: "Cannot read the current directory".to_string(),
+            source,
+        })?;
+        let project_dir = cwd.join(&args.directory);
+        if !project_dir.is_dir() {
+            return Err(CliError::NoProjectDir { path: project_dir });
+        }
+        let project_dir = project_dir.canonicalize().map_err(|source| CliError::Io {
+            what: format!("Cannot resolve `{}`", project_dir.display()),
+            source,
+        })?;
+        let load = LoadOptions {
+            image_version: args.image_version.clone(),
+            autologin: args.autologin.then_some(true),
+            profiles: args.profiles.clone(),
+            strict: args.strict,
+            environment: None,
+        };
+        Ok(Settings {
+            project_dir,
+            load,
+            force: args.force,
+            cache_dir: args.cache_dir.as_ref().map(|dir| cwd.join(dir)),
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! Export: the output stage's result written to the output directory under mkosi's names.
+//!
+//! `<Output>` (mkosi's default: `<ImageId>_<ImageVersion>`, or `<ImageId>` without a version)
+//! plus the format's suffix, and, when the name carries a version, a symlink from the
+//! unversioned name. The new output is prepared beside the old one and renamed into place, so a
+//! failed or killed build leaves the previous output intact. An output already holding the same
+//! result (recorded in a `user.kiln.output` xattr) is left alone unless forced.
+
+use std::path::{Path, PathBuf};
+
+use kiln_cache::{CheckoutMode, CheckoutOptions, Digest, Store};
+
+use crate::error::OutputError;
+use crate::output::ArtifactFormat;
+
+const MARKER: &str = "user.kiln.output";
+
+/// What to write and where.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub output_dir: PathBuf,
+    /// The output's file name without suffix (`archlinux-rescue_20240128`).
+    pub name: String,
+    /// The unversioned name to link from, when it differs from `name`.
+    pub link: Option<String>,
+    pub format: ArtifactFormat,
+    pub digest: Digest,
+    pub source_date_epoch: u64,
+}
+
+/// What export did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub path: PathBuf,
+    /// False when the output already held this result.
+    pub written: bool,
+}
+
+fn suffix(format: ArtifactFormat) -> &'static str {
+    match format {
+        ArtifactFormat::Directory => "",
+        ArtifactFormat::Tar => ".tar",
+    }
+}
+
+/// Write the output (or leave it, when it is current and `force` is false).
+pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
+    let file_name = format!("{}{}", export.name, suffix(export.format));
+    let path = export.output_dir.join(&file_name);
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OutputError::Write { path, source }
+    };
+    std::fs::create_dir_all(&export.output_dir).map_err(write_error(&export.output_dir))?;
+    let current = read_marker(&path).as_deref() == Some(export.digest.to_string().as_str());
+    if current && !force {
+        link(export, &file_name)?;
+        return Ok(Exported { path, written: false });
+    }
+    let pid = std::process::id();
+    let staging = export.output_dir.join(format!(".{file_name}.kiln-new-{pid}"));
+    let retired = export.output_dir.join(format!(".{file_name}.kiln-old-{pid}"));
+    remove_any(&staging);
+    match export.format {
+        ArtifactFormat::Directory => {
+            let manifest = store
+                .manifest(&export.digest)
+                .map_err(|source| OutputError::Checkout { path: staging.clone(), source })?;
+            let options = CheckoutOptions {
+                mode: CheckoutMode::Copy,
+                mtime: Some(export.source_date_epoch as i64),
+                ..CheckoutOptions::default()
+            };
+            store
+                .checkout(&manifest, &staging, options)
+                .map_err(|source| OutputError::Checkout { path: staging.clone(), source })?;
+        }
+        ArtifactFormat::Tar => {
+            std::fs::copy(store.blob_path(&export.digest), &staging).map_err(write_error(&staging))?;
+            set_mtime(&staging, export.source_date_epoch);
+        }
+    }
+    write_marker(&staging, &export.digest);
+    let had_previous = path.symlink_metadata().is_ok();
+    if had_previous {
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::rename(&path, &retired).map_err(write_error(&path))?;
+        }
+    }
+    std::fs::rename(&staging, &path).map_err(write_error(&path))?;
+    remove_any(&retired);
+    link(export, &file_name)?;
+    Ok(Exported { path, written: true })
+}
+
+fn link(export: &Export, file_name: &str) -> Result<(), OutputError> {
+    let Some(link) = &export.link else { return Ok(()) };
+    let link_path = export.output_dir.join(format!("{link}{}", suffix(export.format)));
+    if link_path == export.output_dir.join(file_name) {
+        return Ok(());
+    }
+    if std::fs::read_link(&link_path).is_ok_and(|target| target == Path::new(file_name)) {
+        return Ok(());
+    }
+    // An earlier unversioned build left its output under the link's name: it is replaced by
+    // the link, as it would have been by the next unversioned build.
+    if read_marker(&link_path).is_some() && !link_path.is_symlink() {
+        remove_any(&link_path);
+    }
+    let staging = export
+        .output_dir
+        .join(format!(".{link}.kiln-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    std::os::unix::fs::symlink(file_name, &staging).map_err(|source| OutputError::Write {
+        path: staging.clone(),
+        source,
+    })?;
+    std::fs::rename(&staging, &link_path).map_err(|source| OutputError::Write {
+        path: link_path.clone(),
+        source,
+    })
+}
+
+fn remove_any(path: &Path) {
+    match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+fn set_mtime(path: &Path, epoch: u64) {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    if let Ok(file) = std::fs::File::options().write(true).open(path) {
+        let _ = file.set_modified(time);
+    }
+}
+
+fn read_marker(path: &Path) -> Option<String> {
+    let value = crate::host::xattr::get(path, MARKER.as_bytes()).ok().flatten()?;
+    String::from_utf8(value).ok()
+}
+
+fn write_marker(path: &Path, digest: &Digest) {
+    // Without xattr support the output is simply rewritten on every build.
+    let _ = crate::host::xattr::set(path, MARKER.as_bytes(), digest.to_string().as_bytes());
+}

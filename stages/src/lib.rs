@@ -1,0 +1,27 @@
+//! kiln's stage kinds, one module per kind, and the pipeline that puts a recipe's stages in
+//! mkosi's order.
+//!
+//! Tree stages ([`trees`], [`remove_files`]) work on manifests alone; mutable stages
+//! ([`scripts`]) run on an overlay over a read-only checkout and record what changed. Host
+//! effects (mounts, sandboxes, scripts) sit behind [`host::Host`].
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! use kiln_engine::recipe::{load_project, LoadOptions};
+//! let dir = std::path::Path::new("recipes/arch-rescue");
+//! let loaded = load_project(dir, &LoadOptions::default())?;
+//! let host = Arc::new(kiln_stages::host::RealHost::default());
+//! let pipeline = kiln_stages::pipeline::pipeline(&loaded.recipe, &loaded.dir, host)?;
+//! println!("{} stages", pipeline.graph.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod error;
+pub mod export;
+pub mod host;
+pub mod namespace;
+pub mod output;
+pub mod pipeline;
+pub mod remove_files;
+pub mod scripts;
+pub mod trees;

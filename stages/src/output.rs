@@ -1,0 +1,152 @@
+//! The output stage: the finished tree in the format the recipe asks for.
+//!
+//! `Format=directory` keeps the tree as it is (its export is a checkout); `Format=tar` writes a
+//! deterministic archive from the manifest: entries in path order, numeric owners, every mtime set
+//! to SOURCE_DATE_EPOCH, hardlinks as links to their first path, xattrs as PAX records.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use kiln_cache::{Digest, EntryKind, Manifest, OutputKind, PutMode, Store};
+use kiln_engine::{Input, Stage, StageContext, StageError};
+use tar::{EntryType, Header};
+
+/// Which artifact the output stage makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactFormat {
+    Directory,
+    Tar,
+}
+
+pub struct OutputStage {
+    pub name: String,
+    pub base: String,
+    pub format: ArtifactFormat,
+    pub source_date_epoch: u64,
+}
+
+impl Stage for OutputStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.format {
+            ArtifactFormat::Directory => "directory",
+            ArtifactFormat::Tar => "tar",
+        }
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        let mut inputs = vec![Input::stage("tree", &self.base)];
+        if self.format == ArtifactFormat::Tar {
+            inputs.push(Input::value(
+                "SOURCE_DATE_EPOCH",
+                self.source_date_epoch.to_string(),
+            ));
+        }
+        inputs
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        match self.format {
+            ArtifactFormat::Directory => OutputKind::Tree,
+            ArtifactFormat::Tar => OutputKind::Blob,
+        }
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+        let tree = ctx.input("tree")?;
+        match self.format {
+            ArtifactFormat::Directory => Ok(tree),
+            ArtifactFormat::Tar => {
+                let manifest = ctx.store.manifest(&tree)?;
+                let path = ctx.scratch.join("image.tar");
+                write_tar(ctx.store, &manifest, self.source_date_epoch, &path)
+                    .map_err(|source| StageError::failed(crate::error::OutputError::Write { path: path.clone(), source }))?;
+                Ok(ctx.store.put_file(&path, PutMode::Move)?)
+            }
+        }
+    }
+}
+
+/// Write `manifest` as a tar archive at `path`.
+pub fn write_tar(
+    store: &Store,
+    manifest: &Manifest,
+    mtime: u64,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    let file = BufWriter::new(File::create(path)?);
+    let mut builder = tar::Builder::new(file);
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut first_of_group: std::collections::BTreeMap<u32, String> = Default::default();
+    for entry in manifest.entries() {
+        if entry.path.is_empty() {
+            continue;
+        }
+        if !entry.xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = entry
+                .xattrs
+                .iter()
+                .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice()))
+                .collect();
+            builder.append_pax_extensions(records.iter().map(|(key, value)| (key.as_str(), *value)))?;
+        }
+        let mut header = Header::new_gnu();
+        header.set_mode(entry.mode & 0o7777);
+        header.set_uid(u64::from(entry.uid));
+        header.set_gid(u64::from(entry.gid));
+        header.set_mtime(mtime);
+        header.set_size(0);
+        if let Some(group) = entry.hardlink
+            && let Some(first) = first_of_group.get(&group)
+        {
+            header.set_entry_type(EntryType::Link);
+            builder.append_link(&mut header, &entry.path, first)?;
+            continue;
+        }
+        match &entry.kind {
+            EntryKind::Dir => {
+                header.set_entry_type(EntryType::Directory);
+                builder.append_data(&mut header, format!("{}/", entry.path), std::io::empty())?;
+            }
+            EntryKind::File { blob, size } => {
+                header.set_entry_type(EntryType::Regular);
+                header.set_size(*size);
+                let content = File::open(store.blob_path(blob))?;
+                builder.append_data(&mut header, &entry.path, content)?;
+                if let Some(group) = entry.hardlink {
+                    first_of_group.insert(group, entry.path.clone());
+                }
+            }
+            EntryKind::Symlink { target } => {
+                header.set_entry_type(EntryType::Symlink);
+                builder.append_link(&mut header, &entry.path, target)?;
+            }
+            EntryKind::CharDev { rdev } | EntryKind::BlockDev { rdev } => {
+                let kind = if matches!(entry.kind, EntryKind::CharDev { .. }) {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
+                header.set_entry_type(kind);
+                header.set_device_major(libc::major(*rdev))?;
+                header.set_device_minor(libc::minor(*rdev))?;
+                builder.append_data(&mut header, &entry.path, std::io::empty())?;
+            }
+            EntryKind::Fifo => {
+                header.set_entry_type(EntryType::Fifo);
+                builder.append_data(&mut header, &entry.path, std::io::empty())?;
+            }
+            // Sockets cannot be archived; tar skips them too.
+            EntryKind::Socket => {}
+        }
+    }
+    let mut file = builder.into_inner()?;
+    file.flush()
+}

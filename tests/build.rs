@@ -1,0 +1,443 @@
+//! End-to-end tests of `kiln build`, `graph show` and `graph explain` on `recipes/tiny`, a
+//! Distribution=custom recipe with a base tree, an extra tree, RemoveFiles, a postinst and a
+//! finalize script.
+//!
+//! These tests need root: script stages mount overlays and the store keeps owners. Without
+//! root each test prints that it is skipped and returns.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: this test needs root (overlay mounts, owners)");
+            return;
+        }
+    };
+}
+
+/// A copy of recipes/tiny and a store of its own.
+struct Project {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tiny");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/tiny");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = std::fs::remove_dir_all(root.join("mkosi.output"));
+        let store = dir.path().join("store");
+        Project {
+            _dir: dir,
+            root,
+            store,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(KILN);
+        command
+            .arg("-C")
+            .arg(&self.root)
+            .arg("--cache-dir")
+            .arg(&self.store)
+            .args(args)
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Build and return each stage's outcome.
+    fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
+        let mut all = args.to_vec();
+        all.push("build");
+        let output = self.kiln(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "build failed:\n{stderr}");
+        outcomes(&stderr)
+    }
+
+    fn explain(&self) -> Value {
+        let output = self.kiln(&["graph", "explain", "--json"]);
+        assert!(
+            output.status.success(),
+            "explain failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        std::fs::write(self.root.join(path), content).unwrap();
+    }
+
+    fn output_dir(&self) -> PathBuf {
+        self.root.join("mkosi.output/tiny")
+    }
+}
+
+/// `stage: outcome (time)` lines of a build's stderr.
+fn outcomes(stderr: &str) -> BTreeMap<String, String> {
+    stderr
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(stage, _)| !stage.contains(' '))
+        .map(|(stage, rest)| {
+            let outcome = rest.split(" (").next().unwrap_or(rest);
+            (stage.to_string(), outcome.to_string())
+        })
+        .collect()
+}
+
+fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.starts_with("ran"))
+        .map(|(stage, _)| stage.as_str())
+        .collect()
+}
+
+/// Everything about a tree that a bit-identical copy shares: paths, types, modes, owners,
+/// mtimes, symlink targets and contents.
+fn tree_listing(root: &Path) -> String {
+    let mut lines = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let relative = entry.path().strip_prefix(root).unwrap().display().to_string();
+        let what = if meta.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
+        } else if meta.is_file() {
+            blake3::hash(&std::fs::read(entry.path()).unwrap()).to_hex().to_string()
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{relative} {:o} {}:{} {} {what}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.mtime()
+        ));
+    }
+    lines.join("\n")
+}
+
+fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
+    explanation["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stage| stage["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
+}
+
+fn reason_inputs(stage: &Value) -> Vec<String> {
+    stage["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|reason| reason["input"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
+    require_root!();
+    let project = Project::new();
+    let first = project.build(&[]);
+    assert_eq!(
+        ran(&first),
+        vec!["base-trees", "extra-trees", "finalize", "output", "postinst", "remove-files"]
+    );
+    let before = tree_listing(&project.output_dir());
+    let second = project.build(&[]);
+    assert!(ran(&second).is_empty(), "{second:?}");
+    assert_eq!(second.len(), 6);
+    assert_eq!(tree_listing(&project.output_dir()), before);
+    // -f rewrites the output, still bit-identical.
+    let forced = project.build(&["-f"]);
+    assert!(ran(&forced).is_empty());
+    assert_eq!(tree_listing(&project.output_dir()), before);
+    // -ff re-runs every stage and gets the same image.
+    let rerun = project.build(&["-ff"]);
+    assert_eq!(ran(&rerun).len(), 6);
+    assert_eq!(tree_listing(&project.output_dir()), before);
+}
+
+#[test]
+fn two_stores_build_bit_identical_images_and_tarballs() {
+    require_root!();
+    let one = Project::new();
+    let two = Project::new();
+    one.build(&[]);
+    two.build(&[]);
+    assert_eq!(tree_listing(&one.output_dir()), tree_listing(&two.output_dir()));
+    for project in [&one, &two] {
+        let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
+        project.write("mkosi.conf", &conf.replace("Format=directory", "Format=tar"));
+        project.build(&[]);
+    }
+    let tar_one = std::fs::read(one.root.join("mkosi.output/tiny.tar")).unwrap();
+    let tar_two = std::fs::read(two.root.join("mkosi.output/tiny.tar")).unwrap();
+    assert!(tar_one.len() > 1024);
+    assert!(tar_one == tar_two, "the two tarballs differ");
+}
+
+#[test]
+fn editing_finalize_reruns_only_finalize_and_output() {
+    require_root!();
+    let project = Project::new();
+    project.build(&[]);
+    let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
+    project.write(
+        "mkosi.finalize",
+        &format!("{finalize}echo edited >> \"$BUILDROOT/etc/motd\"\n"),
+    );
+    let outcomes = project.build(&[]);
+    assert_eq!(ran(&outcomes), vec!["finalize", "output"]);
+    let explanation = project.explain();
+    assert_eq!(reason_inputs(stage(&explanation, "finalize")), vec!["mkosi.finalize"]);
+    assert_eq!(stage(&explanation, "postinst")["status"], "cached");
+}
+
+#[test]
+fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged() {
+    require_root!();
+    let project = Project::new();
+    project.build(&[]);
+    project.write("mkosi.extra/etc/motd", "A different welcome.\n");
+    let outcomes = project.build(&[]);
+    assert_eq!(outcomes["extra-trees"], "ran");
+    // postinst rewrites /etc/motd, so its output is the same as before.
+    assert_eq!(outcomes["postinst"], "ran, output unchanged");
+    assert_eq!(outcomes["remove-files"], "cached");
+    assert_eq!(outcomes["finalize"], "cached");
+    assert_eq!(outcomes["output"], "cached");
+    let explanation = project.explain();
+    let extra = stage(&explanation, "extra-trees");
+    assert_eq!(reason_inputs(extra), vec!["mkosi.extra:etc/motd"]);
+    assert!(extra["reasons"][0]["before"].as_str().unwrap().starts_with("file "));
+    let postinst = stage(&explanation, "postinst");
+    assert_eq!(postinst["output_changed"], false);
+    assert_eq!(reason_inputs(postinst), vec!["base"]);
+    let text = project.kiln(&["graph", "explain"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("upstream stage `extra-trees` changed its output"), "{text}");
+    assert!(text.contains("postinst: ran, output unchanged"), "{text}");
+}
+
+#[test]
+fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
+    require_root!();
+    let project = Project::new();
+    project.build(&["--image-version", "1"]);
+    assert!(project.root.join("mkosi.output/tiny_1").is_dir());
+    let outcomes = project.build(&["--image-version", "2"]);
+    assert_eq!(ran(&outcomes), vec!["finalize", "output"]);
+    let explanation = project.explain();
+    let finalize = stage(&explanation, "finalize");
+    assert_eq!(finalize["reasons"][0]["input"], "IMAGE_VERSION");
+    assert_eq!(finalize["reasons"][0]["before"], "1");
+    assert_eq!(finalize["reasons"][0]["after"], "2");
+    let text = project.kiln(&["graph", "explain", "finalize"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("IMAGE_VERSION 1 -> 2"));
+    let os_release =
+        std::fs::read_to_string(project.root.join("mkosi.output/tiny_2/etc/os-release")).unwrap();
+    assert!(os_release.contains("PRETTY_NAME=\"Tiny (2)\""), "{os_release}");
+    let link = std::fs::read_link(project.root.join("mkosi.output/tiny")).unwrap();
+    assert_eq!(link, Path::new("tiny_2"));
+}
+
+#[test]
+fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
+    require_root!();
+    let project = Project::new();
+    project.build(&[]);
+    let before = tree_listing(&project.output_dir());
+    project.write(
+        "mkosi.postinst",
+        "#!/bin/sh\necho 'preparing the tree'\necho 'something went wrong' >&2\nexit 3\n",
+    );
+    let output = project.kiln(&["build"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Stage `postinst` failed"), "{stderr}");
+    assert!(stderr.contains("mkosi.postinst"), "{stderr}");
+    assert!(stderr.contains("exit code 3"), "{stderr}");
+    assert!(stderr.contains("something went wrong"), "{stderr}");
+    assert_eq!(tree_listing(&project.output_dir()), before, "the previous output changed");
+    // Nothing of the failed run was cached: postinst is still to run.
+    let show = project.kiln(&["graph", "show"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("postinst [scripts]: will run"), "{show}");
+    let verify = project.kiln(&["cache", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+#[test]
+fn graph_show_prints_each_stage_state_as_text_and_dot() {
+    require_root!();
+    let project = Project::new();
+    let show = project.kiln(&["graph", "show"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("base-trees [trees]: will run"), "{text}");
+    assert!(text.contains("finalize [scripts]: will run unless"), "{text}");
+    project.build(&[]);
+    project.write("mkosi.extra/etc/hostname", "renamed\n");
+    let show = project.kiln(&["graph", "show"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("base-trees [trees]: cached"), "{text}");
+    assert!(text.contains("extra-trees [trees]: will run"), "{text}");
+    assert!(text.contains("postinst [scripts]: will run unless `extra-trees`"), "{text}");
+    let dot = project.kiln(&["graph", "show", "--format", "dot"]);
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(dot.starts_with("digraph kiln {"), "{dot}");
+    assert!(dot.contains("\"extra-trees\" -> \"postinst\";"), "{dot}");
+}
+
+#[test]
+fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
+    require_root!();
+    let project = Project::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep"), "outside").unwrap();
+    // A link in the base tree that points outside, and RemoveFiles globs that would follow it.
+    std::os::unix::fs::symlink(outside.path(), project.root.join("base/escape")).unwrap();
+    let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
+    project.write(
+        "mkosi.conf",
+        &conf.replace("RemoveFiles=\n", "RemoveFiles=\n    /escape/*\n    /escape/keep\n"),
+    );
+    project.build(&[]);
+    assert_eq!(std::fs::read_to_string(outside.path().join("keep")).unwrap(), "outside");
+    let resolv = project.output_dir().join("etc/resolv.conf");
+    assert_eq!(
+        std::fs::read_link(&resolv).unwrap(),
+        Path::new("/run/systemd/resolve/stub-resolv.conf")
+    );
+    assert_eq!(
+        std::fs::read_link(project.output_dir().join("escape")).unwrap(),
+        outside.path()
+    );
+    // An extra tree entry below that link lands inside the image or fails; never outside.
+    std::fs::create_dir_all(project.root.join("mkosi.extra/escape")).unwrap();
+    project.write("mkosi.extra/escape/planted", "planted");
+    let _ = project.kiln(&["build"]);
+    assert!(!outside.path().join("planted").exists(), "wrote outside the tree");
+    // A glob with `..` is refused.
+    project.write(
+        "mkosi.conf",
+        &conf.replace("RemoveFiles=\n", "RemoveFiles=\n    /../../etc\n"),
+    );
+    let _ = std::fs::remove_dir_all(project.root.join("mkosi.extra/escape"));
+    let output = project.kiln(&["build"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("leads outside the image"));
+}
+
+#[test]
+fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
+    require_root!();
+    let one = Project::new();
+    let two = Project::new();
+    let mut children: Vec<_> = [&one, &two]
+        .iter()
+        .map(|project| {
+            project
+                .command(&["build"])
+                .arg("--cache-dir")
+                .arg(&one.store)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children.drain(..) {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(tree_listing(&one.output_dir()), tree_listing(&two.output_dir()));
+    let verify = one.kiln(&["cache", "verify"]);
+    assert!(verify.status.success());
+}
+
+#[test]
+fn builds_killed_at_random_moments_leave_the_store_consistent() {
+    require_root!();
+    let project = Project::new();
+    // A bigger base tree so that kills land inside stages and while committing.
+    let big = project.root.join("base/usr/share/data");
+    std::fs::create_dir_all(&big).unwrap();
+    for index in 0..1500 {
+        std::fs::write(big.join(format!("file-{index}")), format!("content {index}\n").repeat(50))
+            .unwrap();
+    }
+    let reference = Project::new();
+    std::fs::create_dir_all(reference.root.join("base/usr/share/data")).unwrap();
+    for index in 0..1500 {
+        std::fs::write(
+            reference.root.join(format!("base/usr/share/data/file-{index}")),
+            format!("content {index}\n").repeat(50),
+        )
+        .unwrap();
+    }
+    reference.build(&[]);
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    for round in 0..20 {
+        // Alternate edits so that stages have work to do in every round.
+        project.write("mkosi.extra/etc/hostname", &format!("round-{}\n", round % 3));
+        let mut child = project
+            .command(&["build"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(next() % 900));
+        let _ = child.kill();
+        let _ = child.wait();
+        let verify = project.kiln(&["cache", "verify"]);
+        let report = String::from_utf8_lossy(&verify.stdout);
+        assert!(verify.status.success(), "round {round}: {report}");
+        assert!(report.contains("corrupt: 0"), "round {round}: {report}");
+    }
+    project.write("mkosi.extra/etc/hostname", "tiny\n");
+    project.build(&[]);
+    assert_eq!(tree_listing(&project.output_dir()), tree_listing(&reference.output_dir()));
+}
