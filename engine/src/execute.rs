@@ -401,6 +401,11 @@ impl StageRunner<'_> {
             .iter()
             .map(|input| (input.name.clone(), input.digest))
             .collect();
+        let values: BTreeMap<String, String> = inputs
+            .iter()
+            .filter(|input| input.kind == crate::inputs::kind::VALUE)
+            .filter_map(|input| Some((input.name.clone(), input.value.clone()?)))
+            .collect();
         let log = ReporterLog {
             reporter: self.reporter,
             stage: stage.name(),
@@ -410,6 +415,7 @@ impl StageRunner<'_> {
             project_dir: &self.options.project_dir,
             scratch: scratch.path(),
             inputs: &digests,
+            values: &values,
             log: &log,
         };
         let result = stage.run(&ctx).map_err(|source| BuildError::Stage {

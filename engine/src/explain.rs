@@ -170,6 +170,7 @@ fn shown(input: &RecordedInput) -> String {
 
 fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
     match new.kind.as_str() {
+        kind::VALUE if is_listing(old) || is_listing(new) => listing_changes(name, old, new),
         kind::VALUE => vec![Reason {
             input: name.to_string(),
             before: Some(shown(old)),
@@ -196,6 +197,58 @@ fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) 
             }]
         }
     }
+}
+
+/// A value of several lines, each `NAME REST` (a resolved package set: `systemd 252.39 amd64`).
+fn is_listing(input: &RecordedInput) -> bool {
+    input.value.as_deref().is_some_and(|value| value.contains('\n'))
+}
+
+/// Line by line changes of two listings, keyed by each line's first word.
+fn listing_changes(name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
+    let parse = |input: &RecordedInput| -> BTreeMap<String, String> {
+        input
+            .value
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| match line.trim().split_once(char::is_whitespace) {
+                Some((key, rest)) => (key.to_string(), rest.trim().to_string()),
+                None => (line.trim().to_string(), String::new()),
+            })
+            .collect()
+    };
+    let (before, after) = (parse(old), parse(new));
+    let mut reasons = Vec::new();
+    for (key, value) in &after {
+        match before.get(key) {
+            None => reasons.push(Reason {
+                input: format!("{name}:{key}"),
+                before: None,
+                after: Some(value.clone()),
+                summary: format!("{key} {value} added"),
+            }),
+            Some(old_value) if old_value != value => reasons.push(Reason {
+                input: format!("{name}:{key}"),
+                before: Some(old_value.clone()),
+                after: Some(value.clone()),
+                summary: format!("{key} {old_value} -> {value}"),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, value) in &before {
+        if !after.contains_key(key) {
+            reasons.push(Reason {
+                input: format!("{name}:{key}"),
+                before: Some(value.clone()),
+                after: None,
+                summary: format!("{key} {value} removed"),
+            });
+        }
+    }
+    reasons
 }
 
 fn tree_changes(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {

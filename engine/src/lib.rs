@@ -28,4 +28,4 @@ pub use explain::{Explanation, explain};
 pub use graph::{Graph, GraphError};
 pub use plan::{Plan, PlannedState, plan};
 pub use reporter::{Outcome, Reporter, SilentReporter, StageLog};
-pub use stage::{Input, InputSource, Stage, StageContext, StageError};
+pub use stage::{Input, InputSource, ResolveContext, Stage, StageContext, StageError};

@@ -76,6 +76,13 @@ pub enum PlanError {
     Input(#[from] InputError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("Stage `{stage}` cannot resolve its inputs")]
+    Resolve {
+        stage: String,
+        #[source]
+        #[diagnostic_source]
+        source: crate::stage::StageError,
+    },
 }
 
 /// Plan `graph` against `store`. With `force_rerun`, no stage is taken from the cache.
@@ -106,6 +113,18 @@ pub fn plan(
                     }
                 }
             } else if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)? {
+                inputs.push(recorded);
+            }
+        }
+        let resolve_context = crate::stage::ResolveContext { store, project_dir };
+        let resolved = stage
+            .resolve(&resolve_context)
+            .map_err(|source| PlanError::Resolve {
+                stage: stage.name().to_string(),
+                source,
+            })?;
+        for input in resolved {
+            if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)? {
                 inputs.push(recorded);
             }
         }

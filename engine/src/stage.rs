@@ -83,9 +83,22 @@ pub trait Stage: Send + Sync {
     fn inputs(&self) -> Vec<Input>;
     /// Whether the output is a tree or a single file.
     fn output_kind(&self) -> OutputKind;
+    /// Inputs known only by asking the outside world, once per build, before anything runs:
+    /// for example the exact package set a mirror resolves a package list to. They are
+    /// recorded and keyed like the inputs of [`Stage::inputs`]; a stage reads their values
+    /// back with [`StageContext::value`].
+    fn resolve(&self, _ctx: &ResolveContext<'_>) -> Result<Vec<Input>, StageError> {
+        Ok(Vec::new())
+    }
     /// Compute the output and put it in the store; return its id. Must not write anywhere but
     /// the store and `ctx.scratch`.
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError>;
+}
+
+/// What a stage may use to resolve its inputs.
+pub struct ResolveContext<'a> {
+    pub store: &'a Store,
+    pub project_dir: &'a Path,
 }
 
 /// What a running stage may see.
@@ -97,11 +110,23 @@ pub struct StageContext<'a> {
     pub scratch: &'a Path,
     /// Each input's resolved digest, by input name.
     pub inputs: &'a BTreeMap<String, Digest>,
+    /// The text of each value input, by input name.
+    pub values: &'a BTreeMap<String, String>,
     /// Where the stage's output (script output, tool logs) goes.
     pub log: &'a dyn StageLog,
 }
 
 impl StageContext<'_> {
+    /// The text of a value input (declared or resolved).
+    pub fn value(&self, name: &str) -> Result<&str, StageError> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| StageError::UndeclaredInput {
+                input: name.to_string(),
+            })
+    }
+
     /// The digest of a named input; a stage asking for one it did not declare is a bug.
     pub fn input(&self, name: &str) -> Result<Digest, StageError> {
         self.inputs
