@@ -1,0 +1,313 @@
+//! `gc`: keep what recent builds use, delete everything else.
+//!
+//! Roots are the runs of the last `keep_builds_per_recipe` builds of each
+//! recipe, plus the last successful build of each recipe (the baseline
+//! `graph explain` compares against): their outputs and every input digest
+//! that names a stored tree or blob. A kept tree keeps its manifest, every
+//! blob it refers to and the variants its entries need. Everything else is
+//! deleted, with the builds and action cache entries that would refer to it.
+//!
+//! gc holds the store lock exclusively: no build runs meanwhile. Index rows
+//! are deleted before the objects they name, trees before blobs, so a gc
+//! killed half-way leaves only unreferenced objects behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use crate::digest::{BlobId, Digest, TreeId};
+use crate::error::Result;
+use crate::index::{BuildId, BuildInfo, BuildStatus, Index, OutputKind};
+use crate::maintenance::{ObjectName, human_bytes};
+use crate::manifest::{EntryKind, Manifest};
+use crate::store::{ObjectDir, Store, remove_file};
+use crate::variant::FileMeta;
+
+/// What [`Store::gc`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// Keep the objects used by this many latest builds of each recipe (the
+    /// last successful build of each recipe is kept too).
+    pub keep_builds_per_recipe: usize,
+    /// Then drop the oldest kept builds until the objects fit in this size.
+    pub max_bytes: Option<u64>,
+    /// How long to wait for other users of the store to go away.
+    pub lock_timeout: Duration,
+}
+
+impl Default for GcPolicy {
+    fn default() -> GcPolicy {
+        GcPolicy {
+            keep_builds_per_recipe: 3,
+            max_bytes: None,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What [`Store::gc`] removed and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Builds kept, whose objects are the roots.
+    pub builds_kept: usize,
+    /// Builds removed from the index.
+    pub builds_removed: usize,
+    /// Action cache entries removed.
+    pub actions_removed: usize,
+    /// Tree manifests deleted.
+    pub trees_removed: usize,
+    /// Blobs deleted.
+    pub blobs_removed: usize,
+    /// Variants deleted.
+    pub variants_removed: usize,
+    /// Temp files deleted.
+    pub temp_removed: usize,
+    /// Bytes of object files deleted.
+    pub bytes_freed: u64,
+    /// Bytes of object files kept.
+    pub bytes_kept: u64,
+}
+
+impl fmt::Display for GcReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kept {} builds ({}), removed {} builds",
+            self.builds_kept,
+            human_bytes(self.bytes_kept),
+            self.builds_removed
+        )?;
+        write!(
+            f,
+            "removed {} blobs, {} variants, {} trees, {} cache entries, {} temp files: {} freed",
+            self.blobs_removed,
+            self.variants_removed,
+            self.trees_removed,
+            self.actions_removed,
+            self.temp_removed,
+            human_bytes(self.bytes_freed)
+        )
+    }
+}
+
+/// The objects a set of builds needs.
+#[derive(Debug, Default)]
+struct Live {
+    trees: HashSet<TreeId>,
+    blobs: HashSet<BlobId>,
+    variants: HashSet<(BlobId, Digest)>,
+}
+
+/// Object files on disk with their sizes.
+struct OnDisk {
+    sizes: HashMap<(ObjectDir, ObjectName), u64>,
+}
+
+impl OnDisk {
+    fn size(&self, dir: ObjectDir, name: ObjectName) -> u64 {
+        self.sizes.get(&(dir, name)).copied().unwrap_or(0)
+    }
+}
+
+impl Live {
+    fn bytes(&self, disk: &OnDisk) -> u64 {
+        let trees: u64 = self
+            .trees
+            .iter()
+            .map(|t| disk.size(ObjectDir::Trees, ObjectName::Digest(*t)))
+            .sum();
+        let blobs: u64 = self
+            .blobs
+            .iter()
+            .map(|b| disk.size(ObjectDir::Objects, ObjectName::Digest(*b)))
+            .sum();
+        let variants: u64 = self
+            .variants
+            .iter()
+            .map(|(b, m)| disk.size(ObjectDir::Variants, ObjectName::Variant(*b, *m)))
+            .sum();
+        trees + blobs + variants
+    }
+
+    fn keeps(&self, dir: ObjectDir, name: ObjectName) -> bool {
+        match (dir, name) {
+            (ObjectDir::Trees, ObjectName::Digest(id)) => self.trees.contains(&id),
+            (ObjectDir::Objects, ObjectName::Digest(id)) => self.blobs.contains(&id),
+            (ObjectDir::Variants, ObjectName::Variant(blob, meta)) => {
+                self.variants.contains(&(blob, meta))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Store {
+    /// Deletes everything the recent builds do not use (see the module
+    /// documentation of gc for what is kept).
+    ///
+    /// Needs the store alone: fails with [`crate::StoreError::InUse`] if
+    /// another process still has it open after `policy.lock_timeout`. Other
+    /// clones of this handle must not be in use meanwhile.
+    pub fn gc(&self, policy: GcPolicy) -> Result<GcReport> {
+        let _one_gc = self
+            .gc_mutex()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _exclusive = self.lock().exclusive(policy.lock_timeout)?;
+        let index = self.index()?;
+        let mut report = GcReport::default();
+
+        let builds = index.builds(None)?;
+        let mut kept = kept_builds(&builds, policy.keep_builds_per_recipe);
+        let disk = self.on_disk()?;
+        let mut manifests: HashMap<TreeId, Manifest> = HashMap::new();
+        let mut live = self.live(&index, &kept, &mut manifests)?;
+        if let Some(max) = policy.max_bytes {
+            while live.bytes(&disk) > max && !kept.is_empty() {
+                // `kept` is sorted by id: the oldest build goes first.
+                kept.remove(0);
+                live = self.live(&index, &kept, &mut manifests)?;
+            }
+        }
+        report.builds_kept = kept.len();
+        report.bytes_kept = live.bytes(&disk);
+
+        let doomed_builds: Vec<BuildId> = builds
+            .iter()
+            .map(|b| b.id)
+            .filter(|id| !kept.contains(id))
+            .collect();
+        index.delete_builds(&doomed_builds)?;
+        report.builds_removed = doomed_builds.len();
+
+        let doomed_actions: Vec<Digest> = index
+            .actions()?
+            .into_iter()
+            .filter(|(_, result)| match result.kind {
+                OutputKind::Tree => !live.trees.contains(&result.output),
+                OutputKind::Blob => !live.blobs.contains(&result.output),
+            })
+            .map(|(key, _)| key)
+            .collect();
+        index.delete_actions(&doomed_actions)?;
+        report.actions_removed = doomed_actions.len();
+
+        for dir in [ObjectDir::Trees, ObjectDir::Variants, ObjectDir::Objects] {
+            for object in self.list_objects(dir)? {
+                if live.keeps(dir, object.name) {
+                    continue;
+                }
+                remove_file(&object.path)?;
+                report.bytes_freed += object.size;
+                match dir {
+                    ObjectDir::Trees => report.trees_removed += 1,
+                    ObjectDir::Variants => report.variants_removed += 1,
+                    ObjectDir::Objects => report.blobs_removed += 1,
+                }
+            }
+        }
+        report.temp_removed = self.clean_temp(true)?.len();
+        index.checkpoint();
+        Ok(report)
+    }
+
+    fn on_disk(&self) -> Result<OnDisk> {
+        let mut sizes = HashMap::new();
+        for dir in [ObjectDir::Trees, ObjectDir::Variants, ObjectDir::Objects] {
+            for object in self.list_objects(dir)? {
+                sizes.insert((dir, object.name), object.size);
+            }
+        }
+        Ok(OnDisk { sizes })
+    }
+
+    /// The objects the runs of `builds` need.
+    fn live(
+        &self,
+        index: &Index,
+        builds: &[BuildId],
+        manifests: &mut HashMap<TreeId, Manifest>,
+    ) -> Result<Live> {
+        let mut live = Live::default();
+        for build in builds {
+            for run in index.runs(*build)? {
+                let mut roots = vec![(run.output.output, Some(run.output.kind))];
+                roots.extend(run.inputs.iter().map(|input| (input.digest, None)));
+                for (digest, kind) in roots {
+                    let is_tree = match kind {
+                        Some(kind) => kind == OutputKind::Tree,
+                        None => self.has_tree(&digest),
+                    };
+                    if is_tree {
+                        self.keep_tree(&digest, &mut live, manifests)?;
+                    } else if self.has_blob(&digest) {
+                        live.blobs.insert(digest);
+                    }
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    fn keep_tree(
+        &self,
+        id: &TreeId,
+        live: &mut Live,
+        manifests: &mut HashMap<TreeId, Manifest>,
+    ) -> Result<()> {
+        if !live.trees.insert(*id) {
+            return Ok(());
+        }
+        if !manifests.contains_key(id) {
+            match self.manifest(id) {
+                Ok(manifest) => {
+                    manifests.insert(*id, manifest);
+                }
+                // A missing or corrupt tree keeps nothing.
+                Err(_) => return Ok(()),
+            }
+        }
+        let Some(manifest) = manifests.get(id) else {
+            return Ok(());
+        };
+        for entry in manifest.entries() {
+            if let EntryKind::File { blob, .. } = &entry.kind {
+                live.blobs.insert(*blob);
+                let meta = FileMeta {
+                    mode: entry.mode,
+                    uid: entry.uid,
+                    gid: entry.gid,
+                    xattrs: &entry.xattrs,
+                };
+                if !self.is_plain(&meta) {
+                    live.variants.insert((*blob, meta.digest()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last `keep` builds of each recipe and its last successful one,
+/// sorted by id.
+fn kept_builds(builds: &[BuildInfo], keep: usize) -> Vec<BuildId> {
+    let mut by_recipe: BTreeMap<&str, Vec<&BuildInfo>> = BTreeMap::new();
+    for build in builds {
+        by_recipe.entry(&build.recipe).or_default().push(build);
+    }
+    let mut kept = Vec::new();
+    for mut recipe_builds in by_recipe.into_values() {
+        recipe_builds.sort_by_key(|b| std::cmp::Reverse(b.id));
+        kept.extend(recipe_builds.iter().take(keep).map(|b| b.id));
+        if let Some(ok) = recipe_builds
+            .iter()
+            .find(|b| b.status == BuildStatus::Succeeded)
+        {
+            kept.push(ok.id);
+        }
+    }
+    kept.sort();
+    kept.dedup();
+    kept
+}

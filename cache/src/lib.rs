@@ -1,0 +1,102 @@
+//! kiln's content-addressed store: blobs, tree manifests, checkouts, the
+//! action cache and the build index.
+//!
+//! This crate knows nothing of stages or recipes. The engine uses it for
+//! keys, the action cache and `graph explain`; stages use it to store what
+//! they produced ([`Store::ingest_dir`]) and to materialise their inputs
+//! ([`Store::checkout`]).
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/                      the recipe's mkosi.cache/, or $XDG_CACHE_HOME/kiln
+//! ├── CACHEDIR.TAG             marks the folder as a cache for backup tools
+//! └── v1/                      layout version: a new layout gets a new folder
+//!     ├── lock                 flock: shared by every user, exclusive for gc
+//!     ├── index.sqlite         builds, stage runs, action cache (WAL: -wal, -shm)
+//!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
+//!     │                        mode 0444, owned by the store's user, no xattrs
+//!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
+//!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
+//!     │                        for hardlink checkouts: <blob id>.<metadata digest>
+//!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
+//! ```
+//!
+//! Objects are written to `tmp/` and renamed into place: a reader sees a
+//! whole object or none. There is no fsync per object; [`Store::sync`]
+//! flushes the filesystem when durability against power loss matters.
+//!
+//! # Locking
+//!
+//! - Every [`Store`] holds a shared `flock` on `v1/lock` from
+//!   [`Store::open`] until its last clone is dropped. Any number of builds,
+//!   `verify` runs and readers share the store: writes are atomic renames
+//!   and SQLite serialises the index.
+//! - [`Store::gc`] upgrades to an exclusive lock, waiting a few seconds for
+//!   other users to leave, and fails with "store in use" otherwise. While it
+//!   runs, [`Store::open`] waits.
+//! - Locks die with their process. Temp files of a killed process are
+//!   removed by `verify` (when their pid is gone or they are over an hour
+//!   old) and by `gc` (all of them).
+//! - Integrity rule: an action result is recorded only after every object
+//!   it refers to is stored (see [`index`]), so a process killed at any
+//!   instant leaves the store consistent.
+//!
+//! One process should open a store once and share clones of the handle.
+//!
+//! # Example
+//!
+//! ```
+//! use kiln_cache::{CheckoutMode, CheckoutOptions, IngestOptions, Store};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let (cache, src, dest) = (tmp.path().join("cache"), tmp.path().join("src"), tmp.path().join("dest"));
+//! # std::fs::create_dir_all(src.join("etc"))?;
+//! # std::fs::write(src.join("etc/hostname"), "rescue\n")?;
+//! let store = Store::open(&cache)?;
+//! let manifest = store.ingest_dir(&src, IngestOptions { owner: Some((0, 0)), ..Default::default() })?;
+//! let tree = store.put_manifest(&manifest)?;
+//!
+//! let again = store.manifest(&tree)?;
+//! let opts = CheckoutOptions { mode: CheckoutMode::Copy, ignore_owner: true, ..Default::default() };
+//! store.checkout(&again, &dest, opts)?;
+//! assert_eq!(std::fs::read_to_string(dest.join("etc/hostname"))?, "rescue\n");
+//! # Ok(())
+//! # }
+//! ```
+
+mod blob;
+mod canonical;
+mod checkout;
+mod diff;
+mod digest;
+mod error;
+mod gc;
+pub mod index;
+mod ingest;
+mod lock;
+mod maintenance;
+mod manifest;
+mod store;
+mod tree;
+mod variant;
+mod verify;
+mod xattr;
+
+pub use blob::PutMode;
+pub use canonical::FORMAT_VERSION;
+pub use checkout::{CheckoutMode, CheckoutOptions};
+pub use diff::{Change, ChangeKind, Modification};
+pub use digest::{BlobId, Digest, TreeId};
+pub use error::{DecodeError, ManifestError, ParseDigestError, Result, StoreError};
+pub use gc::{GcPolicy, GcReport};
+pub use index::{
+    ActionResult, BuildId, BuildInfo, BuildStatus, Index, OutputKind, RecordedInput, RunStatus,
+    StageRun,
+};
+pub use ingest::IngestOptions;
+pub use maintenance::{Stats, human_bytes};
+pub use manifest::{Entry, EntryKind, Manifest, compare_paths, validate_path};
+pub use store::Store;
+pub use verify::VerifyReport;

@@ -1,0 +1,299 @@
+//! Store statistics and the helpers verify and gc share: listing objects on
+//! disk and removing temp files left by killed processes.
+
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::digest::Digest;
+use crate::error::{Result, StoreError};
+use crate::index::Table;
+use crate::store::{ObjectDir, Store, remove_file};
+use crate::variant::parse_variant_name;
+
+/// A temp file older than this is stale even if a process with its pid lives
+/// (pids are reused).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Counts and sizes of what the store holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Blob objects.
+    pub blobs: u64,
+    /// Their total size in bytes.
+    pub blob_bytes: u64,
+    /// Metadata variants.
+    pub variants: u64,
+    /// Their total size in bytes (free on filesystems with reflinks).
+    pub variant_bytes: u64,
+    /// Tree manifests.
+    pub trees: u64,
+    /// Their total size in bytes.
+    pub tree_bytes: u64,
+    /// Builds recorded in the index.
+    pub builds: u64,
+    /// Stage runs recorded in the index.
+    pub runs: u64,
+    /// Action cache entries.
+    pub actions: u64,
+    /// Files in `v1/tmp/`: writes in progress or leftovers.
+    pub temp_files: u64,
+}
+
+impl Stats {
+    /// Bytes of all object files together.
+    pub fn total_bytes(&self) -> u64 {
+        self.blob_bytes + self.variant_bytes + self.tree_bytes
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "blobs       {:>8}  {}",
+            self.blobs,
+            human_bytes(self.blob_bytes)
+        )?;
+        writeln!(
+            f,
+            "variants    {:>8}  {}",
+            self.variants,
+            human_bytes(self.variant_bytes)
+        )?;
+        writeln!(
+            f,
+            "trees       {:>8}  {}",
+            self.trees,
+            human_bytes(self.tree_bytes)
+        )?;
+        writeln!(f, "builds      {:>8}", self.builds)?;
+        writeln!(f, "stage runs  {:>8}", self.runs)?;
+        writeln!(f, "actions     {:>8}", self.actions)?;
+        writeln!(f, "temp files  {:>8}", self.temp_files)?;
+        write!(
+            f,
+            "total                 {}",
+            human_bytes(self.total_bytes())
+        )
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What an object file's name says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ObjectName {
+    /// A blob or tree named by its digest.
+    Digest(Digest),
+    /// A variant: blob id and metadata digest.
+    Variant(Digest, Digest),
+    /// Not a name the store writes.
+    Invalid,
+}
+
+/// An object file found on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredObject {
+    pub(crate) path: PathBuf,
+    pub(crate) name: ObjectName,
+    pub(crate) size: u64,
+}
+
+impl Store {
+    /// Counts what the store holds.
+    pub fn stats(&self) -> Result<Stats> {
+        let sum = |objects: &[StoredObject]| {
+            (
+                objects.len() as u64,
+                objects.iter().map(|o| o.size).sum::<u64>(),
+            )
+        };
+        let (blobs, blob_bytes) = sum(&self.list_objects(ObjectDir::Objects)?);
+        let (variants, variant_bytes) = sum(&self.list_objects(ObjectDir::Variants)?);
+        let (trees, tree_bytes) = sum(&self.list_objects(ObjectDir::Trees)?);
+        let index = self.index()?;
+        Ok(Stats {
+            blobs,
+            blob_bytes,
+            variants,
+            variant_bytes,
+            trees,
+            tree_bytes,
+            builds: index.count(Table::Builds)?,
+            runs: index.count(Table::Runs)?,
+            actions: index.count(Table::Actions)?,
+            temp_files: read_dir_paths(&self.tmp_dir())?.len() as u64,
+        })
+    }
+
+    /// Lists every file of one object folder with what its name says.
+    pub(crate) fn list_objects(&self, kind: ObjectDir) -> Result<Vec<StoredObject>> {
+        let mut objects = Vec::new();
+        for prefix_dir in read_dir_paths(&self.object_dir(kind))? {
+            let prefix = file_name(&prefix_dir);
+            let valid_prefix = prefix.len() == 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+            if !prefix_dir.is_dir() {
+                continue;
+            }
+            for path in read_dir_paths(&prefix_dir)? {
+                let name = file_name(&path);
+                let parsed = match kind {
+                    _ if !valid_prefix => ObjectName::Invalid,
+                    ObjectDir::Variants => match parse_variant_name(&prefix, &name) {
+                        Some((blob, meta)) => ObjectName::Variant(blob, meta),
+                        None => ObjectName::Invalid,
+                    },
+                    ObjectDir::Objects | ObjectDir::Trees => format!("{prefix}{name}")
+                        .parse()
+                        .map_or(ObjectName::Invalid, ObjectName::Digest),
+                };
+                let size = match fs::symlink_metadata(&path) {
+                    Ok(meta) => meta.len(),
+                    // Removed meanwhile (a concurrent verify).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(source) => return Err(StoreError::Read { path, source }),
+                };
+                objects.push(StoredObject {
+                    path,
+                    name: parsed,
+                    size,
+                });
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Removes temp files of processes that are gone (or too old to belong to
+    /// a live writer). With `exclusive`, every other process's temp files go:
+    /// nobody else can be writing while we hold the store exclusively.
+    pub(crate) fn clean_temp(&self, exclusive: bool) -> Result<Vec<PathBuf>> {
+        let own = std::process::id();
+        let mut removed = Vec::new();
+        for path in read_dir_paths(&self.tmp_dir())? {
+            let pid = temp_owner(&file_name(&path));
+            let stale = match pid {
+                Some(pid) if pid == own => is_old(&path),
+                Some(_) if exclusive => true,
+                Some(pid) => !process_alive(pid) || is_old(&path),
+                None => exclusive || is_old(&path),
+            };
+            if stale {
+                if path.is_dir() {
+                    fs::remove_dir_all(&path).map_err(|source| StoreError::Remove {
+                        path: path.clone(),
+                        source,
+                    })?;
+                } else {
+                    remove_file(&path)?;
+                }
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The pid in a temp file name `<pid>-<seq>.tmp`.
+fn temp_owner(name: &str) -> Option<u32> {
+    name.strip_suffix(".tmp")?.split_once('-')?.0.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+fn is_old(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > STALE_TEMP_AGE)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The entries of a directory, sorted; a missing directory has none.
+pub(crate) fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let read_err = |source| StoreError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(read_err(source)),
+    };
+    let mut paths = listing
+        .map(|item| item.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(600 << 20), "600.0 MiB");
+    }
+
+    #[test]
+    fn temp_names_carry_the_pid() {
+        assert_eq!(temp_owner("123-4.tmp"), Some(123));
+        assert_eq!(temp_owner("x-4.tmp"), None);
+        assert_eq!(temp_owner("123-4"), None);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A child that has exited: its pid is gone (and not yet reused).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_file = store.tmp_dir().join(format!("{dead}-0.tmp"));
+        let live_file = store
+            .tmp_dir()
+            .join(format!("{}-999999.tmp", std::process::id()));
+        fs::write(&dead_file, b"partial").unwrap();
+        fs::write(&live_file, b"in progress").unwrap();
+        let removed = store.clean_temp(false).unwrap();
+        assert_eq!(removed, vec![dead_file.clone()]);
+        assert!(live_file.exists());
+        assert_eq!(store.stats().unwrap().temp_files, 1);
+    }
+}

@@ -1,0 +1,313 @@
+//! The [`Store`] handle: opening the on-disk layout, object paths and temp files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::error::{Result, StoreError};
+use crate::lock::StoreLock;
+
+/// The layout version, the name of the top-level folder holding everything.
+pub(crate) const LAYOUT: &str = "v1";
+
+/// How long [`Store::open`] waits for a running gc to finish.
+const OPEN_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `CACHEDIR.TAG` written at the store root (<https://bford.info/cachedir/>).
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by kiln.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// Sequence number of temp files, unique within the process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The object kinds stored as files, each in its own folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ObjectDir {
+    /// `objects/`: blob contents.
+    Objects,
+    /// `trees/`: canonical manifest encodings.
+    Trees,
+    /// `variants/`: blob copies carrying a mode, owner and xattrs.
+    Variants,
+}
+
+impl ObjectDir {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ObjectDir::Objects => "objects",
+            ObjectDir::Trees => "trees",
+            ObjectDir::Variants => "variants",
+        }
+    }
+}
+
+/// A handle on a content-addressed store.
+///
+/// Cheap to clone: clones share one open lock file and therefore one shared
+/// lock, held until the last clone is dropped. See the crate documentation
+/// for the layout and the locking rules.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    base: PathBuf,
+    lock: StoreLock,
+    /// Serialises [`Store::gc`] between clones of one handle.
+    gc_running: Mutex<()>,
+    /// Effective uid and gid of this process: the owner of plain objects.
+    owner: (u32, u32),
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its layout if missing, and takes
+    /// the shared store lock for the lifetime of the handle.
+    ///
+    /// Waits up to a minute for a running `gc` to release the store, then
+    /// fails with [`StoreError::InUse`].
+    pub fn open(root: &Path) -> Result<Store> {
+        let base = root.join(LAYOUT);
+        for dir in [
+            base.clone(),
+            base.join(ObjectDir::Objects.name()),
+            base.join(ObjectDir::Trees.name()),
+            base.join(ObjectDir::Variants.name()),
+            base.join("tmp"),
+        ] {
+            fs::create_dir_all(&dir)
+                .map_err(|source| StoreError::CreateDir { path: dir, source })?;
+        }
+        write_cachedir_tag(root)?;
+        let lock = StoreLock::shared(&base.join("lock"), root, OPEN_LOCK_TIMEOUT)?;
+        let owner = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let store = Store {
+            inner: Arc::new(Inner {
+                root: root.to_owned(),
+                base,
+                lock,
+                gc_running: Mutex::new(()),
+                owner,
+            }),
+        };
+        crate::index::migrate(&store.index_path())?;
+        Ok(store)
+    }
+
+    /// The directory the store was opened at.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Flushes everything written to the store's filesystem to disk.
+    ///
+    /// Writes are atomic for other processes without it; call it before
+    /// recording results that must survive a power loss.
+    pub fn sync(&self) -> Result<()> {
+        let dir = File::open(&self.inner.base).map_err(|source| StoreError::Read {
+            path: self.inner.base.clone(),
+            source,
+        })?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::Write {
+            path: self.inner.base.clone(),
+            source: e.into(),
+        })
+    }
+
+    /// `v1/index.sqlite`.
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.inner.base.join("index.sqlite")
+    }
+
+    /// `v1/tmp/`.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.inner.base.join("tmp")
+    }
+
+    /// The folder of one object kind, e.g. `v1/objects/`.
+    pub(crate) fn object_dir(&self, kind: ObjectDir) -> PathBuf {
+        self.inner.base.join(kind.name())
+    }
+
+    /// The path of an object named by `id`: `<dir>/ab/<62 more hex digits>`.
+    pub(crate) fn object_path(&self, kind: ObjectDir, id: &Digest) -> PathBuf {
+        let hex = id.to_hex();
+        let mut path = self.object_dir(kind);
+        path.push(&hex[..2]);
+        path.push(&hex[2..]);
+        path
+    }
+
+    /// The effective uid and gid plain objects are owned by.
+    pub(crate) fn owner(&self) -> (u32, u32) {
+        self.inner.owner
+    }
+
+    pub(crate) fn lock(&self) -> &StoreLock {
+        &self.inner.lock
+    }
+
+    pub(crate) fn gc_mutex(&self) -> &Mutex<()> {
+        &self.inner.gc_running
+    }
+
+    /// Creates a new, empty, writable temp file `v1/tmp/<pid>-<seq>.tmp`.
+    ///
+    /// The pid in the name lets maintenance tell a live writer's file from
+    /// the leftovers of a killed process.
+    pub(crate) fn create_temp(&self) -> Result<(File, PathBuf)> {
+        let pid = std::process::id();
+        loop {
+            let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = self.tmp_dir().join(format!("{pid}-{seq}.tmp"));
+            match OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => return Ok((file, path)),
+                // Left by an earlier process that had our pid.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(StoreError::Create { path, source }),
+            }
+        }
+    }
+
+    /// A fresh temp path (no file created) for renaming something into.
+    pub(crate) fn temp_path(&self) -> PathBuf {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{}-{seq}.tmp", std::process::id()))
+    }
+
+    /// Renames a finished temp file to its final object path, creating the
+    /// two-digit prefix folder on first use. An existing object of that name
+    /// has the same content and is left in place (never replaced: another
+    /// process may be linking it); the temp file is then removed.
+    pub(crate) fn install(&self, temp: &Path, dest: &Path) -> Result<()> {
+        if fs::symlink_metadata(dest).is_ok() {
+            return remove_file(temp);
+        }
+        match rename_noreplace(temp, dest) {
+            Err(e) if e.kind() == ErrorKind::NotFound && temp.exists() => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                }
+                self.finish_install(temp, dest, rename_noreplace(temp, dest))
+            }
+            result => self.finish_install(temp, dest, result),
+        }
+    }
+
+    fn finish_install(&self, temp: &Path, dest: &Path, result: io::Result<()>) -> Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            // Another writer got there first with the same content.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => remove_file(temp),
+            Err(source) => Err(StoreError::Rename {
+                from: temp.to_owned(),
+                to: dest.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`, where
+/// the filesystem supports it.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => fs::rename(from, to),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a file, treating "already gone" as success.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn write_cachedir_tag(root: &Path) -> Result<()> {
+    let path = root.join("CACHEDIR.TAG");
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut file) => io::Write::write_all(&mut file, CACHEDIR_TAG.as_bytes())
+            .map_err(|source| StoreError::Write { path, source }),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_the_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let store = Store::open(&root).unwrap();
+        for sub in [
+            "v1/objects",
+            "v1/trees",
+            "v1/variants",
+            "v1/tmp",
+            "v1/lock",
+            "v1/index.sqlite",
+        ] {
+            assert!(root.join(sub).exists(), "{sub} missing");
+        }
+        let tag = fs::read_to_string(root.join("CACHEDIR.TAG")).unwrap();
+        assert!(tag.starts_with("Signature: 8a477f597d28d172789f06886806bc55"));
+        assert_eq!(store.root(), root);
+        // Opening again (another user) works and keeps the layout.
+        drop(Store::open(&root).unwrap());
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn handles_are_shareable_across_threads() {
+        fn shareable<T: Clone + Send + Sync>() {}
+        shareable::<Store>();
+    }
+
+    #[test]
+    fn object_paths_split_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Digest::of_bytes(b"x");
+        let hex = id.to_string();
+        let path = store.object_path(ObjectDir::Objects, &id);
+        assert_eq!(
+            path,
+            dir.path()
+                .join("v1/objects")
+                .join(&hex[..2])
+                .join(&hex[2..])
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Storing manifests: `v1/trees/ab/...` holds each tree's canonical encoding.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use crate::digest::{Digest, TreeId};
+use crate::error::{DecodeError, Result, StoreError};
+use crate::manifest::Manifest;
+use crate::store::{ObjectDir, Store};
+
+impl Store {
+    /// Stores a manifest and returns its tree id.
+    ///
+    /// The manifest is validated first. Its blobs must already be in the
+    /// store: a stored tree never refers to a missing blob.
+    pub fn put_manifest(&self, manifest: &Manifest) -> Result<TreeId> {
+        manifest
+            .validate()
+            .map_err(|source| StoreError::InvalidManifest {
+                path: self.object_dir(ObjectDir::Trees),
+                source,
+            })?;
+        let bytes = manifest.encode_canonical();
+        let id = Digest::of_bytes(&bytes);
+        self.write_object(ObjectDir::Trees, &id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Loads a stored manifest, checking its digest.
+    pub fn manifest(&self, id: &TreeId) -> Result<Manifest> {
+        let path = self.tree_path(id);
+        let bytes = fs::read(&path).map_err(|source| {
+            if source.kind() == ErrorKind::NotFound {
+                StoreError::MissingTree {
+                    id: *id,
+                    path: path.clone(),
+                }
+            } else {
+                StoreError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        if Digest::of_bytes(&bytes) != *id {
+            return Err(StoreError::CorruptTree {
+                path,
+                source: DecodeError {
+                    offset: 0,
+                    reason: "content does not match its digest".to_owned(),
+                },
+            });
+        }
+        Manifest::decode_canonical(&bytes)
+            .map_err(|source| StoreError::CorruptTree { path, source })
+    }
+
+    /// Whether the tree's manifest is in the store.
+    pub fn has_tree(&self, id: &TreeId) -> bool {
+        self.tree_path(id).is_file()
+    }
+
+    /// The path of a tree's manifest file (whether or not it exists).
+    pub fn tree_path(&self, id: &TreeId) -> PathBuf {
+        self.object_path(ObjectDir::Trees, id)
+    }
+}

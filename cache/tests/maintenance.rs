@@ -1,0 +1,316 @@
+//! `verify` and `gc` on real stores. None of these needs root.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::Scratch;
+use kiln_cache::{
+    ActionResult, CheckoutMode, CheckoutOptions, Digest, Entry, EntryKind, GcPolicy, Manifest,
+    OutputKind, RecordedInput, RunStatus, StageRun, Store, StoreError, TreeId,
+};
+
+/// Stores a tree of one file and returns its id and the file's blob.
+fn small_tree(store: &Store, content: &str, mode: u32) -> (TreeId, Digest) {
+    let blob = store.put_bytes(content.as_bytes()).unwrap();
+    let m = Manifest::from_entries(vec![
+        Entry::new("", EntryKind::Dir, 0o755),
+        Entry::new(
+            "file",
+            EntryKind::File {
+                blob,
+                size: content.len() as u64,
+            },
+            mode,
+        ),
+    ])
+    .unwrap();
+    (store.put_manifest(&m).unwrap(), blob)
+}
+
+fn run(stage: &str, output: Digest, kind: OutputKind, inputs: &[Digest]) -> StageRun {
+    StageRun {
+        stage: stage.to_owned(),
+        kind: "test".to_owned(),
+        key: Digest::of_bytes(format!("{stage}{output}").as_bytes()),
+        status: RunStatus::Ran,
+        output_changed: true,
+        duration: Duration::from_millis(5),
+        output: ActionResult { output, kind },
+        inputs: inputs
+            .iter()
+            .enumerate()
+            .map(|(i, digest)| RecordedInput {
+                name: format!("in{i}"),
+                kind: "tree".to_owned(),
+                digest: *digest,
+                value: None,
+            })
+            .collect(),
+    }
+}
+
+/// Records a finished build with the given runs, each also in the action cache.
+fn record_build(store: &Store, recipe: &str, runs: &[StageRun]) {
+    let index = store.index().unwrap();
+    let build = index.begin_build(recipe, Path::new("/recipes")).unwrap();
+    for r in runs {
+        index.record_action(&r.key, r.output).unwrap();
+        index.record_run(build, r).unwrap();
+    }
+    index.finish_build(build, true).unwrap();
+}
+
+fn overwrite(path: &Path, content: &[u8]) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+fn variant_files(store_root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(store_root.join("v1/variants"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+#[test]
+fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, blob) = small_tree(store, "precious", 0o644);
+    let (other_tree, _) = small_tree(store, "fine", 0o644);
+    let uki = store.put_bytes(b"uki").unwrap();
+    let runs = [
+        run("rootfs", tree, OutputKind::Tree, &[]),
+        run("blob", blob, OutputKind::Blob, &[]),
+        run("other", other_tree, OutputKind::Tree, &[]),
+        run("uki", uki, OutputKind::Blob, &[]),
+    ];
+    record_build(store, "r", &runs);
+    // A variant for the 0644 file, then corrupt it and a tree too.
+    store
+        .checkout(
+            &store.manifest(&other_tree).unwrap(),
+            &s.path("out"),
+            CheckoutOptions::default(),
+        )
+        .unwrap();
+    assert!(store.verify().unwrap().is_clean());
+
+    overwrite(&store.blob_path(&blob), b"tampered");
+    let bogus_tree_path = store.tree_path(&Digest::of_bytes(b"bogus"));
+    fs::create_dir_all(bogus_tree_path.parent().unwrap()).unwrap();
+    fs::write(&bogus_tree_path, b"not a manifest").unwrap();
+    let report = store.verify().unwrap();
+    eprintln!("{report}");
+    assert!(!report.is_clean());
+    assert_eq!(report.blobs_checked, 3);
+    assert_eq!(report.trees_checked, 3);
+    assert_eq!(report.variants_checked, 1);
+    let mut removed = report.removed.clone();
+    removed.sort();
+    let mut want = vec![store.blob_path(&blob), bogus_tree_path];
+    want.sort();
+    assert_eq!(removed, want);
+    assert_eq!(report.incomplete_trees, vec![tree]);
+    let mut dropped = report.actions_removed.clone();
+    dropped.sort();
+    let mut want = vec![runs[0].key, runs[1].key];
+    want.sort();
+    assert_eq!(dropped, want);
+    assert!(!store.has_blob(&blob));
+
+    let index = store.index().unwrap();
+    assert_eq!(index.lookup_action(&runs[0].key).unwrap(), None);
+    assert_eq!(
+        index.lookup_action(&runs[2].key).unwrap(),
+        Some(runs[2].output)
+    );
+    assert_eq!(
+        index.lookup_action(&runs[3].key).unwrap(),
+        Some(runs[3].output)
+    );
+
+    // A variant whose content or metadata changed is corrupt too.
+    let variants = variant_files(store.root());
+    assert!(!variants.is_empty());
+    fs::set_permissions(&variants[0], fs::Permissions::from_mode(0o777)).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.removed, vec![variants[0].clone()]);
+
+    // A plain blob whose mode was changed is repaired, not removed.
+    let mode_changed = store.blob_path(&uki);
+    fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o644)).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.repaired, vec![mode_changed.clone()]);
+    assert_eq!(
+        fs::metadata(&mode_changed).unwrap().permissions().mode() & 0o7777,
+        0o444
+    );
+}
+
+#[test]
+fn gc_keeps_what_the_last_builds_use() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (old_tree, old_blob) = small_tree(store, "old", 0o755);
+    let (input_tree, input_blob) = small_tree(store, "input", 0o644);
+    let (new_tree, new_blob) = small_tree(store, "new", 0o755);
+    let old_uki = store.put_bytes(b"old uki").unwrap();
+    let new_uki = store.put_bytes(b"new uki").unwrap();
+    let stray = store.put_bytes(b"never referenced").unwrap();
+    let other_recipe_uki = store.put_bytes(b"other recipe").unwrap();
+    for tree in [old_tree, new_tree, input_tree] {
+        let dest = s.path(&format!("co-{}", tree.short()));
+        store
+            .checkout(
+                &store.manifest(&tree).unwrap(),
+                &dest,
+                CheckoutOptions::default(),
+            )
+            .unwrap();
+    }
+    assert_eq!(variant_files(store.root()).len(), 3);
+
+    let old_runs = [
+        run("rootfs", old_tree, OutputKind::Tree, &[]),
+        run("uki", old_uki, OutputKind::Blob, &[old_tree]),
+    ];
+    let new_runs = [
+        run("rootfs", new_tree, OutputKind::Tree, &[input_tree]),
+        run(
+            "uki",
+            new_uki,
+            OutputKind::Blob,
+            &[new_tree, Digest::of_bytes(b"env")],
+        ),
+    ];
+    record_build(store, "rescue", &old_runs);
+    record_build(store, "rescue", &new_runs);
+    record_build(
+        store,
+        "other",
+        &[run("uki", other_recipe_uki, OutputKind::Blob, &[])],
+    );
+
+    // Another user of the store blocks gc.
+    let other = Store::open(store.root()).unwrap();
+    let policy = GcPolicy {
+        keep_builds_per_recipe: 1,
+        max_bytes: None,
+        lock_timeout: Duration::from_millis(100),
+    };
+    let err = store.gc(policy).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(other);
+
+    let report = store.gc(policy).unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.builds_removed, 1);
+    assert_eq!(report.builds_kept, 2);
+    assert_eq!(report.trees_removed, 1);
+    assert_eq!(report.blobs_removed, 3, "old blob, old uki, stray");
+    assert_eq!(report.variants_removed, 1);
+    assert_eq!(report.actions_removed, 2);
+    for kept in [new_blob, input_blob, new_uki, other_recipe_uki] {
+        assert!(store.has_blob(&kept));
+    }
+    for gone in [old_blob, old_uki, stray] {
+        assert!(!store.has_blob(&gone));
+    }
+    assert!(store.has_tree(&new_tree) && store.has_tree(&input_tree));
+    assert!(!store.has_tree(&old_tree));
+    assert_eq!(variant_files(store.root()).len(), 2);
+
+    let index = store.index().unwrap();
+    assert_eq!(index.builds(Some("rescue")).unwrap().len(), 1);
+    assert_eq!(index.lookup_action(&old_runs[0].key).unwrap(), None);
+    assert_eq!(
+        index.lookup_action(&new_runs[1].key).unwrap(),
+        Some(new_runs[1].output)
+    );
+    // The store still works after gc: the shared lock is back.
+    store.put_bytes(b"after gc").unwrap();
+    assert!(store.verify().unwrap().is_clean());
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.builds, stats.trees, stats.actions), (2, 2, 3));
+}
+
+#[test]
+fn gc_drops_oldest_builds_to_fit_max_bytes() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let big = |n: u8| store.put_bytes(&vec![n; 100_000]).unwrap();
+    let (a, b, c) = (big(1), big(2), big(3));
+    for (i, blob) in [a, b, c].into_iter().enumerate() {
+        record_build(
+            store,
+            "r",
+            &[run(&format!("s{i}"), blob, OutputKind::Blob, &[])],
+        );
+    }
+    let policy = GcPolicy {
+        keep_builds_per_recipe: 10,
+        max_bytes: Some(250_000),
+        lock_timeout: Duration::from_secs(1),
+    };
+    let report = store.gc(policy).unwrap();
+    assert_eq!(report.builds_removed, 1);
+    assert_eq!(report.bytes_kept, 200_000);
+    assert!(!store.has_blob(&a));
+    assert!(store.has_blob(&b) && store.has_blob(&c));
+}
+
+#[test]
+fn gc_keeps_the_last_successful_build() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let good = store.put_bytes(b"good").unwrap();
+    let failed_output = store.put_bytes(b"partial").unwrap();
+    record_build(store, "r", &[run("uki", good, OutputKind::Blob, &[])]);
+    let index = store.index().unwrap();
+    let failed = index.begin_build("r", Path::new("/r")).unwrap();
+    index
+        .record_run(failed, &run("rootfs", failed_output, OutputKind::Blob, &[]))
+        .unwrap();
+    index.finish_build(failed, false).unwrap();
+    let report = store
+        .gc(GcPolicy {
+            keep_builds_per_recipe: 1,
+            ..GcPolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.builds_removed, 0);
+    assert!(store.has_blob(&good) && store.has_blob(&failed_output));
+}
+
+#[test]
+fn stats_count_objects() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, _) = small_tree(store, "x", 0o644);
+    store
+        .checkout(
+            &store.manifest(&tree).unwrap(),
+            &s.path("out"),
+            CheckoutOptions {
+                mode: CheckoutMode::Hardlink,
+                ..CheckoutOptions::default()
+            },
+        )
+        .unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.blobs, stats.trees, stats.variants), (1, 1, 1));
+    assert_eq!(stats.blob_bytes, 1);
+    let text = stats.to_string();
+    assert!(
+        text.contains("blobs") && text.contains("variants"),
+        "{text}"
+    );
+}

@@ -1,0 +1,70 @@
+//! The command line itself: usage errors, exit codes and the verbs that are not implemented yet.
+//! None of these needs root.
+
+use std::process::{Command, Output};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(KILN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn tiny() -> String {
+    format!("{}/recipes/tiny", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let output = kiln(&["--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"));
+    let output = kiln(&["graph", "show", "--format", "svg"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn verbs_not_implemented_yet_say_so_and_exit_with_2() {
+    let dir = tiny();
+    for args in [
+        vec!["inspect", "image.efi"],
+        vec!["-C", dir.as_str(), "qemu"],
+        vec!["-C", dir.as_str(), "cache", "push"],
+        vec!["-C", dir.as_str(), "cache", "pull"],
+    ] {
+        let output = kiln(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("is not implemented yet"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_lists_every_verb() {
+    let output = kiln(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for verb in ["build", "recipe", "graph", "inspect", "qemu", "cache"] {
+        assert!(help.contains(verb), "{verb} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn explain_without_a_build_says_what_to_do() {
+    let store = tempfile::tempdir().unwrap();
+    let output = kiln(&[
+        "-C",
+        &tiny(),
+        "--cache-dir",
+        store.path().to_str().unwrap(),
+        "graph",
+        "explain",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No build of `tiny@"), "{stderr}");
+    assert!(stderr.contains("Run `kiln build` first"), "{stderr}");
+}
