@@ -34,7 +34,7 @@ pub enum InputError {
         input: String,
         path: PathBuf,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -50,7 +50,7 @@ pub fn resolve_static(
         stage: stage.to_string(),
         input: input.name.clone(),
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let existing = |path: &PathBuf| {
         let full = project_dir.join(path);

@@ -17,7 +17,7 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
         CacheVerb::Stats => {
             let stats = store.stats().map_err(store_error)?;
             println!("store       {}", store.root().display());
-            print!("{stats}");
+            println!("{}", stats.to_string().trim_end());
             Ok(())
         }
         CacheVerb::Gc { keep, max_size } => {
@@ -28,12 +28,12 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
                     ..GcPolicy::default()
                 })
                 .map_err(store_error)?;
-            print!("{report}");
+            println!("{}", report.to_string().trim_end());
             Ok(())
         }
         CacheVerb::Verify => {
             let report = store.verify().map_err(store_error)?;
-            print!("{report}");
+            println!("{}", report.to_string().trim_end());
             let corrupt =
                 report.removed.len() + report.incomplete_trees.len() + report.actions_removed.len();
             println!("corrupt: {corrupt}");

@@ -81,13 +81,17 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         }
     }
     write_marker(&staging, &export.digest);
-    let had_previous = path.symlink_metadata().is_ok();
-    if had_previous {
-        if path.is_dir() && !path.is_symlink() {
-            std::fs::rename(&path, &retired).map_err(write_error(&path))?;
-        }
+    // A directory cannot be renamed over another: move the old one aside first. A file is
+    // replaced by the rename itself.
+    if path.is_dir() && !path.is_symlink() {
+        std::fs::rename(&path, &retired).map_err(write_error(&path))?;
     }
-    std::fs::rename(&staging, &path).map_err(write_error(&path))?;
+    if let Err(source) = std::fs::rename(&staging, &path) {
+        // Put the previous output back: a failed export leaves it as it was.
+        let _ = std::fs::rename(&retired, &path);
+        remove_any(&staging);
+        return Err(OutputError::Write { path, source });
+    }
     remove_any(&retired);
     link(export, &file_name)?;
     Ok(Exported { path, written: true })
