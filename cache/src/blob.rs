@@ -183,8 +183,10 @@ impl Store {
                 source: e.into(),
             })?;
         }
-        set_object_mode(file, path)?;
-        xattr::clear_fd(file.as_fd(), path)
+        // Without root, `user.*` attributes of a read-only file cannot be
+        // removed: clear them before the mode.
+        xattr::clear_fd(file.as_fd(), path)?;
+        set_object_mode(file, path)
     }
 
     /// Copies `path` into the store, hashing as it goes.

@@ -140,7 +140,7 @@ impl Store {
 }
 
 /// Creates `dest` or checks that it is an empty directory.
-fn prepare_dest(dest: &Path) -> Result<()> {
+pub(crate) fn prepare_dest(dest: &Path) -> Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(meta) if meta.is_dir() => {
             let mut listing = fs::read_dir(dest).map_err(|source| StoreError::Read {
@@ -347,7 +347,7 @@ impl Job<'_> {
     }
 }
 
-fn timestamps(seconds: i64) -> Timestamps {
+pub(crate) fn timestamps(seconds: i64) -> Timestamps {
     let at = Timespec {
         tv_sec: seconds,
         tv_nsec: 0,
@@ -358,7 +358,7 @@ fn timestamps(seconds: i64) -> Timestamps {
     }
 }
 
-fn set_file_time(file: &File, path: &Path, mtime: Option<i64>) -> Result<()> {
+pub(crate) fn set_file_time(file: &File, path: &Path, mtime: Option<i64>) -> Result<()> {
     let Some(seconds) = mtime else { return Ok(()) };
     rustix::fs::futimens(file, &timestamps(seconds)).map_err(|e| StoreError::SetMetadata {
         path: path.to_owned(),

@@ -5,7 +5,8 @@
 //! `graph explain` compares against): their outputs and every input digest
 //! that names a stored tree or blob. A kept tree keeps its manifest, every
 //! blob it refers to and the variants its entries need. Everything else is
-//! deleted, with the builds and action cache entries that would refer to it.
+//! deleted, with the builds, action cache entries and stat cache rows that
+//! would refer to it.
 //!
 //! gc holds the store lock exclusively: no build runs meanwhile. Index rows
 //! are deleted before the objects they name, trees before blobs, so a gc
@@ -193,6 +194,9 @@ impl Store {
         index.delete_actions(&doomed_actions)?;
         report.actions_removed = doomed_actions.len();
 
+        // Stat cache rows must not outlive their blobs (see `statcache`).
+        self.prune_stat_cache(|blob| live.blobs.contains(blob))?;
+
         for dir in [ObjectDir::Trees, ObjectDir::Variants, ObjectDir::Objects] {
             for object in self.list_objects(dir)? {
                 if live.keeps(dir, object.name) {
@@ -208,6 +212,7 @@ impl Store {
             }
         }
         report.temp_removed = self.clean_temp(true)?.len();
+        self.remove_shared_checkouts()?;
         index.checkpoint();
         Ok(report)
     }

@@ -1,4 +1,6 @@
 //! The build index (`v1/index.sqlite`): builds, stage runs and the action cache.
+//! The same database holds the stat cache of ingested files, whose queries
+//! live in the `statcache` module.
 //!
 //! SQLite in WAL mode, so readers never block the writer; each connection
 //! waits up to [`BUSY_TIMEOUT`] for another process's write to finish. The
@@ -26,7 +28,8 @@ use crate::store::Store;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Migration `n` (from 0) brings the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE builds (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     recipe      TEXT    NOT NULL,
@@ -69,7 +72,23 @@ CREATE TABLE actions (
     created_ms   INTEGER NOT NULL,
     last_used_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE stat_cache (
+    path        BLOB    PRIMARY KEY,
+    dev         INTEGER NOT NULL,
+    ino         INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    ctime_ns    INTEGER NOT NULL,
+    mode        INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    gid         INTEGER NOT NULL,
+    blob        BLOB    NOT NULL,
+    recorded_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 /// The schema version this kiln writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -226,7 +245,7 @@ impl Store {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection> {
+pub(crate) fn connect(path: &Path) -> Result<Connection> {
     let err = |source| StoreError::Index {
         path: path.to_owned(),
         source,
@@ -722,6 +741,7 @@ fn build_row(row: &Row<'_>) -> rusqlite::Result<BuildRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -770,6 +790,32 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn version_1_index_gains_the_stat_cache_and_keeps_its_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1/index.sqlite");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO builds (recipe, recipe_dir, started_ms, status) VALUES ('r', '/r', 1, 'succeeded')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let index = store.index().unwrap();
+        assert_eq!(index.builds(Some("r")).unwrap().len(), 1);
+        let version: i64 = index
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(store.stat_cache_rows().unwrap(), 0);
     }
 
     #[test]

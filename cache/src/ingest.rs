@@ -1,17 +1,20 @@
-//! Ingesting a directory: walk it, store every file's content, return its manifest.
+//! Ingesting a directory: walk it, store every file's content (or take it
+//! from the stat cache), return its manifest.
 
-use std::collections::HashMap;
-use std::fs::{self, Metadata};
-use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use walkdir::WalkDir;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
+use crate::at;
 use crate::blob::PutMode;
 use crate::error::{Result, StoreError};
 use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::statcache::{Row, StatCache, StatKey, canonical_root, now_ns};
 use crate::store::Store;
 use crate::xattr;
 
@@ -27,11 +30,115 @@ pub struct IngestOptions {
     pub owner: Option<(u32, u32)>,
 }
 
+/// What [`Store::ingest_dir_report`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Entries walked, the root included.
+    pub entries: usize,
+    /// Regular files stored; a hard link group counts once.
+    pub files: usize,
+    /// Files whose content was read and hashed.
+    pub hashed: usize,
+    /// Bytes read and hashed.
+    pub bytes_hashed: u64,
+    /// Files whose blob came from the stat cache, unread.
+    pub reused: usize,
+}
+
+/// What ingest needs of an entry's `lstat`.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// `st_mode`: type and permission bits.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    rdev: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Meta {
+    // The field types of `struct stat` differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &rustix::fs::Stat) -> Meta {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
+
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+
+    fn is_dir(&self) -> bool {
+        self.file_type() == FileType::Directory
+    }
+
+    fn stat_key(&self) -> StatKey {
+        StatKey {
+            dev: self.dev,
+            ino: self.ino,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
 /// A walked entry waiting to be turned into an [`Entry`].
 struct Found {
     rel: String,
     abs: PathBuf,
-    meta: Metadata,
+    meta: Meta,
+}
+
+/// How a walked entry's content was obtained.
+enum Content {
+    /// Not a regular file: there is no content.
+    None,
+    /// The stat cache knew the blob.
+    Reused,
+    /// Read and hashed. `row` is what the stat cache should remember;
+    /// `had_row` says whether it held a row for the path.
+    Hashed {
+        bytes: u64,
+        row: Option<Row>,
+        had_row: bool,
+    },
+}
+
+/// The stat cache of one ingest.
+struct Cache {
+    rows: StatCache,
+    /// When the ingest started: rows it writes are trusted only for files
+    /// older than this (see `statcache`).
+    started: i64,
+}
+
+impl Cache {
+    /// The recorded blob of a regular file, if its row can be trusted. The
+    /// blob is in the store: whatever removes a blob drops its rows.
+    fn known(&self, rel: &str, stat: &StatKey) -> Option<&Row> {
+        let row = self.rows.rows.get(rel)?;
+        (row.stat == *stat && row.is_settled()).then_some(row)
+    }
 }
 
 impl Store {
@@ -46,7 +153,47 @@ impl Store {
     /// attributes are recorded except overlayfs's own `trusted.overlay.*`.
     /// Every name and symlink target must be UTF-8.
     pub fn ingest_dir(&self, dir: &Path, opts: IngestOptions) -> Result<Manifest> {
-        let found = walk(dir)?;
+        self.ingest_dir_report(dir, opts, false)
+            .map(|(manifest, _)| manifest)
+    }
+
+    /// [`Store::ingest_dir`] with the stat cache: a file whose `lstat` is the
+    /// one recorded when it was last ingested (and old enough then, see
+    /// [`crate::RACY_MARGIN_NS`]) is not read again; its recorded blob is
+    /// taken. Extended attributes are still read from every entry. Use it
+    /// for directories ingested again and again, such as a recipe's trees.
+    ///
+    /// With [`PutMode::Move`] the cache is not used: every file is consumed.
+    pub fn ingest_dir_cached(&self, dir: &Path, opts: IngestOptions) -> Result<Manifest> {
+        self.ingest_dir_report(dir, opts, true)
+            .map(|(manifest, _)| manifest)
+    }
+
+    /// [`Store::ingest_dir`], or [`Store::ingest_dir_cached`] when
+    /// `stat_cache` is set, also saying how many files were read.
+    pub fn ingest_dir_report(
+        &self,
+        dir: &Path,
+        opts: IngestOptions,
+        stat_cache: bool,
+    ) -> Result<(Manifest, IngestReport)> {
+        // Before looking at any file (see `statcache`).
+        let started = now_ns();
+        let use_cache = stat_cache && opts.mode == PutMode::Copy;
+        // The rows load while the tree is walked.
+        let (found, cache) = std::thread::scope(|scope| {
+            let loader = use_cache.then(|| scope.spawn(|| self.load_cache(dir, started)));
+            let found = walk(dir);
+            let cache = loader
+                .map(|loader| {
+                    loader
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                })
+                .transpose();
+            (found, cache)
+        });
+        let (found, cache) = (found?, cache?);
 
         let leader = hardlink_leaders(&found);
 
@@ -57,75 +204,177 @@ impl Store {
             .enumerate()
             .map(|(i, f)| match leader[i] {
                 Some(l) if l != i => Ok(None),
-                group => self.ingest_entry(f, opts).map(|mut entry| {
-                    entry.hardlink = group.map(|l| l as u32);
-                    Some(entry)
-                }),
+                group => self
+                    .ingest_entry(f, opts, cache.as_ref())
+                    .map(|(mut entry, content)| {
+                        entry.hardlink = group.map(|l| l as u32);
+                        Some((entry, content))
+                    }),
             })
-            .collect::<Result<Vec<Option<Entry>>>>()?;
-        let entries = read
+            .collect::<Result<Vec<Option<(Entry, Content)>>>>()?;
+
+        let mut report = IngestReport {
+            entries: found.len(),
+            ..IngestReport::default()
+        };
+        let mut upserts = Vec::new();
+        let mut rows_seen = 0;
+        for ((_, content), f) in read
             .iter()
             .zip(&found)
+            .filter_map(|(r, f)| Some((r.as_ref()?, f)))
+        {
+            match content {
+                Content::None => continue,
+                Content::Reused => {
+                    report.reused += 1;
+                    rows_seen += 1;
+                }
+                Content::Hashed {
+                    bytes,
+                    row,
+                    had_row,
+                } => {
+                    report.hashed += 1;
+                    report.bytes_hashed += bytes;
+                    rows_seen += usize::from(*had_row);
+                    if let Some(row) = row {
+                        upserts.push((f.rel.as_str(), *row));
+                    }
+                }
+            }
+            report.files += 1;
+        }
+        // Rows of files that are no longer regular files of the tree.
+        let gone: Vec<&str> = match &cache {
+            Some(cache) if cache.rows.rows.len() > rows_seen => {
+                let kept: HashSet<&str> = read
+                    .iter()
+                    .zip(&found)
+                    .filter(|(r, _)| {
+                        matches!(r, Some((_, Content::Reused | Content::Hashed { .. })))
+                    })
+                    .map(|(_, f)| f.rel.as_str())
+                    .collect();
+                cache
+                    .rows
+                    .rows
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|rel| !kept.contains(rel))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+
+        let followers: Vec<Entry> = found
+            .iter()
             .enumerate()
-            .filter_map(|(i, (entry, f))| match (entry, leader[i]) {
-                (Some(entry), _) => Some(entry.clone()),
-                (None, Some(l)) => read[l].as_ref().map(|leader| Entry {
+            .filter_map(|(i, f)| {
+                let l = leader[i].filter(|&l| l != i)?;
+                read[l].as_ref().map(|(leader, _)| Entry {
                     path: f.rel.clone(),
                     ..leader.clone()
-                }),
-                (None, None) => None,
-            });
-        Manifest::from_entries(entries).map_err(|source| StoreError::InvalidManifest {
-            path: dir.to_owned(),
-            source,
-        })
-    }
-
-    fn ingest_entry(&self, f: &Found, opts: IngestOptions) -> Result<Entry> {
-        // Read before the content: a move takes the file away.
-        let xattrs = xattr::read(&f.abs)?;
-        let ft = f.meta.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_file() {
-            let (blob, size) = self.put_file_sized(&f.abs, opts.mode)?;
-            EntryKind::File { blob, size }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&f.abs).map_err(|source| StoreError::Read {
-                path: f.abs.clone(),
+                })
+            })
+            .collect();
+        // Every blob named by a new row is stored by now.
+        if let Some(cache) = &cache {
+            cache.rows.write(&upserts, &gone)?;
+        }
+        drop(upserts);
+        let entries = read
+            .into_iter()
+            .flatten()
+            .map(|(entry, _)| entry)
+            .chain(followers);
+        let manifest =
+            Manifest::from_entries(entries).map_err(|source| StoreError::InvalidManifest {
+                path: dir.to_owned(),
                 source,
             })?;
-            let target =
-                target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| StoreError::NonUtf8 {
-                        path: f.abs.clone(),
-                    })?;
-            EntryKind::Symlink { target }
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            let rdev = f.meta.rdev();
-            if ft.is_char_device() {
-                EntryKind::CharDev { rdev }
-            } else if ft.is_block_device() {
-                EntryKind::BlockDev { rdev }
-            } else if ft.is_fifo() {
-                EntryKind::Fifo
-            } else {
-                EntryKind::Socket
+        Ok((manifest, report))
+    }
+
+    fn load_cache(&self, dir: &Path, started: i64) -> Result<Cache> {
+        let rows = StatCache::load(self, &canonical_root(dir)?)?;
+        Ok(Cache { rows, started })
+    }
+
+    fn ingest_entry(
+        &self,
+        f: &Found,
+        opts: IngestOptions,
+        cache: Option<&Cache>,
+    ) -> Result<(Entry, Content)> {
+        // Read before the content: a move takes the file away.
+        let xattrs = xattr::read(&f.abs)?;
+        let mut content = Content::None;
+        let kind = match f.meta.file_type() {
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile => {
+                let stat = f.meta.stat_key();
+                match cache.and_then(|cache| cache.known(&f.rel, &stat)) {
+                    Some(row) => {
+                        content = Content::Reused;
+                        EntryKind::File {
+                            blob: row.blob,
+                            size: stat.size,
+                        }
+                    }
+                    None => {
+                        let (blob, size) = self.put_file_sized(&f.abs, opts.mode)?;
+                        let row = cache.and_then(|cache| {
+                            let row = Row {
+                                stat,
+                                blob,
+                                recorded_ns: cache.started,
+                            };
+                            // A file that changed while it was read, or too
+                            // recently to tell, is not remembered.
+                            (size == stat.size && row.is_settled()).then_some(row)
+                        });
+                        let had_row =
+                            cache.is_some_and(|cache| cache.rows.rows.contains_key(&f.rel));
+                        content = Content::Hashed {
+                            bytes: size,
+                            row,
+                            had_row,
+                        };
+                        EntryKind::File { blob, size }
+                    }
+                }
             }
+            FileType::Symlink => {
+                let target = fs::read_link(&f.abs).map_err(|source| StoreError::Read {
+                    path: f.abs.clone(),
+                    source,
+                })?;
+                let target =
+                    target
+                        .into_os_string()
+                        .into_string()
+                        .map_err(|_| StoreError::NonUtf8 {
+                            path: f.abs.clone(),
+                        })?;
+                EntryKind::Symlink { target }
+            }
+            FileType::CharacterDevice => EntryKind::CharDev { rdev: f.meta.rdev },
+            FileType::BlockDevice => EntryKind::BlockDev { rdev: f.meta.rdev },
+            FileType::Fifo => EntryKind::Fifo,
+            _ => EntryKind::Socket,
         };
-        let (uid, gid) = opts.owner.unwrap_or((f.meta.uid(), f.meta.gid()));
-        Ok(Entry {
+        let (uid, gid) = opts.owner.unwrap_or((f.meta.uid, f.meta.gid));
+        let entry = Entry {
             path: f.rel.clone(),
             kind,
-            mode: f.meta.mode() & 0o7777,
+            mode: f.meta.mode & 0o7777,
             uid,
             gid,
             xattrs,
             hardlink: None,
-        })
+        };
+        Ok((entry, content))
     }
 }
 
@@ -134,18 +383,13 @@ impl Store {
 fn hardlink_leaders(found: &[Found]) -> Vec<Option<usize>> {
     let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, f) in found.iter().enumerate() {
-        if !f.meta.is_dir() && f.meta.nlink() > 1 {
-            inodes
-                .entry((f.meta.dev(), f.meta.ino()))
-                .or_default()
-                .push(i);
+        if !f.meta.is_dir() && f.meta.nlink > 1 {
+            inodes.entry((f.meta.dev, f.meta.ino)).or_default().push(i);
         }
     }
     let mut leader = vec![None; found.len()];
-    for (paths, nlink) in inodes.into_values().map(|paths| {
-        let nlink = found[paths[0]].meta.nlink();
-        (paths, nlink)
-    }) {
+    for paths in inodes.into_values() {
+        let nlink = found[paths[0]].meta.nlink;
         if paths.len() > 1 && paths.len() as u64 == nlink {
             for &i in &paths {
                 leader[i] = Some(paths[0]);
@@ -155,43 +399,80 @@ fn hardlink_leaders(found: &[Found]) -> Vec<Option<usize>> {
     leader
 }
 
-/// Lists `dir` and everything under it, root first, never following symlinks.
+/// Lists `dir` and everything under it, root first, never following a
+/// symlink below `dir`. Directories are listed in parallel, each with
+/// `statat` relative to its own descriptor.
 fn walk(dir: &Path) -> Result<Vec<Found>> {
-    let root_meta = fs::metadata(dir).map_err(|source| StoreError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    if !root_meta.is_dir() {
-        return Err(StoreError::NotADirectory {
-            path: dir.to_owned(),
-        });
-    }
-    let mut found = Vec::new();
-    for item in WalkDir::new(dir).follow_links(false) {
-        let item = item.map_err(|e| walk_error(dir, e))?;
-        let rel = item
-            .path()
-            .strip_prefix(dir)
-            .unwrap_or(item.path())
-            .to_str()
-            .ok_or_else(|| StoreError::NonUtf8 {
-                path: item.path().to_owned(),
-            })?
-            .to_owned();
-        let meta = item.metadata().map_err(|e| walk_error(dir, e))?;
-        found.push(Found {
-            rel,
-            abs: item.into_path(),
-            meta,
-        });
-    }
+    let read_err = |path: &Path, e: Errno| StoreError::Read {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let root = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(root) => root,
+        Err(Errno::NOTDIR) => {
+            return Err(StoreError::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+        Err(e) => return Err(read_err(dir, e)),
+    };
+    let meta = Meta::of(&rustix::fs::fstat(&root).map_err(|e| read_err(dir, e))?);
+    let mut found = vec![Found {
+        rel: String::new(),
+        abs: dir.to_owned(),
+        meta,
+    }];
+    found.extend(walk_children(root.as_fd(), dir, "")?);
     Ok(found)
 }
 
-fn walk_error(dir: &Path, err: walkdir::Error) -> StoreError {
-    let path = err.path().unwrap_or(dir).to_owned();
-    let source = err
-        .into_io_error()
-        .unwrap_or_else(|| io::Error::other("filesystem loop"));
-    StoreError::Read { path, source }
+/// The entries under the open directory `fd` (at `abs`, manifest path `rel`).
+fn walk_children(fd: BorrowedFd<'_>, abs: &Path, rel: &str) -> Result<Vec<Found>> {
+    let read_err = |path: &Path, e: Errno| StoreError::Read {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let names = at::list(fd).map_err(|source| StoreError::Read {
+        path: abs.to_owned(),
+        source,
+    })?;
+    let mut here = Vec::with_capacity(names.len());
+    let mut dirs = Vec::new();
+    for (name, _) in &names {
+        let path = abs.join(at::os(name));
+        let Ok(name) = name.to_str() else {
+            return Err(StoreError::NonUtf8 { path });
+        };
+        let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| read_err(&path, e))?;
+        let meta = Meta::of(&st);
+        if meta.is_dir() {
+            dirs.push(here.len());
+        }
+        here.push(Found {
+            rel: if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            },
+            abs: path,
+            meta,
+        });
+    }
+    let nested = dirs
+        .par_iter()
+        .map(|&i| {
+            let f = &here[i];
+            let name = at::split(&f.rel).1;
+            let sub = rustix::fs::openat(fd, name, at::DIR_FLAGS, Mode::empty())
+                .map_err(|e| read_err(&f.abs, e))?;
+            walk_children(sub.as_fd(), &f.abs, &f.rel)
+        })
+        .collect::<Result<Vec<Vec<Found>>>>()?;
+    here.extend(nested.into_iter().flatten());
+    Ok(here)
 }

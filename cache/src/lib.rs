@@ -6,6 +6,12 @@
 //! they produced ([`Store::ingest_dir`]) and to materialise their inputs
 //! ([`Store::checkout`]).
 //!
+//! Two shortcuts make rebuilds cheap: [`Store::ingest_dir_cached`] skips
+//! reading files whose `stat` has not changed since they were last ingested,
+//! and [`Store::update_checkout`] turns a checkout of one tree into a
+//! checkout of another by applying only their difference, for instance on a
+//! [`clone_hardlinked`] copy of the previous output.
+//!
 //! # Layout
 //!
 //! ```text
@@ -13,12 +19,15 @@
 //! ├── CACHEDIR.TAG             marks the folder as a cache for backup tools
 //! └── v1/                      layout version: a new layout gets a new folder
 //!     ├── lock                 flock: shared by every user, exclusive for gc
-//!     ├── index.sqlite         builds, stage runs, action cache (WAL: -wal, -shm)
+//!     ├── index.sqlite         builds, stage runs, action cache, stat cache
+//!     │                        of ingested files (WAL: -wal, -shm)
 //!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
 //!     │                        mode 0444, owned by the store's user, no xattrs
 //!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
 //!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
+//!     ├── checkouts/<tree id>/ read-only hardlink checkouts shared by builds as
+//!     │                        overlay lower layers (removed by gc)
 //!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
 //! ```
 //!
@@ -66,9 +75,11 @@
 //! # }
 //! ```
 
+mod at;
 mod blob;
 mod canonical;
 mod checkout;
+mod clone;
 mod diff;
 mod digest;
 mod error;
@@ -78,8 +89,11 @@ mod ingest;
 mod lock;
 mod maintenance;
 mod manifest;
+mod shared;
+mod statcache;
 mod store;
 mod tree;
+mod update;
 mod variant;
 mod verify;
 mod xattr;
@@ -87,6 +101,7 @@ mod xattr;
 pub use blob::PutMode;
 pub use canonical::FORMAT_VERSION;
 pub use checkout::{CheckoutMode, CheckoutOptions};
+pub use clone::clone_hardlinked;
 pub use diff::{Change, ChangeKind, Modification};
 pub use digest::{BlobId, Digest, TreeId};
 pub use error::{DecodeError, ManifestError, ParseDigestError, Result, StoreError};
@@ -95,8 +110,10 @@ pub use index::{
     ActionResult, BuildId, BuildInfo, BuildStatus, Index, OutputKind, RecordedInput, RunStatus,
     StageRun,
 };
-pub use ingest::IngestOptions;
+pub use ingest::{IngestOptions, IngestReport};
 pub use maintenance::{Stats, human_bytes};
 pub use manifest::{Entry, EntryKind, Manifest, compare_paths, validate_path};
+pub use statcache::RACY_MARGIN_NS;
 pub use store::Store;
+pub use update::UpdateReport;
 pub use verify::VerifyReport;

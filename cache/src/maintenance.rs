@@ -40,6 +40,8 @@ pub struct Stats {
     pub actions: u64,
     /// Files in `v1/tmp/`: writes in progress or leftovers.
     pub temp_files: u64,
+    /// Rows of the stat cache of ingested files.
+    pub stat_cache_rows: u64,
 }
 
 impl Stats {
@@ -72,6 +74,7 @@ impl fmt::Display for Stats {
         writeln!(f, "builds      {:>8}", self.builds)?;
         writeln!(f, "stage runs  {:>8}", self.runs)?;
         writeln!(f, "actions     {:>8}", self.actions)?;
+        writeln!(f, "stat cache  {:>8}", self.stat_cache_rows)?;
         writeln!(f, "temp files  {:>8}", self.temp_files)?;
         write!(
             f,
@@ -140,6 +143,7 @@ impl Store {
             runs: index.count(Table::Runs)?,
             actions: index.count(Table::Actions)?,
             temp_files: read_dir_paths(&self.tmp_dir())?.len() as u64,
+            stat_cache_rows: self.stat_cache_rows()?,
         })
     }
 

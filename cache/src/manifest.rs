@@ -235,14 +235,21 @@ impl Manifest {
     pub fn from_entries(
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<Manifest, ManifestError> {
-        let mut map = BTreeMap::new();
-        for entry in entries {
+        let mut entries: Vec<Entry> = entries.into_iter().collect();
+        for entry in &entries {
             validate_path(&entry.path)?;
-            let key = PathKey(entry.path.clone());
-            if let Some(old) = map.insert(key, entry) {
-                return Err(ManifestError::Duplicate { path: old.path });
-            }
         }
+        // Sorting first lets the map be built in one pass.
+        entries.sort_unstable_by(|a, b| compare_paths(&a.path, &b.path));
+        if let Some(pair) = entries.windows(2).find(|pair| pair[0].path == pair[1].path) {
+            return Err(ManifestError::Duplicate {
+                path: pair[0].path.clone(),
+            });
+        }
+        let map = entries
+            .into_iter()
+            .map(|e| (PathKey(e.path.clone()), e))
+            .collect();
         Manifest::from_map(map)
     }
 
@@ -408,12 +415,18 @@ impl Manifest {
     }
 
     fn check_structure(&self) -> Result<(), ManifestError> {
+        // One key buffer for every parent lookup.
+        let mut probe = PathKey(String::new());
         for entry in self.entries.values() {
             validate_path(&entry.path)?;
             match parent_of(&entry.path) {
                 None if !entry.kind.is_dir() => return Err(ManifestError::RootNotDir),
                 None => {}
-                Some(parent) => self.check_parent(&entry.path, parent)?,
+                Some(parent) => {
+                    probe.0.clear();
+                    probe.0.push_str(parent);
+                    parent_check(&entry.path, parent, self.entries.get(&probe))?;
+                }
             }
             if entry.kind.is_dir() && entry.hardlink.is_some() {
                 return Err(ManifestError::HardlinkedDir {
@@ -425,17 +438,7 @@ impl Manifest {
     }
 
     fn check_parent(&self, path: &str, parent: &str) -> Result<(), ManifestError> {
-        match self.get(parent) {
-            None => Err(ManifestError::MissingParent {
-                path: path.to_owned(),
-                parent: display_path(parent),
-            }),
-            Some(p) if !p.kind.is_dir() => Err(ManifestError::ParentNotDir {
-                path: path.to_owned(),
-                parent: display_path(parent),
-            }),
-            Some(_) => Ok(()),
-        }
+        parent_check(path, parent, self.get(parent))
     }
 
     fn check_hardlinks(&self) -> Result<(), ManifestError> {
@@ -460,6 +463,22 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks that the entry at `path` has its parent `parent`, found as `found`,
+/// and that it is a directory.
+fn parent_check(path: &str, parent: &str, found: Option<&Entry>) -> Result<(), ManifestError> {
+    match found {
+        None => Err(ManifestError::MissingParent {
+            path: path.to_owned(),
+            parent: display_path(parent),
+        }),
+        Some(p) if !p.kind.is_dir() => Err(ManifestError::ParentNotDir {
+            path: path.to_owned(),
+            parent: display_path(parent),
+        }),
+        Some(_) => Ok(()),
     }
 }
 

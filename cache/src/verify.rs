@@ -39,6 +39,9 @@ pub struct VerifyReport {
     pub actions_removed: Vec<Digest>,
     /// Stale temp files removed.
     pub temp_removed: Vec<PathBuf>,
+    /// Stat cache rows dropped because their blob is gone: removed as
+    /// corrupt, or by hand.
+    pub stat_rows_removed: usize,
 }
 
 impl VerifyReport {
@@ -70,6 +73,13 @@ impl fmt::Display for VerifyReport {
         for key in &self.actions_removed {
             writeln!(f, "dropped cache entry {}", key.short())?;
         }
+        if self.stat_rows_removed > 0 {
+            writeln!(
+                f,
+                "dropped {} stat cache rows of missing blobs",
+                self.stat_rows_removed
+            )?;
+        }
         write!(f, "removed {} stale temp files", self.temp_removed.len())?;
         if self.is_clean() {
             write!(f, "\nthe store is consistent")?;
@@ -88,7 +98,8 @@ enum Check {
 impl Store {
     /// Rehashes every blob, variant and tree; removes corrupt ones, drops
     /// action cache entries whose output is missing or refers to a missing
-    /// blob, and removes stale temp files.
+    /// blob and stat cache rows whose blob is missing, and removes stale
+    /// temp files.
     ///
     /// Runs under the shared lock, alongside builds.
     pub fn verify(&self) -> Result<VerifyReport> {
@@ -112,6 +123,9 @@ impl Store {
                 _ => {}
             }
         }
+
+        report.stat_rows_removed =
+            self.prune_stat_cache(|blob| present.contains(blob) || self.has_blob(blob))?;
 
         let variants = self.list_objects(ObjectDir::Variants)?;
         report.variants_checked = variants.len();
@@ -161,6 +175,11 @@ impl Store {
             }
         }
         index.delete_actions(&report.actions_removed)?;
+        // Shared checkouts are hard links to the objects: one that shares a damaged inode
+        // must not be used again.
+        if !report.removed.is_empty() || !report.repaired.is_empty() {
+            self.remove_shared_checkouts()?;
+        }
         Ok(report)
     }
 

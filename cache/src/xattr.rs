@@ -65,6 +65,65 @@ pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(xattrs)
 }
 
+/// Reads all extended attributes of an open file or directory, except
+/// overlayfs bookkeeping; `path` names it in errors.
+pub(crate) fn read_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let err = |e: Errno| StoreError::ReadXattr {
+        path: path.to_owned(),
+        source: io::Error::from(e),
+    };
+    let mut names = vec![0u8; 256];
+    let len = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(len) => break len,
+            Err(Errno::RANGE) => {
+                let needed = rustix::fs::flistxattr_query(fd).map_err(err)?;
+                names.resize(needed.max(names.len() * 2), 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(err(e)),
+        }
+    };
+    let mut xattrs = BTreeMap::new();
+    for raw in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(raw).map_err(|_| StoreError::NonUtf8 {
+            path: path.join(String::from_utf8_lossy(raw).as_ref()),
+        })?;
+        if name.starts_with(OVERLAY_PREFIX) {
+            continue;
+        }
+        let mut value = vec![0u8; 64];
+        loop {
+            match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
+                Ok(n) => {
+                    value.truncate(n);
+                    xattrs.insert(name.to_owned(), value);
+                    break;
+                }
+                Err(Errno::RANGE) => {
+                    let needed = rustix::fs::fgetxattr_query(fd, name).map_err(err)?;
+                    value.resize(needed.max(value.len() * 2), 0);
+                }
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(xattrs)
+}
+
+/// Removes the attribute `name` of an open file or directory, if it is there.
+pub(crate) fn remove_fd(fd: BorrowedFd<'_>, path: &Path, name: &str) -> Result<()> {
+    match rustix::fs::fremovexattr(fd, name) {
+        Ok(()) | Err(Errno::NODATA) => Ok(()),
+        Err(e) => Err(StoreError::SetXattr {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
+
 /// Sets every attribute of `xattrs` on `path` (not following a symlink).
 pub(crate) fn set_path(path: &Path, xattrs: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     for (name, value) in xattrs {

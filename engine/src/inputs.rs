@@ -93,7 +93,7 @@ pub fn resolve_static(
                 owner: owned_by_root.then_some((0, 0)),
             };
             let manifest = store
-                .ingest_dir(&full, options)
+                .ingest_dir_cached(&full, options)
                 .map_err(|source| unreadable(path, source))?;
             let digest = store
                 .put_manifest(&manifest)

@@ -119,3 +119,58 @@ pub fn make_removable(root: &Path) {
         }
     }
 }
+
+/// The extended attributes of `path` (not following a symlink).
+pub fn xattrs(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut names = vec![0u8; 4096];
+    let len = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(len) => len,
+        Err(rustix::io::Errno::NOTSUP) => return Default::default(),
+        Err(e) => panic!("llistxattr {}: {e}", path.display()),
+    };
+    names[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|raw| {
+            let name = String::from_utf8(raw.to_vec()).unwrap();
+            let mut value = vec![0u8; 4096];
+            let n = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]).unwrap();
+            value.truncate(n);
+            (name, value)
+        })
+        .collect()
+}
+
+/// Everything observable about each entry under `root` but its link count
+/// and ctime: inode, type and mode, owner, size, mtime, content or target,
+/// xattrs. Two equal snapshots mean nothing was written through.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let m = fs::symlink_metadata(path).unwrap();
+            let content = if m.is_file() {
+                format!("{:?}", blake3::hash(&fs::read(path).unwrap()))
+            } else if m.is_symlink() {
+                format!("-> {}", fs::read_link(path).unwrap().display())
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "ino {} mode {:o} owner {}:{} size {} mtime {}.{} {content} {:?}",
+                m.ino(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.size() },
+                m.mtime(),
+                m.mtime_nsec(),
+                xattrs(path)
+            );
+            (path.strip_prefix(root).unwrap().to_owned(), line)
+        })
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! Shared checkouts: one read-only hardlink checkout per tree, reused by every build.
+//!
+//! A mutable stage mounts an overlay on a checkout of its input tree. Checking out a tree of
+//! 30,000 files costs as many hard links; when the same tree is the input again (a rebuild after
+//! editing mkosi.finalize re-runs finalize on the tree it had before), the checkout made the
+//! first time is used again. `checkouts/<tree id>` appears by an atomic rename once complete,
+//! so a reader sees a whole checkout or none. Nothing may write into one: they are overlay lower
+//! layers, and their files are the store's own objects. gc removes them all (under its exclusive
+//! lock); verify removes them all when it found a damaged object, since a checkout shares its
+//! inodes.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::checkout::{CheckoutMode, CheckoutOptions};
+use crate::digest::TreeId;
+use crate::error::{Result, StoreError};
+use crate::maintenance::read_dir_paths;
+use crate::store::Store;
+
+impl Store {
+    /// `v1/checkouts/`.
+    fn checkouts_dir(&self) -> PathBuf {
+        self.tmp_dir().with_file_name("checkouts")
+    }
+
+    /// A read-only hardlink checkout of `tree`, made on first use and shared afterwards.
+    /// Treat it as immutable: mount it as an overlay's lower layer, or read it.
+    pub fn shared_checkout(&self, tree: &TreeId) -> Result<PathBuf> {
+        let dir = self.checkouts_dir();
+        let path = dir.join(tree.to_hex());
+        if path.is_dir() {
+            return Ok(path);
+        }
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Create {
+            path: dir.clone(),
+            source,
+        })?;
+        let manifest = self.manifest(tree)?;
+        let staging = self.temp_path();
+        let options = CheckoutOptions {
+            mode: CheckoutMode::Hardlink,
+            ..CheckoutOptions::default()
+        };
+        if let Err(error) = self.checkout(&manifest, &staging, options) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+        match fs::rename(&staging, &path) {
+            Ok(()) => Ok(path),
+            // Another build made the same checkout meanwhile: use theirs.
+            Err(_) if path.is_dir() => {
+                let _ = fs::remove_dir_all(&staging);
+                Ok(path)
+            }
+            Err(source) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(StoreError::Create { path, source })
+            }
+        }
+    }
+
+    /// Remove every shared checkout; returns how many there were. Only with no build running:
+    /// gc holds the exclusive lock, verify calls it after finding damage.
+    pub(crate) fn remove_shared_checkouts(&self) -> Result<usize> {
+        let dir = self.checkouts_dir();
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let paths = read_dir_paths(&dir)?;
+        for path in &paths {
+            fs::remove_dir_all(path).map_err(|source| StoreError::Remove {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(paths.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{IngestOptions, Store};
+
+    /// The current user, so the test also runs without root.
+    fn store_owner() -> (u32, u32) {
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    }
+
+    #[test]
+    fn a_shared_checkout_is_made_once_and_removed_by_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(source.join("etc")).unwrap();
+        std::fs::write(source.join("etc/hostname"), "tiny\n").unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let options = IngestOptions {
+            owner: Some(store_owner()),
+            ..IngestOptions::default()
+        };
+        let manifest = store.ingest_dir(&source, options).unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let first = store.shared_checkout(&tree).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(first.join("etc/hostname")).unwrap(),
+            "tiny\n"
+        );
+        let inode = |path: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).unwrap().ino()
+        };
+        let before = inode(&first.join("etc/hostname"));
+        let second = store.shared_checkout(&tree).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(inode(&second.join("etc/hostname")), before, "made again");
+        assert_eq!(store.remove_shared_checkouts().unwrap(), 1);
+        assert!(!first.exists());
+    }
+}
