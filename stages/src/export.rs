@@ -4,7 +4,10 @@
 //! plus the format's suffix, and, when the name carries a version, a symlink from the
 //! unversioned name. The new output is prepared beside the old one and renamed into place, so a
 //! failed or killed build leaves the previous output intact. An output already holding the same
-//! result (recorded in a `user.kiln.output` xattr) is left alone unless forced.
+//! result (recorded in a `user.kiln.output` xattr) is left alone unless forced; a directory output
+//! holding an older result is cloned with hard links and updated by the difference, so that
+//! unchanged files keep their inodes and a small change costs little. Hand edits made inside an
+//! output are carried over by that update; `-f` writes everything afresh.
 
 use std::path::{Path, PathBuf};
 
@@ -52,35 +55,72 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         move |source| OutputError::Write { path, source }
     };
     std::fs::create_dir_all(&export.output_dir).map_err(write_error(&export.output_dir))?;
-    let current = read_marker(&path).as_deref() == Some(export.digest.to_string().as_str());
-    if current && !force {
+    let marker = marker_value(&export.digest, export.source_date_epoch);
+    let previous = read_marker(&path);
+    if previous.as_deref() == Some(marker.as_str()) && !force {
         link(export, &file_name)?;
-        return Ok(Exported { path, written: false });
+        return Ok(Exported {
+            path,
+            written: false,
+        });
     }
     let pid = std::process::id();
-    let staging = export.output_dir.join(format!(".{file_name}.kiln-new-{pid}"));
-    let retired = export.output_dir.join(format!(".{file_name}.kiln-old-{pid}"));
+    let staging = export
+        .output_dir
+        .join(format!(".{file_name}.kiln-new-{pid}"));
+    let retired = export
+        .output_dir
+        .join(format!(".{file_name}.kiln-old-{pid}"));
     remove_any(&staging);
     match export.format {
         ArtifactFormat::Directory => {
-            let manifest = store
-                .manifest(&export.digest)
-                .map_err(|source| OutputError::Checkout { path: staging.clone(), source })?;
+            let manifest =
+                store
+                    .manifest(&export.digest)
+                    .map_err(|source| OutputError::Checkout {
+                        path: staging.clone(),
+                        source,
+                    })?;
             let options = CheckoutOptions {
                 mode: CheckoutMode::Copy,
                 mtime: Some(export.source_date_epoch as i64),
                 ..CheckoutOptions::default()
             };
-            store
-                .checkout(&manifest, &staging, options)
-                .map_err(|source| OutputError::Checkout { path: staging.clone(), source })?;
+            // The previous output, when it was written with the same SOURCE_DATE_EPOCH and its
+            // tree is still in the store, is cloned with hard links and brought up to date:
+            // the cost follows the change, not the image. -f writes everything afresh.
+            let updatable = (!force)
+                .then(|| previous.as_deref().and_then(|value| parse_marker(value)))
+                .flatten()
+                .filter(|(_, epoch)| *epoch == export.source_date_epoch)
+                .and_then(|(digest, _)| store.manifest(&digest).ok())
+                .filter(|_| path.is_dir() && !path.is_symlink());
+            let updated = updatable.is_some_and(|old| {
+                let done = kiln_cache::clone_hardlinked(&path, &staging).is_ok()
+                    && store
+                        .update_checkout(&old, &manifest, &staging, options)
+                        .is_ok();
+                if !done {
+                    remove_any(&staging);
+                }
+                done
+            });
+            if !updated {
+                store
+                    .checkout(&manifest, &staging, options)
+                    .map_err(|source| OutputError::Checkout {
+                        path: staging.clone(),
+                        source,
+                    })?;
+            }
         }
         ArtifactFormat::Tar => {
-            std::fs::copy(store.blob_path(&export.digest), &staging).map_err(write_error(&staging))?;
+            std::fs::copy(store.blob_path(&export.digest), &staging)
+                .map_err(write_error(&staging))?;
             set_mtime(&staging, export.source_date_epoch);
         }
     }
-    write_marker(&staging, &export.digest);
+    write_marker(&staging, &marker);
     // A directory cannot be renamed over another: move the old one aside first. A file is
     // replaced by the rename itself.
     if path.is_dir() && !path.is_symlink() {
@@ -94,12 +134,19 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
     }
     remove_any(&retired);
     link(export, &file_name)?;
-    Ok(Exported { path, written: true })
+    Ok(Exported {
+        path,
+        written: true,
+    })
 }
 
 fn link(export: &Export, file_name: &str) -> Result<(), OutputError> {
-    let Some(link) = &export.link else { return Ok(()) };
-    let link_path = export.output_dir.join(format!("{link}{}", suffix(export.format)));
+    let Some(link) = &export.link else {
+        return Ok(());
+    };
+    let link_path = export
+        .output_dir
+        .join(format!("{link}{}", suffix(export.format)));
     if link_path == export.output_dir.join(file_name) {
         return Ok(());
     }
@@ -145,11 +192,23 @@ fn set_mtime(path: &Path, epoch: u64) {
 }
 
 fn read_marker(path: &Path) -> Option<String> {
-    let value = crate::host::xattr::get(path, MARKER.as_bytes()).ok().flatten()?;
+    let value = crate::host::xattr::get(path, MARKER.as_bytes())
+        .ok()
+        .flatten()?;
     String::from_utf8(value).ok()
 }
 
-fn write_marker(path: &Path, digest: &Digest) {
+fn write_marker(path: &Path, marker: &str) {
     // Without xattr support the output is simply rewritten on every build.
-    let _ = crate::host::xattr::set(path, MARKER.as_bytes(), digest.to_string().as_bytes());
+    let _ = crate::host::xattr::set(path, MARKER.as_bytes(), marker.as_bytes());
+}
+
+/// What the marker records: the result's digest and the SOURCE_DATE_EPOCH of its mtimes.
+fn marker_value(digest: &Digest, source_date_epoch: u64) -> String {
+    format!("{digest} {source_date_epoch}")
+}
+
+fn parse_marker(value: &str) -> Option<(Digest, u64)> {
+    let (digest, epoch) = value.split_once(' ')?;
+    Some((digest.parse().ok()?, epoch.parse().ok()?))
 }

@@ -1,6 +1,7 @@
 //! Script stages: mkosi.prepare, mkosi.postinst and mkosi.finalize (and their `.chroot` forms).
 //!
-//! The input tree is checked out read-only from the store (hard links), an overlay is mounted
+//! The input tree is checked out read-only from the store (hard links, shared by every build
+//! that runs on the same tree), an overlay is mounted
 //! over it, the scripts run against the merged tree, and only the overlay's upper layer, exactly
 //! what the scripts changed, is turned into the output manifest (whiteouts become removals).
 //! Without overlayfs the tree is copied and ingested whole.
@@ -14,10 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_cache::{
-    CheckoutMode, CheckoutOptions, Digest, EntryKind, IngestOptions, Manifest, OutputKind, PutMode,
-    Store,
-};
+use kiln_cache::{Digest, EntryKind, IngestOptions, Manifest, OutputKind, PutMode, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use crate::host::{Host, HostError, ScriptInvocation, TreeChanges, UpperChange};
@@ -112,7 +110,10 @@ impl Stage for ScriptsStage {
             inputs.push(Input::file(script.display().to_string(), script));
         }
         for (name, value) in self.named_variables() {
-            inputs.push(Input::value(name, value.unwrap_or_else(|| UNSET.to_string())));
+            inputs.push(Input::value(
+                name,
+                value.unwrap_or_else(|| UNSET.to_string()),
+            ));
         }
         inputs
     }
@@ -122,16 +123,10 @@ impl Stage for ScriptsStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let base = ctx.store.manifest(&ctx.input("base")?)?;
-        let lower = ctx.scratch.join("lower");
-        ctx.store.checkout(
-            &base,
-            &lower,
-            CheckoutOptions {
-                mode: CheckoutMode::Hardlink,
-                ..CheckoutOptions::default()
-            },
-        )?;
+        let base_id = ctx.input("base")?;
+        let base = ctx.store.manifest(&base_id)?;
+        // The input tree as a read-only checkout shared with every build of the same tree.
+        let lower = ctx.store.shared_checkout(&base_id)?;
         let scripts = self.stage_scripts(ctx)?;
         let outputdir = ctx.scratch.join("output");
         std::fs::create_dir_all(&outputdir).map_err(|source| {
@@ -178,7 +173,9 @@ impl ScriptsStage {
         let mut staged = Vec::new();
         for (position, script) in self.scripts.iter().enumerate() {
             let blob = ctx.input(&script.display().to_string())?;
-            let name = script.file_name().map_or_else(|| format!("script-{position}").into(), PathBuf::from);
+            let name = script
+                .file_name()
+                .map_or_else(|| format!("script-{position}").into(), PathBuf::from);
             let target = dir.join(position.to_string()).join(name);
             let parent = target.parent().unwrap_or(&dir).to_path_buf();
             std::fs::create_dir_all(&parent).map_err(|source| {
@@ -197,7 +194,11 @@ impl ScriptsStage {
 
 /// The tree after a mutable stage: the base with the upper layer applied, or the whole tree
 /// ingested when there was no overlay.
-pub fn apply_changes(store: &Store, mut base: Manifest, changes: TreeChanges) -> Result<Manifest, StageError> {
+pub fn apply_changes(
+    store: &Store,
+    mut base: Manifest,
+    changes: TreeChanges,
+) -> Result<Manifest, StageError> {
     match changes {
         TreeChanges::Whole { root } => Ok(store.ingest_dir(
             &root,
@@ -238,8 +239,9 @@ pub fn apply_changes(store: &Store, mut base: Manifest, changes: TreeChanges) ->
                         if replaces_dir {
                             base.remove_path_recursive(&path);
                         }
-                        base.insert_or_replace(entry)
-                            .map_err(|error| StageError::failed(crate::error::TreeError::from(error)))?;
+                        base.insert_or_replace(entry).map_err(|error| {
+                            StageError::failed(crate::error::TreeError::from(error))
+                        })?;
                     }
                 }
             }
@@ -259,7 +261,10 @@ mod tests {
 
     #[test]
     fn variables_are_named_as_whole_words() {
-        assert!(names_variable("echo ${IMAGE_VERSION:-n/a}", "IMAGE_VERSION"));
+        assert!(names_variable(
+            "echo ${IMAGE_VERSION:-n/a}",
+            "IMAGE_VERSION"
+        ));
         assert!(names_variable("echo $IMAGE_VERSION", "IMAGE_VERSION"));
         assert!(!names_variable("echo $IMAGE_VERSIONS", "IMAGE_VERSION"));
         assert!(!names_variable("echo $MY_IMAGE_VERSION", "IMAGE_VERSION"));
