@@ -251,6 +251,13 @@ fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("upstream stage `extra-trees` changed its output"), "{text}");
     assert!(text.contains("postinst: ran, output unchanged"), "{text}");
+    // The output was updated in place of a full copy: it must equal a full rewrite.
+    project.write("mkosi.extra/etc/hostname", "edited\n");
+    project.build(&[]);
+    let updated = tree_listing(&project.output_dir());
+    assert!(updated.contains("etc/hostname"));
+    project.build(&["-f"]);
+    assert_eq!(tree_listing(&project.output_dir()), updated);
 }
 
 #[test]
