@@ -1,19 +1,28 @@
 //! Drawing a build: one line per stage (cached / ran / ran, output unchanged) with its time, the
-//! output of running stages, and a spinner for any stage running longer than a second. Plain
-//! lines when stderr is not a terminal.
+//! output of running stages, and a spinner for each stage that has been running for more than a
+//! second. Plain lines, and no spinners, when stderr is not a terminal.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_cache::Digest;
 use kiln_engine::{Outcome, Reporter};
 
+/// How long a stage runs before it gets a spinner.
+const SPINNER_AFTER: Duration = Duration::from_secs(1);
+
+/// A running stage: when it started, and its spinner once it has one.
+struct Running {
+    started: Instant,
+    bar: Option<ProgressBar>,
+}
+
 pub struct TerminalReporter {
     bars: MultiProgress,
-    running: Mutex<BTreeMap<String, ProgressBar>>,
+    running: Arc<Mutex<BTreeMap<String, Running>>>,
     interactive: bool,
 }
 
@@ -25,11 +34,44 @@ impl TerminalReporter {
         } else {
             ProgressDrawTarget::hidden()
         };
-        TerminalReporter {
+        let reporter = TerminalReporter {
             bars: MultiProgress::with_draw_target(target),
-            running: Mutex::new(BTreeMap::new()),
+            running: Arc::new(Mutex::new(BTreeMap::new())),
             interactive,
+        };
+        if interactive {
+            reporter.start_ticker();
         }
+        reporter
+    }
+
+    /// A thread that gives every stage running longer than [`SPINNER_AFTER`] its spinner. It
+    /// ends with the process.
+    fn start_ticker(&self) {
+        let running = Arc::downgrade(&self.running);
+        let bars = self.bars.clone();
+        std::thread::spawn(move || {
+            while let Some(running) = running.upgrade() {
+                {
+                    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (stage, state) in running.iter_mut() {
+                        if state.bar.is_none() && state.started.elapsed() >= SPINNER_AFTER {
+                            let bar = bars.add(
+                                ProgressBar::new_spinner().with_elapsed(state.started.elapsed()),
+                            );
+                            bar.set_style(
+                                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
+                            bar.set_message(stage.clone());
+                            bar.enable_steady_tick(Duration::from_millis(120));
+                            state.bar = Some(bar);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
     }
 
     fn println(&self, line: &str) {
@@ -43,20 +85,14 @@ impl TerminalReporter {
 
 impl Reporter for TerminalReporter {
     fn stage_started(&self, stage: &str) {
-        if !self.interactive {
-            return;
-        }
-        let bar = self.bars.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.insert(
+            stage.to_string(),
+            Running {
+                started: Instant::now(),
+                bar: None,
+            },
         );
-        bar.set_message(stage.to_string());
-        // Spinners appear only for stages that take longer than a second.
-        bar.enable_steady_tick(Duration::from_millis(1000));
-        if let Ok(mut running) = self.running.lock() {
-            running.insert(stage.to_string(), bar);
-        }
     }
 
     fn stage_output(&self, stage: &str, line: &str) {
@@ -64,9 +100,12 @@ impl Reporter for TerminalReporter {
     }
 
     fn stage_finished(&self, stage: &str, outcome: Outcome, _output: &Digest, duration: Duration) {
-        if let Ok(mut running) = self.running.lock()
-            && let Some(bar) = running.remove(stage)
-        {
+        let finished = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(stage);
+        if let Some(bar) = finished.and_then(|state| state.bar) {
             bar.finish_and_clear();
             self.bars.remove(&bar);
         }
