@@ -20,7 +20,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Change to DIR before doing anything (the project directory)
-    #[arg(short = 'C', long = "directory", value_name = "DIR", global = true, default_value = ".")]
+    #[arg(
+        short = 'C',
+        long = "directory",
+        value_name = "DIR",
+        global = true,
+        default_value = "."
+    )]
     pub directory: PathBuf,
 
     /// Force: rewrite the final output; twice re-runs every stage
@@ -46,6 +52,10 @@ pub struct GlobalArgs {
     /// Select a profile (Profiles=); may be repeated
     #[arg(long = "profile", value_name = "NAME", global = true)]
     pub profiles: Vec<String>,
+
+    /// Fail when the packages resolve to anything but what kiln.lock holds
+    #[arg(long, global = true)]
+    pub locked: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +68,8 @@ pub enum Verb {
     /// Show the build graph, or why stages re-ran
     #[command(subcommand)]
     Graph(GraphVerb),
+    /// Resolve the packages against the mirror and write them to kiln.lock
+    Lock,
     /// Show the sections of a PE/UKI file, like `ukify inspect`
     Inspect(InspectArgs),
     /// Boot the built image in qemu

@@ -46,6 +46,7 @@ fn run(cli: Cli, renderer: &Renderer) -> Result<(), CliError> {
         Verb::Graph(cli::GraphVerb::Explain { stage, json }) => {
             commands::graph_explain::run(&settings, renderer, stage.as_deref(), json)
         }
+        Verb::Lock => commands::lock::run(&settings, renderer),
         Verb::Inspect(_) => unreachable!("handled above"),
         Verb::Qemu => commands::qemu::run(&settings),
         Verb::Cache(verb) => commands::cache::run(&settings, renderer, verb),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kiln_cache::Store;
 use kiln_engine::recipe::Loaded;
 use kiln_stages::host::RealHost;
-use kiln_stages::pipeline::{Pipeline, pipeline};
+use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};
 
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
@@ -16,6 +16,8 @@ pub struct Project {
     pub store: Store,
     /// The recipe's name in the build index: its image name and directory.
     pub recipe_key: String,
+    /// How the pipeline is planned (`--locked`).
+    pub options: PipelineOptions,
 }
 
 impl Project {
@@ -32,15 +34,19 @@ impl Project {
             loaded,
             store,
             recipe_key,
+            options: PipelineOptions {
+                locked: settings.locked,
+            },
         })
     }
 
     /// The recipe's stages.
     pub fn pipeline(&self) -> Result<Pipeline, CliError> {
-        Ok(pipeline(
+        Ok(pipeline_with(
             &self.loaded.recipe,
             &self.loaded.dir,
             Arc::new(RealHost::default()),
+            self.options,
         )?)
     }
 }

@@ -19,6 +19,8 @@ pub struct Settings {
     pub force: u8,
     /// The local store chosen on the command line, if any.
     pub cache_dir: Option<PathBuf>,
+    /// `--locked`: packages must resolve to what `kiln.lock` holds.
+    pub locked: bool,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             load,
             force: args.force,
             cache_dir: args.cache_dir.as_ref().map(|dir| cwd.join(dir)),
+            locked: args.locked,
         })
     }
 }

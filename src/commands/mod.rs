@@ -5,6 +5,7 @@ pub mod cache;
 pub mod graph_explain;
 pub mod graph_show;
 pub mod inspect;
+pub mod lock;
 pub mod qemu;
 pub mod recipe_show;
 

@@ -16,11 +16,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod config;
 pub mod error;
 pub mod export;
 pub mod host;
 pub mod namespace;
 pub mod output;
+pub mod packages;
 pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;

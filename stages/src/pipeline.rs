@@ -1,21 +1,27 @@
 //! From a recipe to its stage graph, in mkosi's build order.
 //!
-//! base trees -> skeleton trees -> prepare scripts -> extra trees -> postinst scripts ->
-//! RemoveFiles -> finalize scripts -> output. A step with nothing to do is left out of the graph,
-//! except the base (the root every image starts from) and the output.
+//! base trees -> skeleton trees -> packages -> prepare scripts -> extra trees -> postinst scripts
+//! -> autologin -> /init -> hostname -> root password -> presets -> machine-id -> RemoveFiles ->
+//! finalize scripts -> output. A step with nothing to do is left out of the graph, except the
+//! base (the root every image starts from) and the output; presets and machine-id belong to
+//! images installed from packages.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::recipe::{Distribution, OutputFormat, Recipe, TreeSource};
+use kiln_engine::recipe::{OutputFormat, Recipe, TreeSource};
 use kiln_engine::{Graph, Stage};
 use miette::Diagnostic;
 use thiserror::Error;
 
+use crate::config::{
+    AutologinStage, HostnameStage, InitStage, MachineIdStage, PresetsStage, RootPasswordStage,
+};
 use crate::export::Export;
 use crate::host::Host;
 use crate::output::{ArtifactFormat, OutputStage};
+use crate::packages::{Installer, LOCK_FILE, LockFile, Locked, PackagesError, PackagesStage};
 use crate::remove_files::RemoveFilesStage;
 use crate::scripts::{ScriptPhase, ScriptsStage};
 use crate::trees::{TreeLayer, TreesStage};
@@ -59,17 +65,36 @@ pub enum PipelineError {
     #[diagnostic(help("Supported today: Format=directory and Format=tar"))]
     UnsupportedFormat { format: String },
 
-    #[error("Installing packages for `Distribution={distribution}` is not supported by `kiln build` yet")]
-    #[diagnostic(help("Use Distribution=custom with BaseTrees= for an image built from trees"))]
+    #[error(
+        "Installing packages for `Distribution={distribution}` is not supported by `kiln build` yet"
+    )]
+    #[diagnostic(help(
+        "Supported today: Distribution=debian, ubuntu and arch, and custom with BaseTrees= for an image built from trees"
+    ))]
     UnsupportedDistribution { distribution: String },
 
     #[error("`Packages=` needs a package manager, which `Distribution=custom` does not have")]
     #[diagnostic(help("Remove Packages=, or choose a distribution"))]
     PackagesWithoutDistribution,
 
+    #[error("`--locked` needs `{}`, which does not exist", path.display())]
+    #[diagnostic(help("Run `kiln lock` to write it"))]
+    NoLockFile { path: PathBuf },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Packages(#[from] PackagesError),
+
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] kiln_engine::GraphError),
+}
+
+/// How a pipeline is planned beyond what the recipe says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// `--locked`: each packages stage must resolve to its set in `kiln.lock`.
+    pub locked: bool,
 }
 
 /// The value of mkosi's `SOURCE_DATE_EPOCH` for a recipe: the setting, or 0 so that every build
@@ -79,7 +104,21 @@ pub fn source_date_epoch(recipe: &Recipe) -> u64 {
 }
 
 /// Plan the stages of `recipe`, read from `project_dir`.
-pub fn pipeline(recipe: &Recipe, project_dir: &Path, host: Arc<dyn Host>) -> Result<Pipeline, PipelineError> {
+pub fn pipeline(
+    recipe: &Recipe,
+    project_dir: &Path,
+    host: Arc<dyn Host>,
+) -> Result<Pipeline, PipelineError> {
+    pipeline_with(recipe, project_dir, host, PipelineOptions::default())
+}
+
+/// [`pipeline`] with options.
+pub fn pipeline_with(
+    recipe: &Recipe,
+    project_dir: &Path,
+    host: Arc<dyn Host>,
+    options: PipelineOptions,
+) -> Result<Pipeline, PipelineError> {
     let format = match recipe.output.format {
         OutputFormat::Directory => ArtifactFormat::Directory,
         OutputFormat::Tar => ArtifactFormat::Tar,
@@ -89,14 +128,26 @@ pub fn pipeline(recipe: &Recipe, project_dir: &Path, host: Arc<dyn Host>) -> Res
             });
         }
     };
-    if recipe.distribution.distribution != Distribution::Custom {
+    if !Installer::supports(recipe.distribution.distribution) {
         return Err(PipelineError::UnsupportedDistribution {
             distribution: serde_name(&recipe.distribution.distribution),
         });
     }
-    if !recipe.content.packages.is_empty() {
+    let installer = Installer::for_recipe(recipe)?;
+    if installer.is_none() && !recipe.content.packages.is_empty() {
         return Err(PipelineError::PackagesWithoutDistribution);
     }
+    let locked = if options.locked && installer.is_some() {
+        let lock = LockFile::read(project_dir)?.ok_or_else(|| PipelineError::NoLockFile {
+            path: project_dir.join(LOCK_FILE),
+        })?;
+        Some(match lock.stages.get(crate::packages::STAGE_NAME) {
+            Some(set) => Locked::Set(set.clone()),
+            None => Locked::Missing,
+        })
+    } else {
+        None
+    };
     let epoch = source_date_epoch(recipe);
     let variables = script_variables(recipe, epoch);
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
@@ -115,25 +166,29 @@ pub fn pipeline(recipe: &Recipe, project_dir: &Path, host: Arc<dyn Host>) -> Res
             })
             .collect(),
     }));
-    let add_trees = |stages: &mut Vec<Box<dyn Stage>>, last: &mut String, name: &str, trees: &[TreeSource]| {
-        if trees.is_empty() {
-            return;
-        }
-        stages.push(Box::new(TreesStage {
-            name: name.to_string(),
-            base: Some(last.clone()),
-            layers: trees
-                .iter()
-                .map(|tree| TreeLayer {
-                    source: tree.source.clone(),
-                    target: tree.target.clone(),
-                    owned_by_root: true,
-                })
-                .collect(),
-        }));
-        *last = name.to_string();
-    };
-    let add_scripts = |stages: &mut Vec<Box<dyn Stage>>, last: &mut String, phase: ScriptPhase, scripts: &[PathBuf]| {
+    let add_trees =
+        |stages: &mut Vec<Box<dyn Stage>>, last: &mut String, name: &str, trees: &[TreeSource]| {
+            if trees.is_empty() {
+                return;
+            }
+            stages.push(Box::new(TreesStage {
+                name: name.to_string(),
+                base: Some(last.clone()),
+                layers: trees
+                    .iter()
+                    .map(|tree| TreeLayer {
+                        source: tree.source.clone(),
+                        target: tree.target.clone(),
+                        owned_by_root: true,
+                    })
+                    .collect(),
+            }));
+            *last = name.to_string();
+        };
+    let add_scripts = |stages: &mut Vec<Box<dyn Stage>>,
+                       last: &mut String,
+                       phase: ScriptPhase,
+                       scripts: &[PathBuf]| {
         if scripts.is_empty() {
             return;
         }
@@ -147,10 +202,68 @@ pub fn pipeline(recipe: &Recipe, project_dir: &Path, host: Arc<dyn Host>) -> Res
         }));
         *last = phase.stage_name().to_string();
     };
-    add_trees(&mut stages, &mut last, "skeleton-trees", &recipe.content.skeleton_trees);
-    add_scripts(&mut stages, &mut last, ScriptPhase::Prepare, &recipe.scripts.prepare);
-    add_trees(&mut stages, &mut last, "extra-trees", &recipe.content.extra_trees);
-    add_scripts(&mut stages, &mut last, ScriptPhase::Postinst, &recipe.scripts.postinst);
+    add_trees(
+        &mut stages,
+        &mut last,
+        "skeleton-trees",
+        &recipe.content.skeleton_trees,
+    );
+    if let Some(installer) = installer.clone() {
+        let stage = PackagesStage::new(last.clone(), installer, locked);
+        last = stage.name().to_string();
+        stages.push(Box::new(stage));
+    }
+    add_scripts(
+        &mut stages,
+        &mut last,
+        ScriptPhase::Prepare,
+        &recipe.scripts.prepare,
+    );
+    add_trees(
+        &mut stages,
+        &mut last,
+        "extra-trees",
+        &recipe.content.extra_trees,
+    );
+    add_scripts(
+        &mut stages,
+        &mut last,
+        ScriptPhase::Postinst,
+        &recipe.scripts.postinst,
+    );
+    // Each configuration stage works on the tree of the stage before it.
+    let mut then = |stage: &dyn Fn(String) -> Box<dyn Stage>| {
+        let next = stage(last.clone());
+        last = next.name().to_string();
+        stages.push(next);
+    };
+    if recipe.content.autologin {
+        then(&|base| Box::new(AutologinStage { base }));
+    }
+    if matches!(recipe.output.format, OutputFormat::Uki | OutputFormat::Cpio) {
+        then(&|base| Box::new(InitStage { base }));
+    }
+    if let Some(hostname) = &recipe.content.hostname {
+        then(&|base| {
+            Box::new(HostnameStage {
+                base,
+                hostname: hostname.clone(),
+            })
+        });
+    }
+    if let Some(password) = &recipe.content.root_password {
+        let image = recipe.image_name();
+        then(&|base| Box::new(RootPasswordStage::new(base, password, &image)));
+    }
+    if installer.is_some() {
+        then(&|base| {
+            Box::new(PresetsStage {
+                base,
+                host: Arc::clone(&host),
+            })
+        });
+        then(&|base| Box::new(MachineIdStage { base }));
+    }
     if !recipe.content.remove_files.is_empty() {
         stages.push(Box::new(RemoveFilesStage {
             name: "remove-files".to_string(),
@@ -159,7 +272,12 @@ pub fn pipeline(recipe: &Recipe, project_dir: &Path, host: Arc<dyn Host>) -> Res
         }));
         last = "remove-files".to_string();
     }
-    add_scripts(&mut stages, &mut last, ScriptPhase::Finalize, &recipe.scripts.finalize);
+    add_scripts(
+        &mut stages,
+        &mut last,
+        ScriptPhase::Finalize,
+        &recipe.scripts.finalize,
+    );
     let final_stage = "output".to_string();
     stages.push(Box::new(OutputStage {
         name: final_stage.clone(),

@@ -25,7 +25,7 @@
 mod copy;
 mod error;
 mod overlay;
-mod process;
+pub(crate) mod process;
 mod sandbox;
 mod script;
 mod workspace;

@@ -1,0 +1,104 @@
+//! systemd presets: `systemctl --root=<tree> preset-all`, and `--global preset-all` for user
+//! units, as mkosi applies them once the image's packages and trees are in place. The recipe's
+//! own preset files (from `mkosi.extra/`, copied before) take part like any other, so they win
+//! where their names sort first. An image without systemctl is left as it is.
+//!
+//! The host's systemctl does the work against an overlay of the tree; the stage records what it
+//! changed (the enablement symlinks).
+
+use std::sync::Arc;
+
+use kiln_cache::{CheckoutMode, CheckoutOptions, Digest, OutputKind};
+use kiln_engine::{Input, Stage, StageContext, StageError};
+
+use super::error::ConfigError;
+use crate::host::{Host, process};
+use crate::scripts::apply_changes;
+
+pub struct PresetsStage {
+    pub base: String,
+    pub host: Arc<dyn Host>,
+}
+
+impl Stage for PresetsStage {
+    fn name(&self) -> &str {
+        "presets"
+    }
+
+    fn kind(&self) -> &'static str {
+        "presets"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::stage("base", &self.base)]
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        OutputKind::Tree
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+        let base_id = ctx.input("base")?;
+        let base = ctx.store.manifest(&base_id)?;
+        if super::lookup(&base, "usr/bin/systemctl").is_none() {
+            return Ok(base_id);
+        }
+        let systemctl = crate::packages::state::find_tool("systemctl").ok_or_else(|| {
+            StageError::failed(ConfigError::ToolMissing {
+                tool: "systemctl".to_string(),
+                package: "systemd".to_string(),
+                purpose: "apply systemd presets".to_string(),
+            })
+        })?;
+        let lower = ctx.scratch.join("lower");
+        ctx.store.checkout(
+            &base,
+            &lower,
+            CheckoutOptions {
+                mode: CheckoutMode::Hardlink,
+                ..CheckoutOptions::default()
+            },
+        )?;
+        let tree = self
+            .host
+            .mutable_tree(&lower, &ctx.scratch.join("work"))
+            .map_err(StageError::failed)?;
+        for global in [false, true] {
+            let mut command = std::process::Command::new(&systemctl);
+            command
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LC_ALL", "C.UTF-8");
+            command.arg(format!("--root={}", tree.root().display()));
+            if global {
+                command.arg("--global");
+            }
+            command.arg("preset-all");
+            let shown = format!(
+                "systemctl{} preset-all",
+                if global { " --global" } else { "" }
+            );
+            let finished =
+                process::run(command, &mut |line| ctx.log.line(line)).map_err(|source| {
+                    StageError::failed(ConfigError::Spawn {
+                        command: shown.clone(),
+                        source,
+                    })
+                })?;
+            if !finished.status.success() {
+                return Err(StageError::failed(ConfigError::CommandFailed {
+                    command: shown,
+                    code: process::exit_code(&finished.status),
+                    output: finished.tail.join("\n"),
+                }));
+            }
+        }
+        let changes = tree.finish().map_err(StageError::failed)?;
+        let manifest = apply_changes(ctx.store, base, changes)?;
+        Ok(ctx.store.put_manifest(&manifest)?)
+    }
+}

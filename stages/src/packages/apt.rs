@@ -1,0 +1,737 @@
+//! Debian and Ubuntu: the package set resolved by apt against a private state, installed by
+//! mmdebstrap.
+//!
+//! Resolution reproduces what mmdebstrap's `essential` variant installs: the `Essential: yes`
+//! packages of the release (mmdebstrap's own apt pattern) plus the recipe's `Packages=`, without
+//! recommends, as mkosi installs a Debian image. apt simulates that installation against an empty
+//! dpkg status in a fake root of the store (`apt-get install --simulate`, the apt configuration
+//! mmdebstrap writes), after `apt-get update` refreshed that root's lists.
+//!
+//! Installation runs `mmdebstrap --mode=root` in a mount namespace of its own, and so needs root
+//! (mmdebstrap's `unshare` mode would leave the tree owned by subordinate ids, which the store
+//! cannot take as they are). It hands mmdebstrap exactly the lists resolution read (`--skip=update`, the lists
+//! linked in by a setup hook) and pins every package of `Packages=` to its resolved version, so
+//! apt chooses the same dependencies; the installed set is then read back from the tree's dpkg
+//! status and must equal the resolved one. Downloaded `.deb` files are linked into the store's
+//! package cache by a customize hook and linked back into the next build's tree before apt
+//! looks for them. `INITRD=No` keeps the kernel's postinst from generating an initrd (kiln builds
+//! its own); the host's `/etc/hostname` and `/etc/resolv.conf`, which mmdebstrap copies in, are
+//! removed before any package is installed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_cache::Store;
+use kiln_engine::recipe::{Distribution, Recipe};
+
+use super::Installation;
+use super::error::PackagesError;
+use super::listing::{PackageSet, ResolvedPackage, describe_changes};
+use super::mirror;
+use super::state::{
+    self, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir, run_tool,
+    shell_quote, write_file,
+};
+
+/// The host tools Debian installation needs, and the Debian package of each.
+const TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("apt-get", "apt"),
+    ("dpkg", "dpkg"),
+    ("unshare", "util-linux"),
+];
+
+/// What mkosi leaves out of the image with `WithDocs=no`.
+const DOCUMENTATION: &[&str] = &[
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/groff/*",
+    "/usr/share/gtk-doc/*",
+    "/usr/share/info/*",
+];
+
+/// The settings of a Debian or Ubuntu package installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptSetup {
+    pub distribution: Distribution,
+    pub release: String,
+    /// The archive's host (`http://deb.debian.org`); `/debian` or `/ubuntu` is appended.
+    pub mirror: String,
+    /// `main` and the recipe's `Repositories=`.
+    pub components: Vec<String>,
+    /// The dpkg architecture (`amd64`).
+    pub architecture: String,
+    /// `Packages=`, as written.
+    pub packages: Vec<String>,
+    pub with_docs: bool,
+}
+
+impl AptSetup {
+    /// The setup for `recipe` (Distribution=debian or ubuntu).
+    pub fn from_recipe(recipe: &Recipe) -> Result<AptSetup, PackagesError> {
+        let distribution = recipe.distribution.distribution;
+        let architecture = &recipe.distribution.architecture;
+        let dpkg = mirror::dpkg_architecture(architecture).ok_or_else(|| {
+            PackagesError::UnsupportedArchitecture {
+                distribution: distribution.as_str().to_string(),
+                architecture: architecture.clone(),
+            }
+        })?;
+        let release = recipe
+            .distribution
+            .release
+            .clone()
+            .or_else(|| distribution.default_release().map(str::to_string))
+            .unwrap_or_default();
+        let mut components = vec!["main".to_string()];
+        for component in &recipe.distribution.repositories {
+            if !components.contains(component) {
+                components.push(component.clone());
+            }
+        }
+        Ok(AptSetup {
+            distribution,
+            release,
+            mirror: mirror::mirror(
+                recipe.distribution.mirror.as_deref(),
+                distribution,
+                architecture,
+            ),
+            components,
+            architecture: dpkg.to_string(),
+            packages: recipe.content.packages.clone(),
+            with_docs: recipe.content.with_docs,
+        })
+    }
+
+    /// The keyring the archive is signed with, and the Debian package that provides it.
+    pub fn keyring(&self) -> (PathBuf, &'static str) {
+        match self.distribution {
+            Distribution::Ubuntu => (
+                PathBuf::from("/usr/share/keyrings/ubuntu-archive-keyring.gpg"),
+                "ubuntu-keyring",
+            ),
+            _ => (
+                PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg"),
+                "debian-archive-keyring",
+            ),
+        }
+    }
+
+    /// The archives as `(URI, suite)`, as mkosi lists them: the release, its updates, and its
+    /// security updates (from the distribution's security archive, which mkosi never mirrors).
+    pub fn archives(&self) -> Vec<(String, String)> {
+        let release = &self.release;
+        match self.distribution {
+            Distribution::Ubuntu => {
+                let x86 = matches!(self.architecture.as_str(), "amd64" | "i386");
+                let archive = if x86 {
+                    format!("{}/ubuntu", self.mirror)
+                } else {
+                    format!("{}/ubuntu-ports", self.mirror)
+                };
+                let security = if x86 {
+                    "http://security.ubuntu.com/ubuntu".to_string()
+                } else {
+                    archive.clone()
+                };
+                vec![
+                    (archive.clone(), release.clone()),
+                    (archive, format!("{release}-updates")),
+                    (security, format!("{release}-security")),
+                ]
+            }
+            _ => {
+                let archive = format!("{}/debian", self.mirror);
+                let mut archives = vec![(archive.clone(), release.clone())];
+                if !matches!(release.as_str(), "unstable" | "sid") {
+                    archives.push((archive, format!("{release}-updates")));
+                    archives.push((
+                        "http://security.debian.org/debian-security".to_string(),
+                        format!("{release}-security"),
+                    ));
+                }
+                archives
+            }
+        }
+    }
+
+    /// The sources in apt's one-line format: the image's `/etc/apt/sources.list`.
+    pub fn sources(&self) -> Vec<String> {
+        let (keyring, _) = self.keyring();
+        let components = self.components.join(" ");
+        self.archives()
+            .into_iter()
+            .map(|(uri, suite)| {
+                format!(
+                    "deb [signed-by={}] {uri} {suite} {components}",
+                    keyring.display()
+                )
+            })
+            .collect()
+    }
+
+    /// mmdebstrap's selection of the essential packages (its `essential` variant).
+    fn essential_pattern(&self) -> String {
+        format!(
+            "?narrow(?or(?archive(^{release}$),?codename(^{release}$)),?architecture({arch}),?essential)",
+            release = self.release,
+            arch = self.architecture
+        )
+    }
+
+    /// Check the host tools and keyring.
+    pub fn check_host(&self) -> Result<(), PackagesError> {
+        state::require_tools(TOOLS)?;
+        let (keyring, package) = self.keyring();
+        if !keyring.is_file() {
+            return Err(PackagesError::KeyringMissing {
+                path: keyring,
+                package: package.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolve the package set against the mirror's current index; the snapshot holds the lists
+    /// that resolution read, for [`AptSetup::install`].
+    pub fn resolve(&self, store: &Store) -> Result<(PackageSet, Snapshot), PackagesError> {
+        self.check_host()?;
+        let identity = format!("{}\n{}\n", self.architecture, self.sources().join("\n"));
+        let state = state::state_dir(store, "apt", &identity);
+        let _lock = StateLock::acquire(&state)?;
+        let config = self.prepare_state(&state)?;
+        let mut update = clean_command("apt-get");
+        update.env("APT_CONFIG", &config).args(["-q", "update"]);
+        let output = run_tool(update, "apt-get", &mut |_| {})?;
+        check_update(&output)?;
+
+        let mut simulate = clean_command("apt-get");
+        simulate
+            .env("APT_CONFIG", &config)
+            .args([
+                "-q",
+                "--simulate",
+                "--yes",
+                "-o",
+                "Debug::NoLocking=1",
+                "install",
+            ])
+            .arg(self.essential_pattern())
+            .args(&self.packages);
+        let output = run_tool(simulate, "apt-get", &mut |_| {})?;
+        let set = parse_simulation(&output)?;
+
+        let snapshot = Snapshot::create(store, "apt-lists")?;
+        state::link_files(
+            &state.join("root/var/lib/apt/lists"),
+            snapshot.path(),
+            &["lock"],
+        )?;
+        Ok((set, snapshot))
+    }
+
+    /// The fake root apt resolves in, refreshed for this resolution; returns its `APT_CONFIG`.
+    fn prepare_state(&self, state: &Path) -> Result<PathBuf, PackagesError> {
+        let root = state.join("root");
+        for dir in [
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "etc/apt/sources.list.d",
+            "etc/apt/trusted.gpg.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg",
+            "var/log/apt",
+        ] {
+            create_dir(&root.join(dir))?;
+        }
+        write_file(
+            &root.join("etc/apt/sources.list"),
+            format!("{}\n", self.sources().join("\n")).as_bytes(),
+        )?;
+        // What mmdebstrap writes for apt inside and outside the chroot.
+        write_file(
+            &root.join("etc/apt/apt.conf.d/00mmdebstrap"),
+            b"Apt::Install-Recommends false;\nAcquire::Languages \"none\";\n",
+        )?;
+        let status = root.join("var/lib/dpkg/status");
+        write_file(&status, b"")?;
+        let config = state.join("apt.conf");
+        write_file(
+            &config,
+            format!(
+                "Apt::Architecture \"{arch}\";\nApt::Architectures \"{arch}\";\nDir \"{root}\";\n\
+                 Dir::State::Status \"{status}\";\npkgCacheGen::ForceEssential \",\";\n\
+                 APT::Sandbox::User \"root\";\n",
+                arch = self.architecture,
+                root = root.display(),
+                status = status.display(),
+            )
+            .as_bytes(),
+        )?;
+        Ok(config)
+    }
+
+    /// Install the job's set with mmdebstrap, reading the apt lists in its index.
+    pub fn install(
+        &self,
+        job: &Installation<'_>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(), PackagesError> {
+        let Installation {
+            store,
+            set,
+            index: lists,
+            base,
+            target,
+            scratch,
+        } = *job;
+        self.check_host()?;
+        if !state::is_root() {
+            return Err(PackagesError::NeedsRoot {
+                tool: "mmdebstrap".to_string(),
+            });
+        }
+        let cache = PackageCache::open(store, "debs")?;
+        let debs_in = scratch.join("debs-in");
+        let debs_out = scratch.join("debs-out");
+        create_dir(&debs_out)?;
+        let files: Vec<String> = set.iter().map(deb_file_name).collect();
+        let cached = cache.provide(files.iter().map(String::as_str), &debs_in)?;
+        log(&format!(
+            "{cached} of {} packages found in the package cache",
+            set.len()
+        ));
+
+        let hooks = scratch.join("hooks");
+        create_dir(&hooks)?;
+        let mut setup = String::from("#!/bin/sh\nset -eu\nroot=\"$1\"\n");
+        for copied in ["etc/hostname", "etc/resolv.conf"] {
+            if base.get(copied).is_none() {
+                setup.push_str(&format!("rm -f \"$root/{copied}\"\n"));
+            }
+        }
+        setup.push_str(&format!(
+            "cp -al {}/. \"$root/var/lib/apt/lists/\"\ncp -al {}/. \"$root/var/cache/apt/archives/\"\n",
+            shell_quote(&lists.display().to_string()),
+            shell_quote(&debs_in.display().to_string()),
+        ));
+        let customize = format!(
+            "#!/bin/sh\nset -eu\nfind \"$1/var/cache/apt/archives\" -maxdepth 1 -type f -name '*.deb' -exec cp -al {{}} {}/ \\;\n",
+            shell_quote(&debs_out.display().to_string()),
+        );
+        let setup_hook = write_hook(&hooks, "setup", &setup)?;
+        let customize_hook = write_hook(&hooks, "customize", &customize)?;
+
+        // mmdebstrap mounts /proc, /sys and /dev in the tree: in a mount namespace of its own
+        // they vanish with it, whatever happens.
+        let mut command = clean_command("unshare");
+        command
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "mmdebstrap",
+                "--mode=root",
+            ])
+            .env("INITRD", "No")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+            .args([
+                "--variant=essential",
+                "--format=directory",
+                "--verbose",
+                "--skip=update",
+                "--skip=essential/unlink",
+                "--skip=check/empty",
+            ])
+            .arg(format!("--architectures={}", self.architecture));
+        let pins = self.pins(set);
+        if !pins.is_empty() {
+            command.arg(format!("--include={}", pins.join(",")));
+        }
+        if !self.with_docs {
+            for glob in DOCUMENTATION {
+                command.arg(format!("--dpkgopt=path-exclude={glob}"));
+            }
+        }
+        command
+            .arg(format!("--setup-hook={}", setup_hook.display()))
+            .arg(format!("--customize-hook={}", customize_hook.display()))
+            .arg(&self.release)
+            .arg(target)
+            .args(self.sources());
+        let output = run_tool(command, "mmdebstrap", log)?;
+        let adopted = cache.adopt(&debs_out, &[".deb"])?;
+        if adopted > 0 {
+            log(&format!(
+                "{adopted} downloaded packages added to the package cache"
+            ));
+        }
+        if !output.success() {
+            return Err(install_error(&output));
+        }
+        let installed = read_dpkg_status(&target.join("var/lib/dpkg/status"))?;
+        let changes = set.changes(&installed);
+        if !changes.is_empty() {
+            return Err(PackagesError::InstalledDiffers {
+                changes: describe_changes(&changes),
+            });
+        }
+        Ok(())
+    }
+
+    /// `Packages=` with each package the set holds pinned to its resolved version.
+    fn pins(&self, set: &PackageSet) -> Vec<String> {
+        self.packages
+            .iter()
+            .map(|name| match set.get(name) {
+                Some(package) => format!("{}={}", package.name, package.version),
+                None => name.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The name apt gives a downloaded package: `name_version_arch.deb`, `:` escaped as `%3a`.
+pub fn deb_file_name(package: &ResolvedPackage) -> String {
+    format!(
+        "{}_{}_{}.deb",
+        package.name,
+        package.version.replace(':', "%3a"),
+        package.arch
+    )
+}
+
+fn write_hook(dir: &Path, name: &str, text: &str) -> Result<PathBuf, PackagesError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("{name}.sh"));
+    write_file(&path, text.as_bytes())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|source| PackagesError::io("make executable", &path, source))?;
+    Ok(path)
+}
+
+/// A failed `apt-get update` as the error the user can act on.
+fn check_update(output: &ToolOutput) -> Result<(), PackagesError> {
+    for line in &output.lines {
+        let Some(rest) = line
+            .strip_prefix("W: ")
+            .or_else(|| line.strip_prefix("E: "))
+        else {
+            continue;
+        };
+        if let Some(fetch) = rest.strip_prefix("Failed to fetch ") {
+            let (url, message) = fetch.split_once(char::is_whitespace).unwrap_or((fetch, ""));
+            return Err(PackagesError::MirrorUnreachable {
+                url: url.to_string(),
+                message: message.trim().to_string(),
+            });
+        }
+        if let Some(repository) = rest.strip_prefix("The repository '")
+            && let Some((repository, why)) = repository.split_once('\'')
+        {
+            return Err(PackagesError::MirrorUnreachable {
+                url: repository.to_string(),
+                message: why.trim().trim_end_matches('.').to_string(),
+            });
+        }
+    }
+    let mut lines = output.lines.iter();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix("Err:") {
+            let url = rest
+                .split_once(' ')
+                .map_or(rest, |(_, url)| url)
+                .trim()
+                .to_string();
+            let message = lines
+                .next()
+                .map(|next| next.trim().to_string())
+                .unwrap_or_default();
+            return Err(PackagesError::MirrorUnreachable { url, message });
+        }
+    }
+    if !output.success() {
+        return Err(PackagesError::InstallFailed {
+            tool: "apt-get update".to_string(),
+            code: output.code,
+            output: output.tail(20),
+        });
+    }
+    Ok(())
+}
+
+/// The set an `apt-get install --simulate` prints as `Inst` lines, or why it cannot install.
+fn parse_simulation(output: &ToolOutput) -> Result<PackageSet, PackagesError> {
+    let mut unknown = Vec::new();
+    for line in &output.lines {
+        let Some(error) = line.strip_prefix("E: ") else {
+            continue;
+        };
+        let name = error
+            .strip_prefix("Unable to locate package ")
+            .map(str::to_string)
+            .or_else(|| quoted_after(error, "Package '"))
+            .or_else(|| quoted_after(error, "Couldn't find any package by glob '"))
+            .or_else(|| quoted_after(error, "Couldn't find any package by regex '"))
+            .or_else(|| {
+                error
+                    .strip_prefix("Version '")
+                    .and_then(|rest| rest.split_once("' for '"))
+                    .and_then(|(_, rest)| rest.split_once('\''))
+                    .map(|(name, _)| name.to_string())
+            });
+        if let Some(name) = name {
+            unknown.push(name.trim().to_string());
+        }
+    }
+    if !unknown.is_empty() {
+        let answer: Vec<&str> = output
+            .lines
+            .iter()
+            .filter(|line| {
+                !line.starts_with("Reading ")
+                    && !line.starts_with("Building ")
+                    && !line.starts_with("NOTE:")
+            })
+            .map(String::as_str)
+            .collect();
+        return Err(PackagesError::UnknownPackage {
+            names: unknown,
+            answer: answer.join("\n"),
+        });
+    }
+    if !output.success() {
+        return Err(PackagesError::Unresolvable {
+            tool: "apt".to_string(),
+            output: output.tail(30),
+        });
+    }
+    Ok(PackageSet::new(
+        output.lines.iter().filter_map(|line| parse_inst(line)),
+    ))
+}
+
+fn quoted_after(text: &str, prefix: &str) -> Option<String> {
+    let rest = text.strip_prefix(prefix)?;
+    Some(rest.split_once('\'')?.0.to_string())
+}
+
+/// `Inst libc6 (2.36-9+deb12u10 Debian:12.11/stable [amd64])` -> `libc6 2.36-9+deb12u10 amd64`.
+fn parse_inst(line: &str) -> Option<ResolvedPackage> {
+    let rest = line.strip_prefix("Inst ")?;
+    let (name, rest) = rest.split_once(' ')?;
+    let open = rest.find('(')?;
+    let close = open + rest[open..].find(')')?;
+    let inside = &rest[open + 1..close];
+    let version = inside.split_whitespace().next()?;
+    let arch_start = inside.rfind('[')?;
+    let arch = inside[arch_start + 1..].strip_suffix(']')?;
+    Some(ResolvedPackage {
+        name: name.split(':').next().unwrap_or(name).to_string(),
+        version: version.to_string(),
+        arch: arch.to_string(),
+    })
+}
+
+/// The packages a dpkg status file records as installed.
+pub fn read_dpkg_status(path: &Path) -> Result<PackageSet, PackagesError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| PackagesError::io("read", path, source))?;
+    Ok(parse_dpkg_status(&text))
+}
+
+fn parse_dpkg_status(text: &str) -> PackageSet {
+    let mut packages = Vec::new();
+    for stanza in text.split("\n\n") {
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for line in stanza.lines() {
+            if line.starts_with(' ') {
+                continue;
+            }
+            if let Some((key, value)) = line.split_once(':') {
+                fields.insert(key, value.trim());
+            }
+        }
+        let (Some(name), Some(version), Some(arch), Some(status)) = (
+            fields.get("Package"),
+            fields.get("Version"),
+            fields.get("Architecture"),
+            fields.get("Status"),
+        ) else {
+            continue;
+        };
+        if *status == "install ok installed" {
+            packages.push(ResolvedPackage {
+                name: name.to_string(),
+                version: version.to_string(),
+                arch: arch.to_string(),
+            });
+        }
+    }
+    PackageSet::new(packages)
+}
+
+/// The error of a failed mmdebstrap run: a maintainer script when dpkg says so.
+fn install_error(output: &ToolOutput) -> PackagesError {
+    let failed_at = output
+        .lines
+        .iter()
+        .position(|line| line.contains("script subprocess returned error exit status"));
+    if let Some(at) = failed_at {
+        let package = output.lines[..=at]
+            .iter()
+            .rev()
+            .find_map(|line| {
+                let rest = line.split("error processing package ").nth(1)?;
+                Some(rest.split_whitespace().next()?.to_string())
+            })
+            .unwrap_or_else(|| "a package".to_string());
+        let start = at.saturating_sub(15);
+        return PackagesError::MaintainerScript {
+            package,
+            output: output.lines[start..=at].join("\n"),
+        };
+    }
+    PackagesError::InstallFailed {
+        tool: "mmdebstrap".to_string(),
+        code: output.code,
+        output: output.tail(30),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(code: i32, text: &str) -> ToolOutput {
+        ToolOutput {
+            code,
+            lines: text.lines().map(str::to_string).collect(),
+        }
+    }
+
+    fn setup() -> AptSetup {
+        AptSetup {
+            distribution: Distribution::Debian,
+            release: "bookworm".to_string(),
+            mirror: "http://deb.debian.org".to_string(),
+            components: vec!["main".to_string(), "non-free-firmware".to_string()],
+            architecture: "amd64".to_string(),
+            packages: vec!["systemd".to_string(), "awk".to_string()],
+            with_docs: true,
+        }
+    }
+
+    #[test]
+    fn sources_are_mkosis_release_updates_and_security() {
+        assert_eq!(
+            setup().sources(),
+            vec![
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main non-free-firmware",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main non-free-firmware",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://security.debian.org/debian-security bookworm-security main non-free-firmware",
+            ]
+        );
+        let sid = AptSetup {
+            release: "sid".to_string(),
+            ..setup()
+        };
+        assert_eq!(sid.sources().len(), 1);
+    }
+
+    #[test]
+    fn inst_lines_become_the_set() {
+        let simulated = output(
+            0,
+            "Reading package lists...\n\
+             Inst gcc-12-base (12.2.0-14+deb12u1 Debian:12.15/oldstable [amd64])\n\
+             Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []\n\
+             Inst adduser [3.133] (3.134 Debian:12.15/oldstable [all])\n\
+             Conf libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [amd64])\n",
+        );
+        let set = parse_simulation(&simulated).unwrap();
+        assert_eq!(
+            set.listing(),
+            "adduser 3.134 all\ngcc-12-base 12.2.0-14+deb12u1 amd64\nlibc6 2.36-9+deb12u14 amd64\n"
+        );
+    }
+
+    #[test]
+    fn unknown_packages_are_named_with_apts_answer() {
+        let simulated = output(
+            100,
+            "Reading package lists...\nBuilding dependency tree...\nE: Unable to locate package nosuch\n\
+             E: Package 'gone' has no installation candidate\n",
+        );
+        match parse_simulation(&simulated).unwrap_err() {
+            PackagesError::UnknownPackage { names, answer } => {
+                assert_eq!(names, vec!["nosuch", "gone"]);
+                assert!(
+                    answer.contains("Unable to locate package nosuch"),
+                    "{answer}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_fetch_names_the_url_and_the_network_error() {
+        let updated = output(
+            100,
+            "Err:1 http://127.0.0.1:9/debian bookworm InRelease\n  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n\
+             W: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n",
+        );
+        match check_update(&updated).unwrap_err() {
+            PackagesError::MirrorUnreachable { url, message } => {
+                assert_eq!(url, "http://127.0.0.1:9/debian/dists/bookworm/InRelease");
+                assert!(message.contains("Connection refused"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(check_update(&output(0, "Hit:1 http://x bookworm InRelease\n")).is_ok());
+    }
+
+    #[test]
+    fn pins_keep_names_the_set_does_not_hold() {
+        let set = PackageSet::parse("systemd 252.39 amd64\nmawk 1.3 amd64\n").unwrap();
+        assert_eq!(setup().pins(&set), vec!["systemd=252.39", "awk"]);
+        assert_eq!(
+            deb_file_name(&ResolvedPackage {
+                name: "python3".to_string(),
+                version: "1:3.11".to_string(),
+                arch: "amd64".to_string()
+            }),
+            "python3_1%3a3.11_amd64.deb"
+        );
+    }
+
+    #[test]
+    fn the_dpkg_status_keeps_installed_packages_only() {
+        let status = "Package: a\nStatus: install ok installed\nVersion: 1\nArchitecture: all\nDescription: x\n continued\n\n\
+                      Package: b\nStatus: deinstall ok config-files\nVersion: 2\nArchitecture: amd64\n";
+        assert_eq!(parse_dpkg_status(status).listing(), "a 1 all\n");
+    }
+
+    #[test]
+    fn a_failing_maintainer_script_is_named_with_its_output() {
+        let failed = output(
+            1,
+            "Setting up linux-image-6.1.0-50-amd64 (6.1.1) ...\nrefusing the kernel\n\
+             run-parts: /etc/kernel/postinst.d/zz-fail exited with return code 1\n\
+             dpkg: error processing package linux-image-6.1.0-50-amd64 (--configure):\n \
+             installed linux-image-6.1.0-50-amd64 package post-installation script subprocess returned error exit status 1\n\
+             E: mmdebstrap failed\n",
+        );
+        match install_error(&failed) {
+            PackagesError::MaintainerScript { package, output } => {
+                assert_eq!(package, "linux-image-6.1.0-50-amd64");
+                assert!(output.contains("refusing the kernel"), "{output}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

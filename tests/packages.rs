@@ -1,0 +1,967 @@
+//! End-to-end tests of package installation and the configuration stages after it.
+//!
+//! Every test here needs root (package managers chroot into the tree, the store keeps owners)
+//! and prints that it is skipped without it.
+//!
+//! - `debian_*` tests build `recipes/debian-rescue` (as `Format=directory`) against the Debian
+//!   mirror of the host: they need the network. The cold build runs once per test binary; the
+//!   tests share its project and store and take turns.
+//! - `arch_*` tests need no network: each makes a local pacman repository (packages built with
+//!   makepkg, run as `nobody` because makepkg refuses root, indexed with repo-add) and builds an
+//!   `Distribution=arch` tree from it through a `file://` mirror.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: this test needs root (package managers, owners)");
+            return;
+        }
+    };
+}
+
+/// A project directory and a store of its own.
+struct Project {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+    image: String,
+}
+
+impl Project {
+    /// A copy of `recipes/<name>`.
+    fn copy_of(name: &str, image: &str) -> Project {
+        let project = Project::empty(name, image);
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("recipes")
+            .join(name);
+        std::fs::remove_dir(&project.root).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&project.root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = std::fs::remove_dir_all(project.root.join("mkosi.output"));
+        let _ = std::fs::remove_dir_all(project.root.join("mkosi.cache"));
+        let _ = std::fs::remove_file(project.root.join("kiln.lock"));
+        project
+    }
+
+    fn empty(name: &str, image: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let store = dir.path().join("store");
+        Project {
+            _dir: dir,
+            root,
+            store,
+            image: image.to_string(),
+        }
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(KILN)
+            .arg("-C")
+            .arg(&self.root)
+            .arg("--cache-dir")
+            .arg(&self.store)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    /// Build and return each stage's outcome.
+    fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
+        let mut all = args.to_vec();
+        all.push("build");
+        let output = self.kiln(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "build failed:\n{stderr}");
+        outcomes(&stderr)
+    }
+
+    /// Build, which must fail; returns its stderr.
+    fn build_fails(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("build");
+        let output = self.kiln(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "build did not fail as expected:\n{stderr}"
+        );
+        stderr
+    }
+
+    fn explain(&self) -> Value {
+        let output = self.kiln(&["graph", "explain", "--json"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn graph_show(&self) -> String {
+        let output = self.kiln(&["graph", "show"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let full = self.root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+
+    fn remove(&self, path: &str) {
+        let full = self.root.join(path);
+        if full.is_dir() {
+            std::fs::remove_dir_all(full).unwrap();
+        } else {
+            let _ = std::fs::remove_file(full);
+        }
+    }
+
+    fn output_dir(&self) -> PathBuf {
+        self.root.join("mkosi.output").join(&self.image)
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.output_dir().join(path)).unwrap()
+    }
+
+    /// How many objects and trees the store holds.
+    fn object_count(&self) -> usize {
+        ["objects", "trees"]
+            .iter()
+            .map(|dir| {
+                walkdir::WalkDir::new(self.store.join("v1").join(dir))
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_type().is_file())
+                    .count()
+            })
+            .sum()
+    }
+
+    fn temp_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.store.join("v1/tmp"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn cached_packages(&self, cache: &str) -> usize {
+        std::fs::read_dir(self.store.join("v1/packages").join(cache))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+}
+
+/// `stage: outcome (time)` lines of a build's stderr.
+fn outcomes(stderr: &str) -> BTreeMap<String, String> {
+    stderr
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(stage, _)| !stage.contains(' ') && !stage.is_empty())
+        .filter(|(_, rest)| rest.starts_with("ran") || rest.starts_with("cached"))
+        .map(|(stage, rest)| {
+            let outcome = rest.split(" (").next().unwrap_or(rest);
+            (stage.to_string(), outcome.to_string())
+        })
+        .collect()
+}
+
+fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.starts_with("ran"))
+        .map(|(stage, _)| stage.as_str())
+        .collect()
+}
+
+fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
+    explanation["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stage| stage["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
+}
+
+/// The `before -> after` of each reason of a stage, by input.
+fn reasons(stage: &Value) -> Vec<(String, Option<String>, Option<String>)> {
+    stage["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|reason| {
+            (
+                reason["input"].as_str().unwrap().to_string(),
+                reason["before"].as_str().map(str::to_string),
+                reason["after"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// Everything about a tree a bit-identical copy shares.
+fn tree_listing(root: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let what = if meta.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
+        } else if meta.is_file() {
+            format!("{} {}", meta.len(), meta.ino())
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{} {:o} {}:{} {what}",
+            entry.path().strip_prefix(root).unwrap().display(),
+            meta.mode(),
+            meta.uid(),
+            meta.gid()
+        ));
+    }
+    lines.join("\n")
+}
+
+/// The installed packages of a dpkg status file, as `NAME VERSION ARCH` lines.
+fn dpkg_installed(status: &str) -> String {
+    let mut lines = Vec::new();
+    for stanza in status.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                .map(str::to_string)
+        };
+        if field("Status").as_deref() == Some("install ok installed") {
+            lines.push(format!(
+                "{} {} {}\n",
+                field("Package").unwrap(),
+                field("Version").unwrap(),
+                field("Architecture").unwrap()
+            ));
+        }
+    }
+    lines.sort();
+    lines.concat()
+}
+
+// ------------------------------------------------------------------------------------------
+// Debian: recipes/debian-rescue against the Debian mirror (network).
+
+struct Debian {
+    project: Project,
+    /// The resolved listing the cold build recorded.
+    listing: String,
+}
+
+static DEBIAN: OnceLock<Mutex<Debian>> = OnceLock::new();
+
+/// The debian-rescue project, built once (cold) for the whole test binary.
+fn debian() -> MutexGuard<'static, Debian> {
+    let debian = DEBIAN.get_or_init(|| {
+        let project = Project::copy_of("debian-rescue", "debian-rescue");
+        std::fs::set_permissions(
+            project.root.join("mkosi.rootpw"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
+        let outcomes = project.build(&[]);
+        assert_eq!(
+            outcomes.get("packages").map(String::as_str),
+            Some("ran"),
+            "{outcomes:?}"
+        );
+        let explanation = project.explain();
+        let packages = reasons(stage(&explanation, "packages"));
+        let listing = packages
+            .iter()
+            .find(|(input, _, _)| input == "packages")
+            .and_then(|(_, _, after)| after.clone())
+            .expect("the first build records the resolved set");
+        Mutex::new(Debian { project, listing })
+    });
+    debian
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothing() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    let root = project.output_dir();
+
+    // What the key was computed from is what is installed, package for package.
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+    assert_eq!(dpkg_installed(&status), debian.listing);
+    for package in ["systemd ", "nano ", "iwd ", "base-files ", "dpkg "] {
+        assert!(
+            debian.listing.lines().any(|line| line.starts_with(package)),
+            "{package} is not in the set"
+        );
+    }
+    assert!(
+        debian
+            .listing
+            .lines()
+            .any(|line| line.starts_with("linux-image-6."))
+    );
+    assert!(
+        !debian.listing.lines().any(|line| line.starts_with("apt ")),
+        "apt is not essential"
+    );
+
+    // No initrd was generated inside the image; the kernel is there.
+    let boot: Vec<String> = std::fs::read_dir(root.join("boot"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        boot.iter().any(|name| name.starts_with("vmlinuz-")),
+        "{boot:?}"
+    );
+    assert!(
+        !boot.iter().any(|name| name.starts_with("initrd")),
+        "{boot:?}"
+    );
+
+    // Configuration after the packages.
+    assert_eq!(project.read("etc/hostname"), "debian-rescue\n");
+    let shadow = project.read("etc/shadow");
+    assert!(
+        shadow
+            .lines()
+            .any(|line| line.starts_with("root:$6$kilnrescue$")),
+        "{shadow}"
+    );
+    assert_eq!(project.read("etc/machine-id"), "");
+    assert!(
+        root.join("etc/systemd/system/multi-user.target.wants/iwd.service")
+            .is_symlink()
+    );
+    // The host's resolv.conf did not leak in: systemd-resolved made its link.
+    let resolv = std::fs::read_link(root.join("etc/resolv.conf")).unwrap();
+    assert!(
+        resolv.ends_with("run/systemd/resolve/stub-resolv.conf"),
+        "{}",
+        resolv.display()
+    );
+    assert!(project.read("etc/apt/sources.list").contains("bookworm"));
+    assert!(project.cached_packages("debs") >= debian.listing.lines().count());
+
+    // A second build resolves again, finds the same set, and runs nothing.
+    let before = tree_listing(&root);
+    let started = std::time::Instant::now();
+    let again = project.build(&[]);
+    assert!(ran(&again).is_empty(), "{again:?}");
+    assert_eq!(again.get("packages").map(String::as_str), Some("cached"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(tree_listing(&root), before);
+    assert!(
+        project.temp_files().is_empty(),
+        "{:?}",
+        project.temp_files()
+    );
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_hostname_change_reruns_only_the_hostname_stage_and_what_follows() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    project.write(
+        "mkosi.local.conf",
+        "[Output]\nFormat=directory\n[Content]\nHostname=changed\n",
+    );
+    let outcomes = project.build(&[]);
+    project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
+    assert_eq!(
+        ran(&outcomes),
+        vec![
+            "finalize",
+            "hostname",
+            "machine-id",
+            "output",
+            "presets",
+            "remove-files",
+            "root-password"
+        ]
+    );
+    assert_eq!(project.read("etc/hostname"), "changed\n");
+    let explanation = project.explain();
+    assert_eq!(
+        reasons(stage(&explanation, "hostname")),
+        vec![(
+            "Hostname".to_string(),
+            Some("debian-rescue".to_string()),
+            Some("changed".to_string())
+        )]
+    );
+    // Back to the recipe's hostname: every stage is cached again.
+    let back = project.build(&[]);
+    assert!(
+        ran(&back).iter().all(|stage| *stage == "output"),
+        "{back:?}"
+    );
+    assert_eq!(project.read("etc/hostname"), "debian-rescue\n");
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_lock_writes_the_resolved_set_and_locked_builds_hold_to_it() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    let output = project.kiln(&["lock"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lock = std::fs::read_to_string(project.root.join("kiln.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("[packages]\n{}", debian.listing)),
+        "{lock}"
+    );
+    let locked = project.build(&["--locked"]);
+    assert_eq!(locked.get("packages").map(String::as_str), Some("cached"));
+
+    // A lock the mirror no longer matches: the build names the differing packages.
+    let systemd = debian
+        .listing
+        .lines()
+        .find(|line| line.starts_with("systemd "))
+        .unwrap();
+    let nano = debian
+        .listing
+        .lines()
+        .find(|line| line.starts_with("nano "))
+        .unwrap();
+    let tampered = lock
+        .replace(&format!("{systemd}\n"), "systemd 1.0 amd64\n")
+        .replace(&format!("{nano}\n"), "");
+    std::fs::write(project.root.join("kiln.lock"), tampered).unwrap();
+    let stderr = project.build_fails(&["--locked"]);
+    std::fs::remove_file(project.root.join("kiln.lock")).unwrap();
+    assert!(stderr.contains("differ from `kiln.lock`"), "{stderr}");
+    let systemd_version = systemd.split(' ').nth(1).unwrap();
+    assert!(
+        stderr.contains(&format!("systemd 1.0 amd64 -> {systemd_version} amd64")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{nano} added")), "{stderr}");
+    assert!(stderr.contains("kiln lock"), "{stderr}");
+    // Without --locked the lock is not consulted.
+    let unlocked = project.build(&[]);
+    assert!(ran(&unlocked).is_empty(), "{unlocked:?}");
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_stored() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    let objects = project.object_count();
+    let before = tree_listing(&project.output_dir());
+
+    project.write(
+        "mkosi.local.conf",
+        "[Output]\nFormat=directory\n[Content]\nPackages=kiln-no-such-package\n",
+    );
+    let unknown = project.build_fails(&[]);
+    assert!(
+        unknown.contains("The mirror has no package `kiln-no-such-package`"),
+        "{unknown}"
+    );
+    assert!(
+        unknown.contains("Unable to locate package kiln-no-such-package"),
+        "{unknown}"
+    );
+
+    project.write(
+        "mkosi.local.conf",
+        "[Output]\nFormat=directory\n[Distribution]\nMirror=http://127.0.0.1:9\n",
+    );
+    let unreachable = project.build_fails(&[]);
+    project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
+    assert!(
+        unreachable.contains("http://127.0.0.1:9/debian"),
+        "{unreachable}"
+    );
+    assert!(unreachable.contains("Connection refused"), "{unreachable}");
+
+    assert_eq!(project.object_count(), objects);
+    assert!(
+        project.temp_files().is_empty(),
+        "{:?}",
+        project.temp_files()
+    );
+    assert_eq!(tree_listing(&project.output_dir()), before);
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_output() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    let before = tree_listing(&project.output_dir());
+    // A kernel hook that refuses every kernel: linux-image's postinst runs it and fails.
+    project.write(
+        "mkosi.skeleton/etc/kernel/postinst.d/zz-kiln-refuse",
+        "#!/bin/sh\necho \"kiln-test: refusing kernel $1\"\nexit 1\n",
+    );
+    std::fs::set_permissions(
+        project
+            .root
+            .join("mkosi.skeleton/etc/kernel/postinst.d/zz-kiln-refuse"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let stderr = project.build_fails(&[]);
+    project.remove("mkosi.skeleton");
+    assert!(
+        stderr.contains("The maintainer script of `linux-image-6."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kiln-test: refusing kernel 6."), "{stderr}");
+    assert!(
+        project.temp_files().is_empty(),
+        "{:?}",
+        project.temp_files()
+    );
+    assert_eq!(tree_listing(&project.output_dir()), before);
+    // Nothing was recorded for the failed run: the recipe as it was is still fully cached.
+    let shown = project.graph_show();
+    assert!(shown.contains("packages [packages-apt]: cached"), "{shown}");
+}
+
+/// Network: needs the Debian mirror (for planning the recipe).
+#[test]
+fn debian_a_root_password_file_others_can_read_is_refused() {
+    require_root!();
+    let debian = debian();
+    let project = &debian.project;
+    let before = tree_listing(&project.output_dir());
+    let rootpw = project.root.join("mkosi.rootpw");
+    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = project.build_fails(&[]);
+    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(stderr.contains("mkosi.rootpw"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert_eq!(tree_listing(&project.output_dir()), before);
+}
+
+// ------------------------------------------------------------------------------------------
+// Arch: a local pacman repository served by file://.
+
+/// A pacman repository with `core` and `extra`, and packages built for it by makepkg.
+struct ArchRepo {
+    _dir: tempfile::TempDir,
+    mirror: PathBuf,
+    work: PathBuf,
+}
+
+impl ArchRepo {
+    fn new() -> ArchRepo {
+        let dir = tempfile::tempdir().unwrap();
+        // makepkg runs as nobody: it must reach its folders.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mirror = dir.path().join("mirror");
+        let work = dir.path().join("work");
+        for path in [
+            mirror.join("core/os/x86_64"),
+            mirror.join("extra/os/x86_64"),
+            work.clone(),
+        ] {
+            std::fs::create_dir_all(path).unwrap();
+        }
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+        ArchRepo {
+            _dir: dir,
+            mirror,
+            work,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.mirror.display())
+    }
+
+    /// Build `name` `version`-1 with makepkg as nobody and add it to `repo`. `package` is the
+    /// body of the PKGBUILD's package() function; `install` that of a post_install().
+    fn add(
+        &self,
+        repo: &str,
+        name: &str,
+        version: &str,
+        depends: &[&str],
+        package: &str,
+        install: Option<&str>,
+    ) {
+        let build = self.work.join(format!("{name}-{version}"));
+        std::fs::create_dir_all(&build).unwrap();
+        let mut pkgbuild = format!(
+            "pkgname={name}\npkgver={version}\npkgrel=1\npkgdesc='kiln test package'\narch=('any')\n\
+             license=('MIT')\ndepends=({})\noptions=(!strip !debug)\npackage() {{\n{package}\n}}\n",
+            depends
+                .iter()
+                .map(|dep| format!("'{dep}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        if let Some(body) = install {
+            pkgbuild.push_str(&format!("install={name}.install\n"));
+            std::fs::write(
+                build.join(format!("{name}.install")),
+                format!("post_install() {{\n{body}\n}}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(build.join("PKGBUILD"), pkgbuild).unwrap();
+        let status = Command::new("chmod")
+            .arg("-R")
+            .arg("a+rwX")
+            .arg(&build)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--",
+                "makepkg",
+                "--nodeps",
+                "--force",
+            ])
+            .current_dir(&build)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &build)
+            .env("PKGDEST", &build)
+            .env("SRCDEST", &build)
+            .env("BUILDDIR", build.join("b"))
+            .env("PKGEXT", ".pkg.tar.gz")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "makepkg {name} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let file = format!("{name}-{version}-1-any.pkg.tar.gz");
+        let dir = self.mirror.join(repo).join("os/x86_64");
+        std::fs::copy(build.join(&file), dir.join(&file)).unwrap();
+        let output = Command::new("repo-add")
+            .arg("--quiet")
+            .arg(format!("{repo}.db.tar.gz"))
+            .arg(&file)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "repo-add failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// core: kiln-base (passwd, shadow); extra: kiln-hello, which depends on it.
+    fn with_base_and_hello() -> ArchRepo {
+        let repo = ArchRepo::new();
+        repo.base("1.0");
+        repo.add(
+            "extra",
+            "kiln-hello",
+            "1.0",
+            &["kiln-base"],
+            "install -d \"$pkgdir/usr/share/kiln-hello\" \"$pkgdir/usr/share/doc/kiln-hello\"\n\
+             echo \"hello $pkgver\" > \"$pkgdir/usr/share/kiln-hello/hello.txt\"\n\
+             echo docs > \"$pkgdir/usr/share/doc/kiln-hello/README\"",
+            None,
+        );
+        repo
+    }
+
+    fn base(&self, version: &str) {
+        self.add(
+            "core",
+            "kiln-base",
+            version,
+            &[],
+            "install -d \"$pkgdir/etc\"\n\
+             echo 'root:x:0:0:root:/root:/bin/sh' > \"$pkgdir/etc/passwd\"\n\
+             echo 'root:!*:19000::::::' > \"$pkgdir/etc/shadow\"\nchmod 600 \"$pkgdir/etc/shadow\"\n\
+             echo \"ID=kiln-base-$pkgver\" > \"$pkgdir/etc/os-release\"",
+            None,
+        );
+    }
+}
+
+fn arch_project(repo: &ArchRepo, content: &str) -> Project {
+    let project = Project::empty("arch", "arch-test");
+    project.write(
+        "mkosi.conf",
+        &format!(
+            "[Distribution]\nDistribution=arch\nMirror={}\n\n[Output]\nImageId=arch-test\nFormat=directory\n\n\
+             [Content]\n{content}",
+            repo.url()
+        ),
+    );
+    project
+}
+
+#[test]
+fn arch_tree_from_a_local_repository_and_a_new_version_is_explained_package_by_package() {
+    require_root!();
+    let repo = ArchRepo::with_base_and_hello();
+    let project = arch_project(&repo, "Packages=kiln-hello\nHostname=arch-test\n");
+    let first = project.build(&[]);
+    assert_eq!(
+        ran(&first),
+        vec![
+            "base-trees",
+            "hostname",
+            "machine-id",
+            "output",
+            "packages",
+            "presets"
+        ]
+    );
+    assert_eq!(
+        project.read("usr/share/kiln-hello/hello.txt"),
+        "hello 1.0\n"
+    );
+    assert_eq!(project.read("usr/share/doc/kiln-hello/README"), "docs\n");
+    assert_eq!(project.read("etc/os-release"), "ID=kiln-base-1.0\n");
+    assert_eq!(project.read("etc/hostname"), "arch-test\n");
+    let local = project.output_dir().join("var/lib/pacman/local");
+    assert!(local.join("kiln-base-1.0-1/desc").is_file());
+    assert!(local.join("kiln-hello-1.0-1/desc").is_file());
+    // The sync databases are not part of the image; the packages are in the store's cache.
+    assert!(!project.output_dir().join("var/lib/pacman/sync").exists());
+    assert_eq!(project.cached_packages("pkgs"), 2);
+    let explanation = project.explain();
+    let resolved = reasons(stage(&explanation, "packages"))
+        .into_iter()
+        .find(|(input, _, _)| input == "packages")
+        .and_then(|(_, _, after)| after);
+    assert_eq!(
+        resolved.as_deref(),
+        Some("kiln-base 1.0-1 any\nkiln-hello 1.0-1 any\n")
+    );
+
+    // The mirror gains a package the image does not install: same resolution, all cached.
+    repo.add(
+        "extra",
+        "kiln-unrelated",
+        "1.0",
+        &[],
+        "install -d \"$pkgdir/usr/share/unrelated\"",
+        None,
+    );
+    let unrelated = project.build(&[]);
+    assert!(ran(&unrelated).is_empty(), "{unrelated:?}");
+
+    // A new version of a dependency: the stage re-runs and explain names the package.
+    repo.base("1.1");
+    let bumped = project.build(&[]);
+    assert!(ran(&bumped).contains(&"packages"), "{bumped:?}");
+    assert_eq!(project.read("etc/os-release"), "ID=kiln-base-1.1\n");
+    let explanation = project.explain();
+    let packages = stage(&explanation, "packages");
+    assert_eq!(
+        reasons(packages),
+        vec![(
+            "packages:kiln-base".to_string(),
+            Some("1.0-1 any".to_string()),
+            Some("1.1-1 any".to_string())
+        )]
+    );
+    let text = project.kiln(&["graph", "explain", "packages"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("kiln-base 1.0-1 any -> 1.1-1 any"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    // Only the new package was downloaded.
+    assert_eq!(project.cached_packages("pkgs"), 3);
+}
+
+#[test]
+fn arch_hostname_change_reruns_only_the_hostname_stage_and_its_descendants() {
+    require_root!();
+    let repo = ArchRepo::with_base_and_hello();
+    let conf = |hostname: &str| {
+        format!(
+            "Packages=kiln-hello\nWithDocs=no\nAutologin=yes\nHostname={hostname}\n\
+             RootPassword=hashed:$6$kilnrescue$z9eGXFryeRfsj574tN.CrbhWYayIe5FwIIyy8Al8IPMktQZt7JKBvSXfutyiE0dXycs2uakmg.6t3VF038ttK1\n"
+        )
+    };
+    let project = arch_project(&repo, &conf("one"));
+    let first = project.build(&[]);
+    assert_eq!(first.len(), 8, "{first:?}");
+    let shadow = project.read("etc/shadow");
+    assert!(shadow.starts_with("root:$6$kilnrescue$z9eGXF"), "{shadow}");
+    // WithDocs=no: pacman extracts no documentation.
+    assert_eq!(
+        project.read("usr/share/kiln-hello/hello.txt"),
+        "hello 1.0\n"
+    );
+    assert!(
+        !project
+            .output_dir()
+            .join("usr/share/doc/kiln-hello/README")
+            .exists()
+    );
+    assert!(
+        project
+            .output_dir()
+            .join("usr/lib/systemd/system/getty@tty1.service.d/autologin.conf")
+            .is_file()
+    );
+
+    project.write(
+        "mkosi.conf",
+        &std::fs::read_to_string(project.root.join("mkosi.conf"))
+            .unwrap()
+            .replace("Hostname=one", "Hostname=two"),
+    );
+    let second = project.build(&[]);
+    assert_eq!(
+        ran(&second),
+        vec![
+            "hostname",
+            "machine-id",
+            "output",
+            "presets",
+            "root-password"
+        ]
+    );
+    assert_eq!(second.get("packages").map(String::as_str), Some("cached"));
+    assert_eq!(second.get("autologin").map(String::as_str), Some("cached"));
+    assert_eq!(project.read("etc/hostname"), "two\n");
+}
+
+#[test]
+fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_stays() {
+    require_root!();
+    let repo = ArchRepo::with_base_and_hello();
+    // A shell for scriptlets: the host's dash and the libraries it needs.
+    let mut shell = String::from(
+        "install -Dm755 /bin/dash \"$pkgdir/usr/bin/sh\"\nln -s usr/bin \"$pkgdir/bin\"\n",
+    );
+    let ldd = Command::new("ldd").arg("/bin/dash").output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let library = line.split_whitespace().find(|word| word.starts_with('/'));
+        if let Some(library) = library {
+            shell.push_str(&format!("install -Dm755 {library} \"$pkgdir{library}\"\n"));
+        }
+    }
+    repo.add("core", "kiln-shell", "1.0", &[], &shell, None);
+    repo.add(
+        "extra",
+        "kiln-broken",
+        "1.0",
+        &["kiln-shell"],
+        "install -d \"$pkgdir/usr/share/kiln-broken\"",
+        Some("  echo 'kiln-broken: refusing to configure'\n  exit 1"),
+    );
+    let project = arch_project(&repo, "Packages=kiln-hello\n");
+    project.build(&[]);
+    let before = tree_listing(&project.output_dir());
+
+    let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
+    project.write(
+        "mkosi.conf",
+        &conf.replace("Packages=kiln-hello", "Packages=kiln-hello,kiln-broken"),
+    );
+    let stderr = project.build_fails(&[]);
+    assert!(
+        stderr.contains("The maintainer script of `kiln-broken` failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kiln-broken: refusing to configure"),
+        "{stderr}"
+    );
+    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert!(
+        project.temp_files().is_empty(),
+        "{:?}",
+        project.temp_files()
+    );
+    let shown = project.graph_show();
+    assert!(
+        shown.contains("packages [packages-pacman]: will run"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn arch_unknown_packages_and_missing_repositories_are_refused() {
+    require_root!();
+    let repo = ArchRepo::with_base_and_hello();
+    let project = arch_project(&repo, "Packages=kiln-hello,kiln-no-such-package\n");
+    let stderr = project.build_fails(&[]);
+    assert!(
+        stderr.contains("The mirror has no package `kiln-no-such-package`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("target not found: kiln-no-such-package"),
+        "{stderr}"
+    );
+    assert_eq!(project.object_count(), 0);
+
+    let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
+    project.write(
+        "mkosi.conf",
+        &conf.replace(&repo.url(), "file:///nonexistent/kiln-mirror"),
+    );
+    let stderr = project.build_fails(&[]);
+    assert!(stderr.contains("Cannot reach the mirror"), "{stderr}");
+    assert!(stderr.contains("core.db"), "{stderr}");
+    assert!(!project.output_dir().exists());
+}
