@@ -82,8 +82,7 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn for_stderr() -> Renderer {
-        let handler = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-        {
+        let handler = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
             GraphicalReportHandler::new()
         } else {
             GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100)

@@ -130,11 +130,18 @@ fn tree_listing(root: &Path) -> String {
     for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
         let entry = entry.unwrap();
         let meta = entry.path().symlink_metadata().unwrap();
-        let relative = entry.path().strip_prefix(root).unwrap().display().to_string();
+        let relative = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .display()
+            .to_string();
         let what = if meta.file_type().is_symlink() {
             format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
         } else if meta.is_file() {
-            blake3::hash(&std::fs::read(entry.path()).unwrap()).to_hex().to_string()
+            blake3::hash(&std::fs::read(entry.path()).unwrap())
+                .to_hex()
+                .to_string()
         } else {
             String::new()
         };
@@ -174,7 +181,14 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
     let first = project.build(&[]);
     assert_eq!(
         ran(&first),
-        vec!["base-trees", "extra-trees", "finalize", "output", "postinst", "remove-files"]
+        vec![
+            "base-trees",
+            "extra-trees",
+            "finalize",
+            "output",
+            "postinst",
+            "remove-files"
+        ]
     );
     let before = tree_listing(&project.output_dir());
     let second = project.build(&[]);
@@ -198,10 +212,16 @@ fn two_stores_build_bit_identical_images_and_tarballs() {
     let two = Project::new();
     one.build(&[]);
     two.build(&[]);
-    assert_eq!(tree_listing(&one.output_dir()), tree_listing(&two.output_dir()));
+    assert_eq!(
+        tree_listing(&one.output_dir()),
+        tree_listing(&two.output_dir())
+    );
     for project in [&one, &two] {
         let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
-        project.write("mkosi.conf", &conf.replace("Format=directory", "Format=tar"));
+        project.write(
+            "mkosi.conf",
+            &conf.replace("Format=directory", "Format=tar"),
+        );
         project.build(&[]);
     }
     let tar_one = std::fs::read(one.root.join("mkosi.output/tiny.tar")).unwrap();
@@ -223,7 +243,10 @@ fn editing_finalize_reruns_only_finalize_and_output() {
     let outcomes = project.build(&[]);
     assert_eq!(ran(&outcomes), vec!["finalize", "output"]);
     let explanation = project.explain();
-    assert_eq!(reason_inputs(stage(&explanation, "finalize")), vec!["mkosi.finalize"]);
+    assert_eq!(
+        reason_inputs(stage(&explanation, "finalize")),
+        vec!["mkosi.finalize"]
+    );
     assert_eq!(stage(&explanation, "postinst")["status"], "cached");
 }
 
@@ -243,13 +266,21 @@ fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged
     let explanation = project.explain();
     let extra = stage(&explanation, "extra-trees");
     assert_eq!(reason_inputs(extra), vec!["mkosi.extra:etc/motd"]);
-    assert!(extra["reasons"][0]["before"].as_str().unwrap().starts_with("file "));
+    assert!(
+        extra["reasons"][0]["before"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
     let postinst = stage(&explanation, "postinst");
     assert_eq!(postinst["output_changed"], false);
     assert_eq!(reason_inputs(postinst), vec!["base"]);
     let text = project.kiln(&["graph", "explain"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("upstream stage `extra-trees` changed its output"), "{text}");
+    assert!(
+        text.contains("upstream stage `extra-trees` changed its output"),
+        "{text}"
+    );
     assert!(text.contains("postinst: ran, output unchanged"), "{text}");
     // The output was updated in place of a full copy: it must equal a full rewrite.
     project.write("mkosi.extra/etc/hostname", "edited\n");
@@ -277,7 +308,10 @@ fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("IMAGE_VERSION 1 -> 2"));
     let os_release =
         std::fs::read_to_string(project.root.join("mkosi.output/tiny_2/etc/os-release")).unwrap();
-    assert!(os_release.contains("PRETTY_NAME=\"Tiny (2)\""), "{os_release}");
+    assert!(
+        os_release.contains("PRETTY_NAME=\"Tiny (2)\""),
+        "{os_release}"
+    );
     let link = std::fs::read_link(project.root.join("mkosi.output/tiny")).unwrap();
     assert_eq!(link, Path::new("tiny_2"));
 }
@@ -299,13 +333,21 @@ fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
     assert!(stderr.contains("mkosi.postinst"), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
     assert!(stderr.contains("something went wrong"), "{stderr}");
-    assert_eq!(tree_listing(&project.output_dir()), before, "the previous output changed");
+    assert_eq!(
+        tree_listing(&project.output_dir()),
+        before,
+        "the previous output changed"
+    );
     // Nothing of the failed run was cached: postinst is still to run.
     let show = project.kiln(&["graph", "show"]);
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("postinst [scripts]: will run"), "{show}");
     let verify = project.kiln(&["cache", "verify"]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
@@ -315,14 +357,20 @@ fn graph_show_prints_each_stage_state_as_text_and_dot() {
     let show = project.kiln(&["graph", "show"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("base-trees [trees]: will run"), "{text}");
-    assert!(text.contains("finalize [scripts]: will run unless"), "{text}");
+    assert!(
+        text.contains("finalize [scripts]: will run unless"),
+        "{text}"
+    );
     project.build(&[]);
     project.write("mkosi.extra/etc/hostname", "renamed\n");
     let show = project.kiln(&["graph", "show"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("base-trees [trees]: cached"), "{text}");
     assert!(text.contains("extra-trees [trees]: will run"), "{text}");
-    assert!(text.contains("postinst [scripts]: will run unless `extra-trees`"), "{text}");
+    assert!(
+        text.contains("postinst [scripts]: will run unless `extra-trees`"),
+        "{text}"
+    );
     let dot = project.kiln(&["graph", "show", "--format", "dot"]);
     let dot = String::from_utf8_lossy(&dot.stdout);
     assert!(dot.starts_with("digraph kiln {"), "{dot}");
@@ -340,10 +388,16 @@ fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
     let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
     project.write(
         "mkosi.conf",
-        &conf.replace("RemoveFiles=\n", "RemoveFiles=\n    /escape/*\n    /escape/keep\n"),
+        &conf.replace(
+            "RemoveFiles=\n",
+            "RemoveFiles=\n    /escape/*\n    /escape/keep\n",
+        ),
     );
     project.build(&[]);
-    assert_eq!(std::fs::read_to_string(outside.path().join("keep")).unwrap(), "outside");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("keep")).unwrap(),
+        "outside"
+    );
     let resolv = project.output_dir().join("etc/resolv.conf");
     assert_eq!(
         std::fs::read_link(&resolv).unwrap(),
@@ -357,7 +411,10 @@ fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
     std::fs::create_dir_all(project.root.join("mkosi.extra/escape")).unwrap();
     project.write("mkosi.extra/escape/planted", "planted");
     let _ = project.kiln(&["build"]);
-    assert!(!outside.path().join("planted").exists(), "wrote outside the tree");
+    assert!(
+        !outside.path().join("planted").exists(),
+        "wrote outside the tree"
+    );
     // A glob with `..` is refused.
     project.write(
         "mkosi.conf",
@@ -389,9 +446,16 @@ fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
         .collect();
     for child in children.drain(..) {
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    assert_eq!(tree_listing(&one.output_dir()), tree_listing(&two.output_dir()));
+    assert_eq!(
+        tree_listing(&one.output_dir()),
+        tree_listing(&two.output_dir())
+    );
     let verify = one.kiln(&["cache", "verify"]);
     assert!(verify.status.success());
 }
@@ -404,14 +468,19 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
     let big = project.root.join("base/usr/share/data");
     std::fs::create_dir_all(&big).unwrap();
     for index in 0..1500 {
-        std::fs::write(big.join(format!("file-{index}")), format!("content {index}\n").repeat(50))
-            .unwrap();
+        std::fs::write(
+            big.join(format!("file-{index}")),
+            format!("content {index}\n").repeat(50),
+        )
+        .unwrap();
     }
     let reference = Project::new();
     std::fs::create_dir_all(reference.root.join("base/usr/share/data")).unwrap();
     for index in 0..1500 {
         std::fs::write(
-            reference.root.join(format!("base/usr/share/data/file-{index}")),
+            reference
+                .root
+                .join(format!("base/usr/share/data/file-{index}")),
             format!("content {index}\n").repeat(50),
         )
         .unwrap();
@@ -424,12 +493,17 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
         .as_nanos() as u64;
     eprintln!("seed {seed}");
     let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         seed >> 33
     };
     for round in 0..20 {
         // Alternate edits so that stages have work to do in every round.
-        project.write("mkosi.extra/etc/hostname", &format!("round-{}\n", round % 3));
+        project.write(
+            "mkosi.extra/etc/hostname",
+            &format!("round-{}\n", round % 3),
+        );
         let mut child = project
             .command(&["build"])
             .stdout(Stdio::null())
@@ -446,5 +520,8 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
     }
     project.write("mkosi.extra/etc/hostname", "tiny\n");
     project.build(&[]);
-    assert_eq!(tree_listing(&project.output_dir()), tree_listing(&reference.output_dir()));
+    assert_eq!(
+        tree_listing(&project.output_dir()),
+        tree_listing(&reference.output_dir())
+    );
 }

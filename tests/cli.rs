@@ -38,7 +38,10 @@ fn verbs_not_implemented_yet_say_so_and_exit_with_2() {
         let output = kiln(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("is not implemented yet"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not implemented yet"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_cache::{ActionResult, BuildId, Digest, RecordedInput, RunStatus, StageRun, Store, StoreError};
+use kiln_cache::{
+    ActionResult, BuildId, Digest, RecordedInput, RunStatus, StageRun, Store, StoreError,
+};
 
 use crate::graph::Graph;
 use crate::inputs::stage_input;
@@ -219,12 +221,18 @@ impl Scheduler<'_> {
                                 output: output.output,
                                 duration: Duration::ZERO,
                             };
-                            if let Err(error) = self.record(stage_index, key, inputs, output, &report) {
+                            if let Err(error) =
+                                self.record(stage_index, key, inputs, output, &report)
+                            {
                                 failure = Some(error);
                                 break;
                             }
-                            self.reporter
-                                .stage_finished(&report.name, report.outcome, &report.output, report.duration);
+                            self.reporter.stage_finished(
+                                &report.name,
+                                report.outcome,
+                                &report.output,
+                                report.duration,
+                            );
                             outputs.insert(report.name.clone(), report.output);
                             for dependent in graph.dependents(stage_index) {
                                 remaining_deps[dependent] -= 1;
@@ -285,13 +293,23 @@ impl Scheduler<'_> {
                             .record_action(&finished.key, result)
                             .map_err(BuildError::from)
                             .and_then(|()| {
-                                self.record(finished.index, finished.key, finished.inputs, result, &report)
+                                self.record(
+                                    finished.index,
+                                    finished.key,
+                                    finished.inputs,
+                                    result,
+                                    &report,
+                                )
                             });
                         if let Err(error) = recorded {
                             failure.get_or_insert(error);
                         }
-                        self.reporter
-                            .stage_finished(&report.name, report.outcome, &report.output, report.duration);
+                        self.reporter.stage_finished(
+                            &report.name,
+                            report.outcome,
+                            &report.output,
+                            report.duration,
+                        );
                         outputs.insert(report.name.clone(), output);
                         for dependent in graph.dependents(finished.index) {
                             remaining_deps[dependent] -= 1;
@@ -313,7 +331,11 @@ impl Scheduler<'_> {
     }
 
     /// Resolve a ready stage's inputs, compute its key and decide: cached or run.
-    fn prepare(&self, stage_index: usize, outputs: &BTreeMap<String, Digest>) -> Result<Prepared, BuildError> {
+    fn prepare(
+        &self,
+        stage_index: usize,
+        outputs: &BTreeMap<String, Digest>,
+    ) -> Result<Prepared, BuildError> {
         let stage = self.graph.stage(stage_index);
         let planned = self
             .plan
@@ -337,14 +359,20 @@ impl Scheduler<'_> {
         let key = stage_key(stage.kind(), stage.version(), &inputs);
         let cached = match (&planned.state, self.options.force_rerun) {
             (_, true) => None,
-            (PlannedState::Cached { output }, false) if planned.key == Some(key) => Some(ActionResult {
-                output: *output,
-                kind: stage.output_kind(),
-            }),
+            (PlannedState::Cached { output }, false) if planned.key == Some(key) => {
+                Some(ActionResult {
+                    output: *output,
+                    kind: stage.output_kind(),
+                })
+            }
             _ => self.index.lookup_action(&key)?,
         };
         Ok(match cached {
-            Some(output) => Prepared::Cached { key, inputs, output },
+            Some(output) => Prepared::Cached {
+                key,
+                inputs,
+                output,
+            },
             None => Prepared::Run { key, inputs },
         })
     }
@@ -387,7 +415,11 @@ impl Scheduler<'_> {
 }
 
 impl StageRunner<'_> {
-    fn run_stage(&self, stage_index: usize, inputs: &[RecordedInput]) -> Result<Digest, BuildError> {
+    fn run_stage(
+        &self,
+        stage_index: usize,
+        inputs: &[RecordedInput],
+    ) -> Result<Digest, BuildError> {
         let stage = self.graph.stage(stage_index);
         let scratch = tempfile::Builder::new()
             .prefix(&format!("{}-stage-", std::process::id()))
@@ -550,17 +582,18 @@ mod tests {
 
         /// a -> b (constant output) -> c, and a -> d.
         fn graph(&mut self, a_value: &str, fail_c: bool) -> Graph {
-            let mut stage = |name: &str, upstream: &[&str], value: &str, constant: bool, fail: bool| {
-                let runs = Arc::clone(self.runs.entry(name.to_string()).or_default());
-                Box::new(TestStage {
-                    name: name.to_string(),
-                    upstream: upstream.iter().map(|s| s.to_string()).collect(),
-                    value: value.to_string(),
-                    constant,
-                    fail,
-                    runs,
-                }) as Box<dyn Stage>
-            };
+            let mut stage =
+                |name: &str, upstream: &[&str], value: &str, constant: bool, fail: bool| {
+                    let runs = Arc::clone(self.runs.entry(name.to_string()).or_default());
+                    Box::new(TestStage {
+                        name: name.to_string(),
+                        upstream: upstream.iter().map(|s| s.to_string()).collect(),
+                        value: value.to_string(),
+                        constant,
+                        fail,
+                        runs,
+                    }) as Box<dyn Stage>
+                };
             Graph::new(vec![
                 stage("a", &[], a_value, false, false),
                 stage("b", &["a"], "b", true, false),
@@ -574,7 +607,12 @@ mod tests {
             self.build_with(a_value, jobs, false)
         }
 
-        fn build_with(&mut self, a_value: &str, jobs: usize, fail_c: bool) -> Result<BuildReport, BuildError> {
+        fn build_with(
+            &mut self,
+            a_value: &str,
+            jobs: usize,
+            fail_c: bool,
+        ) -> Result<BuildReport, BuildError> {
             let graph = self.graph(a_value, fail_c);
             let plan = plan(&graph, &self.store, self.dir.path(), false).unwrap();
             let options = BuildOptions {
@@ -617,10 +655,25 @@ mod tests {
         fixture.build("1", 2).unwrap();
         let report = fixture.build("2", 2).unwrap();
         let outcomes = outcomes(&report);
-        assert_eq!(outcomes["a"], Outcome::Ran { output_changed: true });
-        assert_eq!(outcomes["b"], Outcome::Ran { output_changed: false });
+        assert_eq!(
+            outcomes["a"],
+            Outcome::Ran {
+                output_changed: true
+            }
+        );
+        assert_eq!(
+            outcomes["b"],
+            Outcome::Ran {
+                output_changed: false
+            }
+        );
         assert_eq!(outcomes["c"], Outcome::Cached);
-        assert_eq!(outcomes["d"], Outcome::Ran { output_changed: true });
+        assert_eq!(
+            outcomes["d"],
+            Outcome::Ran {
+                output_changed: true
+            }
+        );
         assert_eq!(fixture.run_count("c"), 1);
     }
 
@@ -642,7 +695,10 @@ mod tests {
     fn a_failing_stage_caches_nothing_of_itself() {
         let mut fixture = Fixture::new();
         let error = fixture.build_with("1", 1, true).unwrap_err();
-        assert!(matches!(&error, BuildError::Stage { stage, .. } if stage == "c"), "{error:?}");
+        assert!(
+            matches!(&error, BuildError::Stage { stage, .. } if stage == "c"),
+            "{error:?}"
+        );
         // The stages before it are cached; c runs again.
         let report = fixture.build("1", 1).unwrap();
         let outcomes = outcomes(&report);

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use kiln_cache::{BuildId, Entry, EntryKind, RecordedInput, RunStatus, StageRun, Store, StoreError};
+use kiln_cache::{
+    BuildId, Entry, EntryKind, RecordedInput, RunStatus, StageRun, Store, StoreError,
+};
 use serde::Serialize;
 
 use crate::inputs::kind;
@@ -65,11 +67,17 @@ fn build_number<S: serde::Serializer>(build: &BuildId, serializer: S) -> Result<
 }
 
 /// Explain the last build of `recipe`, or only its stage `only`.
-pub fn explain(store: &Store, recipe: &str, only: Option<&str>) -> Result<Explanation, ExplainError> {
+pub fn explain(
+    store: &Store,
+    recipe: &str,
+    only: Option<&str>,
+) -> Result<Explanation, ExplainError> {
     let index = store.index()?;
-    let build = index.last_build(recipe)?.ok_or_else(|| ExplainError::NoBuild {
-        recipe: recipe.to_string(),
-    })?;
+    let build = index
+        .last_build(recipe)?
+        .ok_or_else(|| ExplainError::NoBuild {
+            recipe: recipe.to_string(),
+        })?;
     let runs = index.runs(build)?;
     if let Some(only) = only
         && !runs.iter().any(|run| run.stage == only)
@@ -77,11 +85,18 @@ pub fn explain(store: &Store, recipe: &str, only: Option<&str>) -> Result<Explan
         return Err(ExplainError::NoStage {
             recipe: recipe.to_string(),
             stage: only.to_string(),
-            known: runs.iter().map(|run| run.stage.as_str()).collect::<Vec<_>>().join(", "),
+            known: runs
+                .iter()
+                .map(|run| run.stage.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let mut stages = Vec::new();
-    for run in runs.iter().filter(|run| only.is_none_or(|only| run.stage == only)) {
+    for run in runs
+        .iter()
+        .filter(|run| only.is_none_or(|only| run.stage == only))
+    {
         let ran = run.status == RunStatus::Ran;
         let reasons = if ran {
             let previous = index.last_run_of_stage(recipe, &run.stage, build)?;
@@ -112,10 +127,16 @@ fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Re
             })
             .collect();
     };
-    let before: BTreeMap<&str, &RecordedInput> =
-        previous.inputs.iter().map(|input| (input.name.as_str(), input)).collect();
-    let after: BTreeMap<&str, &RecordedInput> =
-        run.inputs.iter().map(|input| (input.name.as_str(), input)).collect();
+    let before: BTreeMap<&str, &RecordedInput> = previous
+        .inputs
+        .iter()
+        .map(|input| (input.name.as_str(), input))
+        .collect();
+    let after: BTreeMap<&str, &RecordedInput> = run
+        .inputs
+        .iter()
+        .map(|input| (input.name.as_str(), input))
+        .collect();
     let mut reasons = Vec::new();
     for (name, new) in &after {
         match before.get(name) {
@@ -147,7 +168,8 @@ fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Re
         } else if previous.key != run.key {
             "the stage's version changed".to_string()
         } else {
-            "no cached result for the same inputs (forced with -ff, or removed from the cache)".to_string()
+            "no cached result for the same inputs (forced with -ff, or removed from the cache)"
+                .to_string()
         };
         reasons.push(Reason {
             input: "(key)".to_string(),
@@ -193,7 +215,11 @@ fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) 
                 input: name.to_string(),
                 before: Some(old.digest.to_string()),
                 after: Some(new.digest.to_string()),
-                summary: format!("{path} changed: {} -> {}", short(&old.digest.to_string()), short(&new.digest.to_string())),
+                summary: format!(
+                    "{path} changed: {} -> {}",
+                    short(&old.digest.to_string()),
+                    short(&new.digest.to_string())
+                ),
             }]
         }
     }
@@ -201,7 +227,10 @@ fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) 
 
 /// A value of several lines, each `NAME REST` (a resolved package set: `systemd 252.39 amd64`).
 fn is_listing(input: &RecordedInput) -> bool {
-    input.value.as_deref().is_some_and(|value| value.contains('\n'))
+    input
+        .value
+        .as_deref()
+        .is_some_and(|value| value.contains('\n'))
 }
 
 /// Line by line changes of two listings, keyed by each line's first word.
@@ -227,7 +256,7 @@ fn listing_changes(name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<
                 input: format!("{name}:{key}"),
                 before: None,
                 after: Some(value.clone()),
-                summary: format!("{key} {value} added"),
+                summary: format!("{} added", join_words(key, value)),
             }),
             Some(old_value) if old_value != value => reasons.push(Reason {
                 input: format!("{name}:{key}"),
@@ -244,14 +273,28 @@ fn listing_changes(name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<
                 input: format!("{name}:{key}"),
                 before: Some(value.clone()),
                 after: None,
-                summary: format!("{key} {value} removed"),
+                summary: format!("{} removed", join_words(key, value)),
             });
         }
     }
     reasons
 }
 
-fn tree_changes(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
+/// `key value`, or `key` alone when there is no value.
+fn join_words(key: &str, value: &str) -> String {
+    if value.is_empty() {
+        key.to_string()
+    } else {
+        format!("{key} {value}")
+    }
+}
+
+fn tree_changes(
+    store: &Store,
+    name: &str,
+    old: &RecordedInput,
+    new: &RecordedInput,
+) -> Vec<Reason> {
     let (Ok(before), Ok(after)) = (store.manifest(&old.digest), store.manifest(&new.digest)) else {
         return vec![Reason {
             input: name.to_string(),
@@ -277,14 +320,21 @@ fn tree_changes(store: &Store, name: &str, old: &RecordedInput, new: &RecordedIn
 pub fn describe_entry(entry: &Entry) -> String {
     let what = match &entry.kind {
         EntryKind::Dir => "directory".to_string(),
-        EntryKind::File { blob, size } => format!("file {} ({size} bytes)", short(&blob.to_string())),
+        EntryKind::File { blob, size } => {
+            format!("file {} ({size} bytes)", short(&blob.to_string()))
+        }
         EntryKind::Symlink { target } => format!("symlink -> {target}"),
         EntryKind::CharDev { rdev } => format!("character device {rdev:#x}"),
         EntryKind::BlockDev { rdev } => format!("block device {rdev:#x}"),
         EntryKind::Fifo => "fifo".to_string(),
         EntryKind::Socket => "socket".to_string(),
     };
-    format!("{what} {:04o} {}:{}", entry.mode & 0o7777, entry.uid, entry.gid)
+    format!(
+        "{what} {:04o} {}:{}",
+        entry.mode & 0o7777,
+        entry.uid,
+        entry.gid
+    )
 }
 
 fn short(digest: &str) -> &str {

@@ -200,7 +200,11 @@ mod tests {
         let mut inputs = BTreeMap::new();
         inputs.insert("hostname".to_string(), value_digest("a"));
         inputs.stable_hash(&mut hasher);
-        assert_eq!(hasher.finish().to_string(), PINNED_KEY_DIGEST, "key digest changed");
+        assert_eq!(
+            hasher.finish().to_string(),
+            PINNED_KEY_DIGEST,
+            "key digest changed"
+        );
     }
 
     const PINNED_VALUE_DIGEST: &str =

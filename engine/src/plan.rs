@@ -32,7 +32,9 @@ impl PlannedState {
         match self {
             PlannedState::Cached { .. } => "cached".to_string(),
             PlannedState::WillRun => "will run".to_string(),
-            PlannedState::Pending { upstream } => format!("will run unless `{upstream}` ends with the same output"),
+            PlannedState::Pending { upstream } => {
+                format!("will run unless `{upstream}` ends with the same output")
+            }
         }
     }
 }
@@ -112,7 +114,8 @@ pub fn plan(
                         }
                     }
                 }
-            } else if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)? {
+            } else if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)?
+            {
                 inputs.push(recorded);
             }
         }

@@ -15,7 +15,12 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let project = Project::open(settings, renderer)?;
     let pipeline = project.pipeline()?;
     let force_rerun = settings.force >= 2;
-    let plan = plan(&pipeline.graph, &project.store, &project.loaded.dir, force_rerun)?;
+    let plan = plan(
+        &pipeline.graph,
+        &project.store,
+        &project.loaded.dir,
+        force_rerun,
+    )?;
     let options = BuildOptions {
         recipe: project.recipe_key.clone(),
         project_dir: project.loaded.dir.clone(),
@@ -33,7 +38,11 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         &pipeline.export.with_digest(output),
         settings.force >= 1,
     )?;
-    let verb = if exported.written { "wrote" } else { "up to date:" };
+    let verb = if exported.written {
+        "wrote"
+    } else {
+        "up to date:"
+    };
     eprintln!(
         "{verb} {} (build {}, {} of {} stages ran, {})",
         exported.path.display(),

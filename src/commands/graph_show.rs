@@ -30,7 +30,13 @@ pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Res
 fn text(plan: &Plan) -> String {
     let mut out = String::new();
     for stage in &plan.stages {
-        let _ = write!(out, "{} [{}]: {}", stage.name, stage.kind, stage.state.describe());
+        let _ = write!(
+            out,
+            "{} [{}]: {}",
+            stage.name,
+            stage.kind,
+            stage.state.describe()
+        );
         if !stage.upstream.is_empty() {
             let _ = write!(out, " (after {})", stage.upstream.join(", "));
         }
@@ -40,7 +46,8 @@ fn text(plan: &Plan) -> String {
 }
 
 fn dot(plan: &Plan) -> String {
-    let mut out = String::from("digraph kiln {\n  rankdir=LR;\n  node [shape=box, style=filled];\n");
+    let mut out =
+        String::from("digraph kiln {\n  rankdir=LR;\n  node [shape=box, style=filled];\n");
     for stage in &plan.stages {
         let color = match stage.state {
             PlannedState::Cached { .. } => "palegreen",

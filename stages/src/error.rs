@@ -6,7 +6,9 @@ use thiserror::Error;
 #[derive(Debug, Error, Diagnostic)]
 pub enum TreeError {
     #[error("`{path}` leads outside the image")]
-    #[diagnostic(help("Paths and globs are anchored at the image root; remove the `..` or the symlink that leaves the tree"))]
+    #[diagnostic(help(
+        "Paths and globs are anchored at the image root; remove the `..` or the symlink that leaves the tree"
+    ))]
     Escapes { path: String },
 
     #[error("Symlinks loop while resolving `{path}` inside the image")]
@@ -18,18 +20,24 @@ pub enum TreeError {
     NotADirectory { path: String },
 
     #[error("`{glob}` is not a valid glob: {message}")]
-    #[diagnostic(help("RemoveFiles= takes globs such as `/usr/share/locale` or `/usr/lib/**/*.a`"))]
+    #[diagnostic(help(
+        "RemoveFiles= takes globs such as `/usr/share/locale` or `/usr/lib/**/*.a`"
+    ))]
     BadGlob { glob: String, message: String },
 
     #[error("The tree would break a rule every image follows")]
-    #[diagnostic(help("A tree copied into the image clashes with what is there; check the trees' targets"))]
+    #[diagnostic(help(
+        "A tree copied into the image clashes with what is there; check the trees' targets"
+    ))]
     Manifest(#[from] kiln_cache::ManifestError),
 }
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum OutputError {
     #[error("Cannot write `{}`", path.display())]
-    #[diagnostic(help("Check that the output directory exists and is writable, and that the disk has room"))]
+    #[diagnostic(help(
+        "Check that the output directory exists and is writable, and that the disk has room"
+    ))]
     Write {
         path: std::path::PathBuf,
         #[source]
@@ -37,7 +45,9 @@ pub enum OutputError {
     },
 
     #[error("Cannot check out the image into `{}`", path.display())]
-    #[diagnostic(help("Check that the output directory is writable; run `kiln cache verify` if the store may be damaged"))]
+    #[diagnostic(help(
+        "Check that the output directory is writable; run `kiln cache verify` if the store may be damaged"
+    ))]
     Checkout {
         path: std::path::PathBuf,
         #[source]

@@ -90,7 +90,7 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
             // tree is still in the store, is cloned with hard links and brought up to date:
             // the cost follows the change, not the image. -f writes everything afresh.
             let updatable = (!force)
-                .then(|| previous.as_deref().and_then(|value| parse_marker(value)))
+                .then(|| previous.as_deref().and_then(parse_marker))
                 .flatten()
                 .filter(|(_, epoch)| *epoch == export.source_date_epoch)
                 .and_then(|(digest, _)| store.manifest(&digest).ok())

@@ -66,8 +66,14 @@ impl Stage for OutputStage {
             ArtifactFormat::Tar => {
                 let manifest = ctx.store.manifest(&tree)?;
                 let path = ctx.scratch.join("image.tar");
-                write_tar(ctx.store, &manifest, self.source_date_epoch, &path)
-                    .map_err(|source| StageError::failed(crate::error::OutputError::Write { path: path.clone(), source }))?;
+                write_tar(ctx.store, &manifest, self.source_date_epoch, &path).map_err(
+                    |source| {
+                        StageError::failed(crate::error::OutputError::Write {
+                            path: path.clone(),
+                            source,
+                        })
+                    },
+                )?;
                 Ok(ctx.store.put_file(&path, PutMode::Move)?)
             }
         }
@@ -95,7 +101,8 @@ pub fn write_tar(
                 .iter()
                 .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice()))
                 .collect();
-            builder.append_pax_extensions(records.iter().map(|(key, value)| (key.as_str(), *value)))?;
+            builder
+                .append_pax_extensions(records.iter().map(|(key, value)| (key.as_str(), *value)))?;
         }
         let mut header = Header::new_gnu();
         header.set_mode(entry.mode & 0o7777);

@@ -60,7 +60,12 @@ impl Stage for TreesStage {
             ));
             inputs.push(Input::value(
                 format!("target {position}"),
-                layer.target.as_deref().unwrap_or(Path::new("/")).display().to_string(),
+                layer
+                    .target
+                    .as_deref()
+                    .unwrap_or(Path::new("/"))
+                    .display()
+                    .to_string(),
             ));
         }
         inputs
@@ -76,7 +81,9 @@ impl Stage for TreesStage {
             None => empty_tree(),
         };
         for layer in &self.layers {
-            let overlay = ctx.store.manifest(&ctx.input(&layer.source.display().to_string())?)?;
+            let overlay = ctx
+                .store
+                .manifest(&ctx.input(&layer.source.display().to_string())?)?;
             let target = layer.target.as_deref().unwrap_or(Path::new("/"));
             lay_over(&mut tree, &overlay, target).map_err(StageError::failed)?;
         }
@@ -117,7 +124,9 @@ pub fn lay_over(tree: &mut Manifest, overlay: &Manifest, target: &Path) -> Resul
             continue;
         }
         match tree.get(&path) {
-            Some(existing) if matches!(existing.kind, EntryKind::Dir) && matches!(placed.kind, EntryKind::Dir) => {}
+            Some(existing)
+                if matches!(existing.kind, EntryKind::Dir)
+                    && matches!(placed.kind, EntryKind::Dir) => {}
             Some(_) => {
                 tree.remove_path_recursive(&path);
             }
@@ -155,7 +164,12 @@ pub fn normalize(path: &Path) -> Option<String> {
 /// that is not a symlink (or does not exist yet).
 pub fn resolve_in_tree(tree: &Manifest, path: &str) -> Result<String, TreeError> {
     let mut resolved: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = path.split('/').filter(|part| !part.is_empty()).rev().map(String::from).collect();
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         if part == "." {
@@ -163,7 +177,9 @@ pub fn resolve_in_tree(tree: &Manifest, path: &str) -> Result<String, TreeError>
         }
         if part == ".." {
             if resolved.pop().is_none() {
-                return Err(TreeError::Escapes { path: path.to_string() });
+                return Err(TreeError::Escapes {
+                    path: path.to_string(),
+                });
             }
             continue;
         }
@@ -176,13 +192,21 @@ pub fn resolve_in_tree(tree: &Manifest, path: &str) -> Result<String, TreeError>
         {
             hops += 1;
             if hops > 40 {
-                return Err(TreeError::SymlinkLoop { path: path.to_string() });
+                return Err(TreeError::SymlinkLoop {
+                    path: path.to_string(),
+                });
             }
             resolved.pop();
             if target.starts_with('/') {
                 resolved.clear();
             }
-            pending.extend(target.split('/').filter(|part| !part.is_empty()).rev().map(String::from));
+            pending.extend(
+                target
+                    .split('/')
+                    .filter(|part| !part.is_empty())
+                    .rev()
+                    .map(String::from),
+            );
         }
     }
     Ok(resolved.join("/"))
@@ -200,7 +224,8 @@ fn ensure_dirs(tree: &mut Manifest, path: &str) -> Result<(), TreeError> {
         let resolved = resolve_in_tree(tree, &next)?;
         match tree.get(&resolved) {
             Some(Entry {
-                kind: EntryKind::Dir, ..
+                kind: EntryKind::Dir,
+                ..
             }) => {}
             Some(_) => {
                 return Err(TreeError::NotADirectory { path: resolved });
