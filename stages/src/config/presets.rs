@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use kiln_cache::{CheckoutMode, CheckoutOptions, Digest, OutputKind};
+use kiln_cache::{Digest, OutputKind};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use super::error::ConfigError;
@@ -54,15 +54,7 @@ impl Stage for PresetsStage {
                 purpose: "apply systemd presets".to_string(),
             })
         })?;
-        let lower = ctx.scratch.join("lower");
-        ctx.store.checkout(
-            &base,
-            &lower,
-            CheckoutOptions {
-                mode: CheckoutMode::Hardlink,
-                ..CheckoutOptions::default()
-            },
-        )?;
+        let lower = ctx.store.shared_checkout(&base_id)?;
         let tree = self
             .host
             .mutable_tree(&lower, &ctx.scratch.join("work"))
