@@ -197,9 +197,25 @@ impl Store {
         };
         let mut src = File::open(path).map_err(read_err)?;
         let len = src.metadata().map_err(read_err)?.len();
+        self.put_reader(&mut src, len, path)
+    }
+
+    /// Stores everything `reader` yields as a blob, hashing as it goes;
+    /// `len` is the expected length (content up to [`SMALL_FILE`] is read
+    /// whole) and `path` names the source in errors.
+    pub(crate) fn put_reader(
+        &self,
+        reader: &mut impl Read,
+        len: u64,
+        path: &Path,
+    ) -> Result<(BlobId, u64)> {
+        let read_err = |source| StoreError::Read {
+            path: path.to_owned(),
+            source,
+        };
         if len <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(len as usize);
-            src.read_to_end(&mut bytes).map_err(read_err)?;
+            reader.read_to_end(&mut bytes).map_err(read_err)?;
             let id = self.put_bytes(&bytes)?;
             return Ok((id, bytes.len() as u64));
         }
@@ -209,7 +225,7 @@ impl Store {
             let mut buf = vec![0u8; CHUNK];
             let mut size = 0u64;
             loop {
-                let n = match src.read(&mut buf) {
+                let n = match reader.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,

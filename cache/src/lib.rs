@@ -3,7 +3,8 @@
 //!
 //! This crate knows nothing of stages or recipes. The engine uses it for
 //! keys, the action cache and `graph explain`; stages use it to store what
-//! they produced ([`Store::ingest_dir`]) and to materialise their inputs
+//! they produced ([`Store::ingest_dir`], or [`Store::ingest_tar`] for a tree
+//! built as a tar archive) and to materialise their inputs
 //! ([`Store::checkout`]).
 //!
 //! Two shortcuts make rebuilds cheap: [`Store::ingest_dir_cached`] skips
@@ -86,6 +87,7 @@ mod error;
 mod gc;
 pub mod index;
 mod ingest;
+mod ingest_tar;
 mod lock;
 mod maintenance;
 mod manifest;

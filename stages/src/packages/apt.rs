@@ -7,21 +7,24 @@
 //! dpkg status in a fake root of the store (`apt-get install --simulate`, the apt configuration
 //! mmdebstrap writes), after `apt-get update` refreshed that root's lists.
 //!
-//! Installation runs `mmdebstrap --mode=root` in a mount namespace of its own, and so needs root
-//! (mmdebstrap's `unshare` mode would leave the tree owned by subordinate ids, which the store
-//! cannot take as they are). It hands mmdebstrap exactly the lists resolution read (`--skip=update`, the lists
-//! linked in by a setup hook) and pins every package of `Packages=` to its resolved version, so
+//! Installation runs `mmdebstrap --mode=root` in a mount namespace of its own when kiln is root.
+//! Otherwise it runs `mmdebstrap --mode=unshare`, which builds the tree in a user namespace that
+//! maps the user's subordinate ids (package `uidmap`, `/etc/subuid` and `/etc/subgid`) and writes
+//! it as a tar archive with the ownership root mode would have given; the store reads the archive
+//! ([`Store::ingest_tar`]). The base tree goes in as an archive unpacked by a setup hook. Either
+//! way it hands mmdebstrap exactly the lists resolution read (`--skip=update`, the lists
+//! copied in by a setup hook) and pins every package of `Packages=` to its resolved version, so
 //! apt chooses the same dependencies; the installed set is then read back from the tree's dpkg
-//! status and must equal the resolved one. Downloaded `.deb` files are linked into the store's
-//! package cache by a customize hook and linked back into the next build's tree before apt
-//! looks for them. `INITRD=No` keeps the kernel's postinst from generating an initrd (kiln builds
+//! status and must equal the resolved one. Downloaded `.deb` files go into the store's package
+//! cache through a customize hook and back into the next build's tree before apt looks for
+//! them. `INITRD=No` keeps the kernel's postinst from generating an initrd (kiln builds
 //! its own); the host's `/etc/hostname` and `/etc/resolv.conf`, which mmdebstrap copies in, are
 //! removed before any package is installed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_cache::Store;
+use kiln_cache::{Manifest, Store};
 use kiln_engine::recipe::{Distribution, Recipe};
 
 use super::Installation;
@@ -40,6 +43,15 @@ const TOOLS: &[(&str, &str)] = &[
     ("dpkg", "dpkg"),
     ("unshare", "util-linux"),
 ];
+
+/// What installing without root needs besides [`TOOLS`].
+const ROOTLESS_TOOLS: &[(&str, &str)] = &[("newuidmap", "uidmap"), ("newgidmap", "uidmap")];
+
+/// The subordinate ids mmdebstrap's user namespace needs: a Debian system's ids up to `nogroup`.
+const SUBORDINATE_IDS: u64 = 65536;
+
+/// Where dpkg records what is installed, in the tree.
+const DPKG_STATUS: &str = "var/lib/dpkg/status";
 
 /// What mkosi leaves out of the image with `WithDocs=no`.
 const DOCUMENTATION: &[&str] = &[
@@ -273,12 +285,15 @@ impl AptSetup {
         Ok(config)
     }
 
-    /// Install the job's set with mmdebstrap, reading the apt lists in its index.
+    /// Install the job's set with mmdebstrap, reading the apt lists in its index. As root,
+    /// mmdebstrap installs into the job's target, over the base tree checked out there, and the
+    /// caller ingests it (`None`); otherwise it builds the tree in a user namespace as a tar
+    /// archive, over the base tree unpacked into it, and the stored tree is returned.
     pub fn install(
         &self,
         job: &Installation<'_>,
         log: &mut dyn FnMut(&str),
-    ) -> Result<(), PackagesError> {
+    ) -> Result<Option<Manifest>, PackagesError> {
         let Installation {
             store,
             set,
@@ -288,10 +303,9 @@ impl AptSetup {
             scratch,
         } = *job;
         self.check_host()?;
-        if !state::is_root() {
-            return Err(PackagesError::NeedsRoot {
-                tool: "mmdebstrap".to_string(),
-            });
+        let rootless = !state::is_root();
+        if rootless {
+            check_rootless()?;
         }
         let cache = PackageCache::open(store, "debs")?;
         let debs_in = scratch.join("debs-in");
@@ -304,47 +318,108 @@ impl AptSetup {
             set.len()
         ));
 
-        let hooks = scratch.join("hooks");
-        create_dir(&hooks)?;
-        let mut setup = String::from("#!/bin/sh\nset -eu\nroot=\"$1\"\n");
+        let mut removals = String::new();
         for copied in ["etc/hostname", "etc/resolv.conf"] {
             if base.get(copied).is_none() {
-                setup.push_str(&format!("rm -f \"$root/{copied}\"\n"));
+                removals.push_str(&format!(" \"$1/{copied}\""));
             }
         }
-        setup.push_str(&format!(
-            "cp -al {}/. \"$root/var/lib/apt/lists/\"\ncp -al {}/. \"$root/var/cache/apt/archives/\"\n",
-            shell_quote(&lists.display().to_string()),
-            shell_quote(&debs_in.display().to_string()),
-        ));
-        let customize = format!(
-            "#!/bin/sh\nset -eu\nfind \"$1/var/cache/apt/archives\" -maxdepth 1 -type f -name '*.deb' -exec cp -al {{}} {}/ \\;\n",
-            shell_quote(&debs_out.display().to_string()),
-        );
-        let setup_hook = write_hook(&hooks, "setup", &setup)?;
-        let customize_hook = write_hook(&hooks, "customize", &customize)?;
-
-        // mmdebstrap mounts /proc, /sys and /dev in the tree: in a mount namespace of its own
-        // they vanish with it, whatever happens.
-        let mut command = clean_command("unshare");
+        let removals = if removals.is_empty() {
+            String::new()
+        } else {
+            format!("rm -f{removals}")
+        };
+        let quoted = |path: &Path| shell_quote(&path.display().to_string());
+        let archive = scratch.join("root.tar");
+        let mut command = if rootless {
+            // Hooks run inside the namespace, as a user that cannot read the store: the base
+            // tree, the lists and the packages go in, and the downloads come out, through
+            // mmdebstrap's special hooks, which its process outside the namespace serves.
+            let base_tar = scratch.join("base.tar");
+            crate::output::write_tar(store, base, 0, &base_tar)
+                .map_err(|source| PackagesError::io("write", &base_tar, source))?;
+            let mut command = clean_command("mmdebstrap");
+            // Not root's home: dpkg would warn that it cannot read its configuration there.
+            command
+                .env("HOME", scratch)
+                .arg("--mode=unshare")
+                .arg("--format=tar");
+            command.arg(format!("--setup-hook=tar-in {} /", quoted(&base_tar)));
+            // sync-in also gives its target folder the owner outside: the lists and packages
+            // go through folders of their own, and only the files move on.
+            let staged = ["kiln-lists", "kiln-debs"].map(|name| format!("\"$1/tmp/{name}\""));
+            command.arg(format!(
+                "--setup-hook=mkdir {} {} && {}",
+                staged[0],
+                staged[1],
+                if removals.is_empty() {
+                    "true"
+                } else {
+                    &removals
+                }
+            ));
+            command
+                .arg(format!(
+                    "--setup-hook=sync-in {} /tmp/kiln-lists",
+                    quoted(lists)
+                ))
+                .arg(format!(
+                    "--setup-hook=sync-in {} /tmp/kiln-debs",
+                    quoted(&debs_in)
+                ))
+                .arg(format!(
+                    "--setup-hook=mkdir -p \"$1/var/cache/apt/archives/partial\" && \
+                     find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/lib/apt/lists/\" {{}} + && \
+                     find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/cache/apt/archives/\" {{}} + && \
+                     rm -r {} {}",
+                    staged[0], staged[1], staged[0], staged[1]
+                ))
+                .arg(format!(
+                    "--customize-hook=sync-out /var/cache/apt/archives {}",
+                    quoted(&debs_out)
+                ));
+            command
+        } else {
+            let hooks = scratch.join("hooks");
+            create_dir(&hooks)?;
+            let setup = format!(
+                "#!/bin/sh\nset -eu\n{removals}\ncp -al {}/. \"$1/var/lib/apt/lists/\"\n\
+                 cp -al {}/. \"$1/var/cache/apt/archives/\"\n",
+                quoted(lists),
+                quoted(&debs_in),
+            );
+            let customize = format!(
+                "#!/bin/sh\nset -eu\nfind \"$1/var/cache/apt/archives\" -maxdepth 1 -type f -name '*.deb' -exec cp -al {{}} {}/ \\;\n",
+                quoted(&debs_out),
+            );
+            let setup_hook = write_hook(&hooks, "setup", &setup)?;
+            let customize_hook = write_hook(&hooks, "customize", &customize)?;
+            // mmdebstrap mounts /proc, /sys and /dev in the tree: in a mount namespace of its
+            // own they vanish with it, whatever happens.
+            let mut command = clean_command("unshare");
+            command
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "mmdebstrap",
+                    "--mode=root",
+                    "--format=directory",
+                    "--skip=check/empty",
+                ])
+                .arg(format!("--setup-hook={}", setup_hook.display()))
+                .arg(format!("--customize-hook={}", customize_hook.display()));
+            command
+        };
         command
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "mmdebstrap",
-                "--mode=root",
-            ])
             .env("INITRD", "No")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
             .args([
                 "--variant=essential",
-                "--format=directory",
                 "--verbose",
                 "--skip=update",
                 "--skip=essential/unlink",
-                "--skip=check/empty",
             ])
             .arg(format!("--architectures={}", self.architecture));
         let pins = self.pins(set);
@@ -357,10 +432,8 @@ impl AptSetup {
             }
         }
         command
-            .arg(format!("--setup-hook={}", setup_hook.display()))
-            .arg(format!("--customize-hook={}", customize_hook.display()))
             .arg(&self.release)
-            .arg(target)
+            .arg(if rootless { archive.as_path() } else { target })
             .args(self.sources());
         let output = run_tool(command, "mmdebstrap", log)?;
         let adopted = cache.adopt(&debs_out, &[".deb"])?;
@@ -372,14 +445,26 @@ impl AptSetup {
         if !output.success() {
             return Err(install_error(&output));
         }
-        let installed = read_dpkg_status(&target.join("var/lib/dpkg/status"))?;
+        let (installed, tree) = if rootless {
+            let tree = store.ingest_tar(&archive)?;
+            let _ = std::fs::remove_file(&archive);
+            let status = DPKG_STATUS;
+            let text = match tree.get(status).and_then(|entry| entry.blob()) {
+                Some(blob) => store.read_blob(blob)?,
+                None => Vec::new(),
+            };
+            let text = String::from_utf8_lossy(&text);
+            (parse_dpkg_status(&text), Some(tree))
+        } else {
+            (read_dpkg_status(&target.join(DPKG_STATUS))?, None)
+        };
         let changes = set.changes(&installed);
         if !changes.is_empty() {
             return Err(PackagesError::InstalledDiffers {
                 changes: describe_changes(&changes),
             });
         }
-        Ok(())
+        Ok(tree)
     }
 
     /// `Packages=` with each package the set holds pinned to its resolved version.
@@ -402,6 +487,50 @@ pub fn deb_file_name(package: &ResolvedPackage) -> String {
         package.version.replace(':', "%3a"),
         package.arch
     )
+}
+
+/// Installing without root needs `newuidmap` and `newgidmap` and, for the user, a range of
+/// subordinate user and group ids, where mmdebstrap looks for it: the user's name in
+/// `/etc/subuid` and `/etc/subgid`.
+fn check_rootless() -> Result<(), PackagesError> {
+    state::require_tools(ROOTLESS_TOOLS)?;
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let user = user_name(&passwd, uid).unwrap_or_else(|| uid.to_string());
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let ranges = std::fs::read_to_string(file).unwrap_or_default();
+        if subordinate_ids(&ranges, &user) < SUBORDINATE_IDS {
+            return Err(PackagesError::NoSubordinateIds {
+                user,
+                path: PathBuf::from(file),
+                count: SUBORDINATE_IDS,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The name `/etc/passwd` gives `uid`.
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// How many subordinate ids the first range of `user` in a `/etc/subuid` or `/etc/subgid`
+/// holds (mmdebstrap maps that one).
+fn subordinate_ids(ranges: &str, user: &str) -> u64 {
+    ranges
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.trim().split(':');
+            (fields.next()? == user).then_some(())?;
+            fields.next()?.parse::<u64>().ok()?;
+            fields.next()?.parse::<u64>().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn write_hook(dir: &Path, name: &str, text: &str) -> Result<PathBuf, PackagesError> {
@@ -733,5 +862,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn subordinate_ids_are_read_for_the_users_name() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nbuilder:x:1001:1001::/home/builder:/bin/sh\n";
+        assert_eq!(user_name(passwd, 1001).as_deref(), Some("builder"));
+        assert_eq!(user_name(passwd, 7), None);
+        let ranges = "other:100000:65536\nbuilder:165536:65536\nbuilder:300000:10\n";
+        assert_eq!(subordinate_ids(ranges, "builder"), 65536);
+        assert_eq!(subordinate_ids(ranges, "nobody"), 0);
+        assert_eq!(subordinate_ids("builder:x:y\n", "builder"), 0);
     }
 }

@@ -18,6 +18,24 @@ pub enum PackagesError {
     ))]
     NeedsRoot { tool: String },
 
+    #[error("User `{user}` has no {count} subordinate ids in `{}`", path.display())]
+    #[diagnostic(help(
+        "Without root, kiln installs packages in a user namespace that maps subordinate ids of \
+         the user. Give `{user}` a range in /etc/subuid and /etc/subgid, as root: `usermod \
+         --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`; or run kiln as root"
+    ))]
+    NoSubordinateIds {
+        user: String,
+        path: PathBuf,
+        count: u64,
+    },
+
+    #[error("Cannot store the installed tree")]
+    Store {
+        #[source]
+        source: kiln_cache::StoreError,
+    },
+
     #[error("`Distribution={distribution}` is not supported for `Architecture={architecture}`")]
     #[diagnostic(help(
         "Choose an architecture the distribution builds for, such as `x86-64` or `arm64`"
@@ -109,6 +127,12 @@ pub enum PackagesError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<kiln_cache::StoreError> for PackagesError {
+    fn from(source: kiln_cache::StoreError) -> Self {
+        PackagesError::Store { source }
+    }
 }
 
 impl PackagesError {

@@ -227,14 +227,18 @@ impl PackagesStage {
         };
         let base = ctx.store.manifest(&ctx.input("base")?)?;
         let target = ctx.scratch.join("root");
-        ctx.store.checkout(
-            &base,
-            &target,
-            CheckoutOptions {
-                mode: CheckoutMode::Copy,
-                ..CheckoutOptions::default()
-            },
-        )?;
+        // Without root, mmdebstrap builds an archive from the base tree itself.
+        let rootless = matches!(self.installer, Installer::Apt(_)) && !state::is_root();
+        if !rootless {
+            ctx.store.checkout(
+                &base,
+                &target,
+                CheckoutOptions {
+                    mode: CheckoutMode::Copy,
+                    ..CheckoutOptions::default()
+                },
+            )?;
+        }
         let mut log = |line: &str| ctx.log.line(line);
         let job = Installation {
             store: ctx.store,
@@ -244,19 +248,22 @@ impl PackagesStage {
             target: &target,
             scratch: ctx.scratch,
         };
-        match &self.installer {
+        let stored = match &self.installer {
             Installer::Apt(setup) => setup.install(&job, &mut log),
-            Installer::Pacman(setup) => setup.install(&job, &mut log),
+            Installer::Pacman(setup) => setup.install(&job, &mut log).map(|()| None),
         }
         .map_err(StageError::failed)?;
         drop(snapshot);
-        let tree = ctx.store.ingest_dir(
-            &target,
-            IngestOptions {
-                mode: PutMode::Move,
-                owner: None,
-            },
-        )?;
+        let tree = match stored {
+            Some(tree) => tree,
+            None => ctx.store.ingest_dir(
+                &target,
+                IngestOptions {
+                    mode: PutMode::Move,
+                    owner: None,
+                },
+            )?,
+        };
         Ok(ctx.store.put_manifest(&tree)?)
     }
 }

@@ -1,0 +1,221 @@
+//! Ingesting a tar archive: read it entry by entry, store every file's
+//! content, return the manifest [`Store::ingest_dir`] would have recorded for
+//! the same tree extracted by root.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::Path;
+
+use tar::EntryType;
+
+use crate::error::{Result, StoreError};
+use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::store::Store;
+
+/// The PAX records GNU tar and libarchive write for extended attributes.
+const PAX_XATTR: &str = "SCHILY.xattr.";
+
+/// Attributes overlayfs keeps for itself, never recorded (as in
+/// [`Store::ingest_dir`]).
+const OVERLAY_PREFIX: &str = "trusted.overlay.";
+
+impl Store {
+    /// Reads the tar archive at `tar` (ustar, GNU or PAX, as GNU tar or
+    /// mmdebstrap write it) and stores every regular file's content. Returns
+    /// the manifest, root included, exactly as [`Store::ingest_dir`] records
+    /// the same tree extracted as root: numeric owners from the headers,
+    /// `mode & 0o7777`, symlink targets as written, hard links as hard link
+    /// groups, devices with their numbers, and the `SCHILY.xattr.*` PAX
+    /// records as extended attributes (except `trusted.overlay.*`). The
+    /// manifest is not stored: call [`Store::put_manifest`].
+    ///
+    /// Names lose a leading `./` or `/`. The root directory takes the
+    /// metadata of the archive's `./` entry, or is `0755` and owned by root
+    /// when there is none. A later entry for a path replaces an earlier one,
+    /// as extraction would. Every directory must be in the archive before
+    /// or after what it holds; a name with `..`, or one below a symlink or a
+    /// file, is refused.
+    pub fn ingest_tar(&self, tar: &Path) -> Result<Manifest> {
+        let read_err = |source: io::Error| StoreError::Read {
+            path: tar.to_owned(),
+            source,
+        };
+        let invalid = |message: String| StoreError::Read {
+            path: tar.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, message),
+        };
+        let file = File::open(tar).map_err(read_err)?;
+        let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        // Hard link groups are numbered as they appear; the manifest
+        // renumbers them canonically.
+        let mut groups = 0u32;
+        for item in archive.entries().map_err(read_err)? {
+            let mut item = item.map_err(read_err)?;
+            let raw = item.path_bytes().into_owned();
+            let name = String::from_utf8(raw).map_err(|_| StoreError::NonUtf8 {
+                path: tar.to_owned(),
+            })?;
+            let path = archive_path(&name).ok_or_else(|| {
+                invalid(format!("The archive names `{name}`, which leaves its root"))
+            })?;
+            let header = item.header();
+            let entry_type = header.entry_type();
+            let mut uid = header.uid().map_err(read_err)?;
+            let mut gid = header.gid().map_err(read_err)?;
+            let mode = header.mode().map_err(read_err)? & 0o7777;
+            // Only devices fill in the device numbers.
+            let rdev = if matches!(entry_type, EntryType::Char | EntryType::Block) {
+                let major = header.device_major().map_err(read_err)?;
+                let minor = header.device_minor().map_err(read_err)?;
+                libc::makedev(major.unwrap_or(0), minor.unwrap_or(0)) as u64
+            } else {
+                0
+            };
+            let link = match item.link_name_bytes() {
+                Some(bytes) => Some(String::from_utf8(bytes.into_owned()).map_err(|_| {
+                    StoreError::NonUtf8 {
+                        path: tar.join(&path),
+                    }
+                })?),
+                None => None,
+            };
+            let mut xattrs = BTreeMap::new();
+            if let Some(pax) = item.pax_extensions().map_err(read_err)? {
+                for record in pax {
+                    let record = record.map_err(read_err)?;
+                    let Ok(key) = record.key() else { continue };
+                    if let Some(name) = key.strip_prefix(PAX_XATTR) {
+                        if !name.starts_with(OVERLAY_PREFIX) {
+                            xattrs.insert(name.to_string(), record.value_bytes().to_vec());
+                        }
+                    } else if key == "uid" || key == "gid" {
+                        let value = record
+                            .value()
+                            .ok()
+                            .and_then(|value| value.parse::<u64>().ok())
+                            .ok_or_else(|| {
+                                invalid(format!("The PAX record `{key}` of `{name}` is no number"))
+                            })?;
+                        if key == "uid" {
+                            uid = value;
+                        } else {
+                            gid = value;
+                        }
+                    }
+                }
+            }
+            let owner = |id: u64| {
+                u32::try_from(id).map_err(|_| invalid(format!("`{name}` has the owner id {id}")))
+            };
+            let (uid, gid) = (owner(uid)?, owner(gid)?);
+            let kind = match entry_type {
+                EntryType::Directory => EntryKind::Dir,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                    let size = item.size();
+                    let (blob, stored) = self.put_reader(&mut item, size, tar)?;
+                    EntryKind::File { blob, size: stored }
+                }
+                EntryType::Symlink => EntryKind::Symlink {
+                    target: link.unwrap_or_default(),
+                },
+                EntryType::Char => EntryKind::CharDev { rdev },
+                EntryType::Block => EntryKind::BlockDev { rdev },
+                EntryType::Fifo => EntryKind::Fifo,
+                EntryType::Link => {
+                    let target = link.unwrap_or_default();
+                    let target = archive_path(&target).ok_or_else(|| {
+                        invalid(format!(
+                            "`{name}` is a hard link to `{target}`, outside the archive"
+                        ))
+                    })?;
+                    let Some(leader) = entries.get(&target) else {
+                        return Err(invalid(format!(
+                            "`{name}` is a hard link to `{target}`, which the archive has not \
+                             named before"
+                        )));
+                    };
+                    if leader.kind.is_dir() {
+                        return Err(invalid(format!(
+                            "`{name}` is a hard link to the directory `{target}`"
+                        )));
+                    }
+                    let mut linked = leader.clone();
+                    let group = match leader.hardlink {
+                        Some(group) => group,
+                        None => {
+                            groups += 1;
+                            if let Some(leader) = entries.get_mut(&target) {
+                                leader.hardlink = Some(groups);
+                            }
+                            groups
+                        }
+                    };
+                    linked.path = path.clone();
+                    linked.hardlink = Some(group);
+                    entries.insert(path, linked);
+                    continue;
+                }
+                // Extended headers are consumed by the reader; nothing else
+                // describes a file.
+                EntryType::XGlobalHeader | EntryType::XHeader => continue,
+                EntryType::GNULongName | EntryType::GNULongLink => continue,
+                other => {
+                    return Err(invalid(format!(
+                        "`{name}` is a tar entry of type {other:?}, which kiln cannot store"
+                    )));
+                }
+            };
+            let entry = Entry {
+                path: path.clone(),
+                kind,
+                mode,
+                uid,
+                gid,
+                xattrs,
+                hardlink: None,
+            };
+            // A path named again is replaced (and leaves its hard link group).
+            entries.insert(path, entry);
+        }
+        entries
+            .entry(String::new())
+            .or_insert_with(|| Entry::new("", EntryKind::Dir, 0o755));
+        Manifest::from_entries(entries.into_values()).map_err(|source| {
+            StoreError::InvalidManifest {
+                path: tar.to_owned(),
+                source,
+            }
+        })
+    }
+}
+
+/// The manifest path of an archive name: without `./` and `/` at the start
+/// or a `/` at the end, `.` components dropped; `None` when it uses `..`.
+fn archive_path(name: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            part => parts.push(part),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::archive_path;
+
+    #[test]
+    fn archive_names_become_manifest_paths() {
+        assert_eq!(archive_path("./").as_deref(), Some(""));
+        assert_eq!(archive_path(".").as_deref(), Some(""));
+        assert_eq!(archive_path("./etc/").as_deref(), Some("etc"));
+        assert_eq!(archive_path("/usr/bin/sh").as_deref(), Some("usr/bin/sh"));
+        assert_eq!(archive_path("usr/./lib").as_deref(), Some("usr/lib"));
+        assert_eq!(archive_path("./etc/../../x"), None);
+    }
+}
