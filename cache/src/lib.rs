@@ -29,6 +29,9 @@
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
 //!     ├── checkouts/<tree id>/ read-only hardlink checkouts shared by builds as
 //!     │                        overlay lower layers (removed by gc)
+//!     ├── packages/            package managers' private state and downloaded
+//!     │                        packages, kept by the packages stage (not
+//!     │                        content-addressed; gc leaves it alone)
 //!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
 //! ```
 //!
