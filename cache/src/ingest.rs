@@ -307,14 +307,25 @@ impl Store {
         opts: IngestOptions,
         cache: Option<&Cache>,
     ) -> Result<(Entry, Content)> {
+        // A stat cache row is only ever written for a file without xattrs, and setting one
+        // changes the ctime: a file that matches its row has none, and is not asked.
+        let known = match f.meta.file_type() {
+            FileType::RegularFile => {
+                cache.and_then(|cache| cache.known(&f.rel, &f.meta.stat_key()))
+            }
+            _ => None,
+        };
         // Read before the content: a move takes the file away.
-        let xattrs = xattr::read(&f.abs)?;
+        let xattrs = match known {
+            Some(_) => Default::default(),
+            None => xattr::read(&f.abs)?,
+        };
         let mut content = Content::None;
         let kind = match f.meta.file_type() {
             FileType::Directory => EntryKind::Dir,
             FileType::RegularFile => {
                 let stat = f.meta.stat_key();
-                match cache.and_then(|cache| cache.known(&f.rel, &stat)) {
+                match known {
                     Some(row) => {
                         content = Content::Reused;
                         EntryKind::File {
@@ -332,7 +343,9 @@ impl Store {
                             };
                             // A file that changed while it was read, or too
                             // recently to tell, is not remembered.
-                            (size == stat.size && row.is_settled()).then_some(row)
+                            // Nor is one with xattrs: a hit does not read them.
+                            (size == stat.size && row.is_settled() && xattrs.is_empty())
+                                .then_some(row)
                         });
                         let had_row =
                             cache.is_some_and(|cache| cache.rows.rows.contains_key(&f.rel));

@@ -69,7 +69,8 @@ fn restore_mtime(path: &Path, meta: &fs::Metadata) {
 fn second_ingest_reads_no_file_and_changes_are_seen() {
     let s = Scratch::new();
     let src = s.path("src");
-    sample_tree(&src);
+    // A file with xattrs is never remembered: a hit does not read them.
+    let with_xattrs = usize::from(sample_tree(&src));
     fs::write(src.join("etc/motd"), "hello\n").unwrap();
     settle();
 
@@ -81,8 +82,15 @@ fn second_ingest_reads_no_file_and_changes_are_seen() {
 
     let (second, warm) = cached(&s, &src);
     assert_eq!(second.id(), first.id());
-    assert_eq!((warm.hashed, warm.reused, warm.bytes_hashed), (0, files, 0));
-    assert_eq!(s.store.stats().unwrap().stat_cache_rows, files as u64);
+    assert_eq!(
+        (warm.hashed, warm.reused),
+        (with_xattrs, files - with_xattrs)
+    );
+    assert_eq!(warm.bytes_hashed == 0, with_xattrs == 0);
+    assert_eq!(
+        s.store.stats().unwrap().stat_cache_rows,
+        (files - with_xattrs) as u64
+    );
 
     // New content of the same size, with the old mtime put back: the
     // ctime gives it away.
@@ -92,7 +100,10 @@ fn second_ingest_reads_no_file_and_changes_are_seen() {
     restore_mtime(&motd, &meta);
     assert_eq!(fs::metadata(&motd).unwrap().mtime_nsec(), meta.mtime_nsec());
     let (third, report) = cached(&s, &src);
-    assert_eq!((report.hashed, report.reused), (1, files - 1));
+    assert_eq!(
+        (report.hashed, report.reused),
+        (1 + with_xattrs, files - 1 - with_xattrs)
+    );
     assert_eq!(third.id(), plain(&s, &src).id());
     assert_ne!(third.id(), first.id());
 
@@ -101,13 +112,16 @@ fn second_ingest_reads_no_file_and_changes_are_seen() {
     chmod(&src.join("usr/bin/tool"), 0o755);
     let (_, report) = cached(&s, &src);
     // motd too: it was too recent to be remembered.
-    assert_eq!(report.hashed, 2);
+    assert_eq!(report.hashed, 2 + with_xattrs);
 
     // Once settled, both are remembered again.
     settle();
     cached(&s, &src);
     let (fourth, report) = cached(&s, &src);
-    assert_eq!((report.hashed, report.reused), (0, files));
+    assert_eq!(
+        (report.hashed, report.reused),
+        (with_xattrs, files - with_xattrs)
+    );
     assert_eq!(fourth.id(), third.id());
     make_removable(&src);
 }
@@ -211,4 +225,23 @@ fn concurrent_cached_ingests_agree() {
     }
     let (_, report) = cached(&s, &src);
     assert_eq!((report.hashed, report.reused), (0, 500));
+}
+
+#[test]
+fn a_file_given_an_xattr_after_its_row_was_written_is_read_again() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("plain"), "content").unwrap();
+    settle();
+    let (first, _) = cached(&s, &src);
+    let (_, warm) = cached(&s, &src);
+    assert_eq!((warm.hashed, warm.reused), (0, 1));
+    if !common::set_user_xattr(&src.join("plain"), "user.kiln.late", b"x") {
+        return;
+    }
+    let (second, report) = cached(&s, &src);
+    assert_eq!(report.hashed, 1, "the xattr must be seen");
+    assert_ne!(second.id(), first.id());
+    assert_eq!(second.id(), plain(&s, &src).id());
 }
