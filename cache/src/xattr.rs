@@ -17,67 +17,72 @@ use crate::error::{Result, StoreError};
 /// the overlay, not the file, and are never recorded.
 const OVERLAY_PREFIX: &str = "trusted.overlay.";
 
+/// The calls that read a file's xattrs: by path (never following a symlink) or through an
+/// open descriptor.
+trait XattrSource {
+    fn list(&self, names: &mut [u8]) -> rustix::io::Result<usize>;
+    fn list_len(&self) -> rustix::io::Result<usize>;
+    fn get(&self, name: &str, value: &mut [u8]) -> rustix::io::Result<usize>;
+    fn get_len(&self, name: &str) -> rustix::io::Result<usize>;
+}
+
+struct ByPath<'a>(&'a Path);
+
+impl XattrSource for ByPath<'_> {
+    fn list(&self, names: &mut [u8]) -> rustix::io::Result<usize> {
+        rustix::fs::llistxattr(self.0, names)
+    }
+    fn list_len(&self) -> rustix::io::Result<usize> {
+        rustix::fs::llistxattr_query(self.0)
+    }
+    fn get(&self, name: &str, value: &mut [u8]) -> rustix::io::Result<usize> {
+        rustix::fs::lgetxattr(self.0, name, value)
+    }
+    fn get_len(&self, name: &str) -> rustix::io::Result<usize> {
+        rustix::fs::lgetxattr_query(self.0, name)
+    }
+}
+
+struct ByFd<'a>(BorrowedFd<'a>);
+
+impl XattrSource for ByFd<'_> {
+    fn list(&self, names: &mut [u8]) -> rustix::io::Result<usize> {
+        rustix::fs::flistxattr(self.0, names)
+    }
+    fn list_len(&self) -> rustix::io::Result<usize> {
+        rustix::fs::flistxattr_query(self.0)
+    }
+    fn get(&self, name: &str, value: &mut [u8]) -> rustix::io::Result<usize> {
+        rustix::fs::fgetxattr(self.0, name, value)
+    }
+    fn get_len(&self, name: &str) -> rustix::io::Result<usize> {
+        rustix::fs::fgetxattr_query(self.0, name)
+    }
+}
+
 /// Reads all extended attributes of `path` (not following a symlink), except
 /// overlayfs bookkeeping. A filesystem without xattr support yields none.
 pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    let err = |e: Errno| StoreError::ReadXattr {
-        path: path.to_owned(),
-        source: io::Error::from(e),
-    };
-    let mut names = vec![0u8; 256];
-    let len = loop {
-        match rustix::fs::llistxattr(path, &mut names[..]) {
-            Ok(len) => break len,
-            Err(Errno::RANGE) => {
-                let needed = rustix::fs::llistxattr_query(path).map_err(err)?;
-                names.resize(needed.max(names.len() * 2), 0);
-            }
-            Err(Errno::NOTSUP) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(err(e)),
-        }
-    };
-    let mut xattrs = BTreeMap::new();
-    for raw in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = std::str::from_utf8(raw).map_err(|_| StoreError::NonUtf8 {
-            path: path.join(String::from_utf8_lossy(raw).as_ref()),
-        })?;
-        if name.starts_with(OVERLAY_PREFIX) {
-            continue;
-        }
-        let mut value = vec![0u8; 64];
-        loop {
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
-                Ok(n) => {
-                    value.truncate(n);
-                    xattrs.insert(name.to_owned(), value);
-                    break;
-                }
-                Err(Errno::RANGE) => {
-                    let needed = rustix::fs::lgetxattr_query(path, name).map_err(err)?;
-                    value.resize(needed.max(value.len() * 2), 0);
-                }
-                // Removed since we listed it.
-                Err(Errno::NODATA) => break,
-                Err(e) => return Err(err(e)),
-            }
-        }
-    }
-    Ok(xattrs)
+    read_from(&ByPath(path), path)
 }
 
 /// Reads all extended attributes of an open file or directory, except
 /// overlayfs bookkeeping; `path` names it in errors.
 pub(crate) fn read_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    read_from(&ByFd(fd), path)
+}
+
+fn read_from(source: &impl XattrSource, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let err = |e: Errno| StoreError::ReadXattr {
         path: path.to_owned(),
         source: io::Error::from(e),
     };
     let mut names = vec![0u8; 256];
     let len = loop {
-        match rustix::fs::flistxattr(fd, &mut names[..]) {
+        match source.list(&mut names[..]) {
             Ok(len) => break len,
             Err(Errno::RANGE) => {
-                let needed = rustix::fs::flistxattr_query(fd).map_err(err)?;
+                let needed = source.list_len().map_err(err)?;
                 names.resize(needed.max(names.len() * 2), 0);
             }
             Err(Errno::NOTSUP) => return Ok(BTreeMap::new()),
@@ -94,16 +99,17 @@ pub(crate) fn read_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<BTreeMap<String
         }
         let mut value = vec![0u8; 64];
         loop {
-            match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
+            match source.get(name, &mut value[..]) {
                 Ok(n) => {
                     value.truncate(n);
                     xattrs.insert(name.to_owned(), value);
                     break;
                 }
                 Err(Errno::RANGE) => {
-                    let needed = rustix::fs::fgetxattr_query(fd, name).map_err(err)?;
+                    let needed = source.get_len(name).map_err(err)?;
                     value.resize(needed.max(value.len() * 2), 0);
                 }
+                // Removed since we listed it.
                 Err(Errno::NODATA) => break,
                 Err(e) => return Err(err(e)),
             }
