@@ -6,9 +6,9 @@ use std::sync::Arc;
 use kiln_cache::Store;
 use kiln_engine::recipe::Loaded;
 use kiln_stages::host::RealHost;
-use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};
+use kiln_stages::pipeline::{Pipeline, PipelineError, PipelineOptions, pipeline_with};
 
-use crate::report::{CliError, Renderer};
+use crate::report::{CliError, Renderer, SettingSource};
 use crate::settings::Settings;
 
 pub struct Project {
@@ -40,14 +40,26 @@ impl Project {
         })
     }
 
-    /// The recipe's stages.
+    /// The recipe's stages. A setting kiln cannot build yet is reported at its line.
     pub fn pipeline(&self) -> Result<Pipeline, CliError> {
-        Ok(pipeline_with(
+        pipeline_with(
             &self.loaded.recipe,
             &self.loaded.dir,
             Arc::new(RealHost::default()),
             self.options,
-        )?)
+        )
+        .map_err(|error| {
+            let setting = match &error {
+                PipelineError::UnsupportedFormat { .. } => "Format",
+                PipelineError::UnsupportedDistribution { .. } => "Distribution",
+                PipelineError::PackagesWithoutDistribution => "Packages",
+                _ => return CliError::from(error),
+            };
+            match SettingSource::find(&self.loaded, setting) {
+                Some(source) => CliError::Setting(Box::new(source.report(error))),
+                None => CliError::from(error),
+            }
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
 use thiserror::Error;
 
 /// Everything a verb can fail with.
@@ -35,6 +35,10 @@ pub enum CliError {
     #[error("The store at `{}` was damaged; what was broken has been removed", path.display())]
     #[diagnostic(help("The next build recomputes what was removed"))]
     StoreRepaired { path: PathBuf },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Setting(Box<SettingReport>),
 
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -70,6 +74,64 @@ impl CliError {
         match self {
             CliError::NotImplemented { .. } | CliError::NoProjectDir { .. } => 2,
             _ => 1,
+        }
+    }
+}
+
+/// A recipe setting kiln reads but cannot build yet, shown at the line that set it.
+#[derive(Debug, Error, Diagnostic)]
+#[error("{error}")]
+pub struct SettingReport {
+    #[source_code]
+    source_code: NamedSource<String>,
+    #[label("set here")]
+    span: SourceSpan,
+    #[help]
+    help: Option<String>,
+    error: kiln_stages::pipeline::PipelineError,
+}
+
+/// Where the value of a setting was written: its file and the span of its value.
+pub struct SettingSource {
+    name: String,
+    text: String,
+    span: SourceSpan,
+}
+
+impl SettingSource {
+    /// The last assignment of `setting` to the main image, if it came from a file.
+    pub fn find(loaded: &kiln_engine::recipe::Loaded, setting: &str) -> Option<SettingSource> {
+        let assignment = loaded
+            .assignments
+            .iter()
+            .rev()
+            .find(|assignment| assignment.setting == setting && assignment.image == "main")?;
+        let location = &assignment.location;
+        if location.line == 0 {
+            return None;
+        }
+        let text = std::fs::read_to_string(loaded.dir.join(&location.file)).ok()?;
+        let line_start: usize = text
+            .split_inclusive('\n')
+            .take(location.line - 1)
+            .map(str::len)
+            .sum();
+        let line = text[line_start..].lines().next().unwrap_or_default();
+        let column = location.column.saturating_sub(1).min(line.len());
+        let length = line[column..].trim_end().len().max(1);
+        Some(SettingSource {
+            name: location.file.clone(),
+            span: (line_start + column, length).into(),
+            text,
+        })
+    }
+
+    pub fn report(self, error: kiln_stages::pipeline::PipelineError) -> SettingReport {
+        SettingReport {
+            help: error.help().map(|help| help.to_string()),
+            source_code: NamedSource::new(self.name, self.text),
+            span: self.span,
+            error,
         }
     }
 }

@@ -71,3 +71,29 @@ fn explain_without_a_build_says_what_to_do() {
     assert!(stderr.contains("No build of `tiny@"), "{stderr}");
     assert!(stderr.contains("Run `kiln build` first"), "{stderr}");
 }
+
+#[test]
+fn a_format_kiln_cannot_build_yet_is_shown_at_its_line() {
+    let store = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("mkosi.conf"),
+        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=uki\n",
+    )
+    .unwrap();
+    let output = kiln(&[
+        "-C",
+        project.path().to_str().unwrap(),
+        "--cache-dir",
+        store.path().to_str().unwrap(),
+        "build",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`Format=uki` is not supported by `kiln build` yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[mkosi.conf:5:8]"), "{stderr}");
+    assert!(stderr.contains("set here"), "{stderr}");
+}
