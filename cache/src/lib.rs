@@ -49,8 +49,8 @@
 //!   other users to leave, and fails with "store in use" otherwise. While it
 //!   runs, [`Store::open`] waits.
 //! - Locks die with their process. Temp files of a killed process are
-//!   removed by `verify` (when their pid is gone or they are over an hour
-//!   old) and by `gc` (all of them).
+//!   removed by `verify` (when their pid is gone; a live process's are kept
+//!   however old) and by `gc` (all of them).
 //! - Integrity rule: an action result is recorded only after every object
 //!   it refers to is stored (see [`index`]), so a process killed at any
 //!   instant leaves the store consistent.

@@ -13,8 +13,8 @@ use crate::index::Table;
 use crate::store::{ObjectDir, Store, remove_file};
 use crate::variant::parse_variant_name;
 
-/// A temp file older than this is stale even if a process with its pid lives
-/// (pids are reused).
+/// A temp file of this process older than this is stale; another live
+/// process's files are never taken for stale.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// Counts and sizes of what the store holds.
@@ -184,9 +184,11 @@ impl Store {
         Ok(objects)
     }
 
-    /// Removes temp files of processes that are gone (or too old to belong to
-    /// a live writer). With `exclusive`, every other process's temp files go:
-    /// nobody else can be writing while we hold the store exclusively.
+    /// Removes temp files of processes that are gone; a live process's files
+    /// stay however old they are, since a stage may run for hours (a reused
+    /// pid keeps a dead build's leftovers until gc). With `exclusive`, every
+    /// other process's temp files go: nobody else can be writing while we hold
+    /// the store exclusively.
     pub(crate) fn clean_temp(&self, exclusive: bool) -> Result<Vec<PathBuf>> {
         let own = std::process::id();
         let mut removed = Vec::new();
@@ -195,7 +197,8 @@ impl Store {
             let stale = match pid {
                 Some(pid) if pid == own => is_old(&path),
                 Some(_) if exclusive => true,
-                Some(pid) => !process_alive(pid) || is_old(&path),
+                // A live process may run one stage for hours: its scratch stays.
+                Some(pid) => !process_alive(pid),
                 None => exclusive || is_old(&path),
             };
             if stale {
