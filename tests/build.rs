@@ -5,122 +5,21 @@
 //! These tests need root: script stages mount overlays and the store keeps owners. Without
 //! root each test prints that it is skipped and returns.
 
-use std::collections::BTreeMap;
+#[macro_use]
+mod common;
+
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test needs root (overlay mounts, owners)");
-            return;
-        }
-    };
-}
+use common::{Project, ran, stage};
 
 /// A copy of recipes/tiny and a store of its own.
-struct Project {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("tiny");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/tiny");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&source)
-            .arg(&root)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = std::fs::remove_dir_all(root.join("mkosi.output"));
-        let store = dir.path().join("store");
-        Project {
-            _dir: dir,
-            root,
-            store,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(KILN);
-        command
-            .arg("-C")
-            .arg(&self.root)
-            .arg("--cache-dir")
-            .arg(&self.store)
-            .args(args)
-            .env("NO_COLOR", "1");
-        command
-    }
-
-    fn kiln(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Build and return each stage's outcome.
-    fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
-        let mut all = args.to_vec();
-        all.push("build");
-        let output = self.kiln(&all);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "build failed:\n{stderr}");
-        outcomes(&stderr)
-    }
-
-    fn explain(&self) -> Value {
-        let output = self.kiln(&["graph", "explain", "--json"]);
-        assert!(
-            output.status.success(),
-            "explain failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    fn write(&self, path: &str, content: &str) {
-        std::fs::write(self.root.join(path), content).unwrap();
-    }
-
-    fn output_dir(&self) -> PathBuf {
-        self.root.join("mkosi.output/tiny")
-    }
-}
-
-/// `stage: outcome (time)` lines of a build's stderr.
-fn outcomes(stderr: &str) -> BTreeMap<String, String> {
-    stderr
-        .lines()
-        .filter_map(|line| line.split_once(": "))
-        .filter(|(stage, _)| !stage.contains(' '))
-        .map(|(stage, rest)| {
-            let outcome = rest.split(" (").next().unwrap_or(rest);
-            (stage.to_string(), outcome.to_string())
-        })
-        .collect()
-}
-
-fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
-    outcomes
-        .iter()
-        .filter(|(_, outcome)| outcome.starts_with("ran"))
-        .map(|(stage, _)| stage.as_str())
-        .collect()
+fn tiny() -> Project {
+    Project::copy_of("tiny", "tiny")
 }
 
 /// Everything about a tree that a bit-identical copy shares: paths, types, modes, owners,
@@ -156,15 +55,6 @@ fn tree_listing(root: &Path) -> String {
     lines.join("\n")
 }
 
-fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
-    explanation["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|stage| stage["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
-}
-
 fn reason_inputs(stage: &Value) -> Vec<String> {
     stage["reasons"]
         .as_array()
@@ -176,8 +66,8 @@ fn reason_inputs(stage: &Value) -> Vec<String> {
 
 #[test]
 fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     let first = project.build(&[]);
     assert_eq!(
         ran(&first),
@@ -207,9 +97,9 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
 
 #[test]
 fn two_stores_build_bit_identical_images_and_tarballs() {
-    require_root!();
-    let one = Project::new();
-    let two = Project::new();
+    require_root!("overlay mounts, owners");
+    let one = tiny();
+    let two = tiny();
     one.build(&[]);
     two.build(&[]);
     assert_eq!(
@@ -232,8 +122,8 @@ fn two_stores_build_bit_identical_images_and_tarballs() {
 
 #[test]
 fn editing_finalize_reruns_only_finalize_and_output() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     project.build(&[]);
     let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
     project.write(
@@ -252,8 +142,8 @@ fn editing_finalize_reruns_only_finalize_and_output() {
 
 #[test]
 fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     project.build(&[]);
     project.write("mkosi.extra/etc/motd", "A different welcome.\n");
     let outcomes = project.build(&[]);
@@ -293,8 +183,8 @@ fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged
 
 #[test]
 fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     project.build(&["--image-version", "1"]);
     assert!(project.root.join("mkosi.output/tiny_1").is_dir());
     let outcomes = project.build(&["--image-version", "2"]);
@@ -318,8 +208,8 @@ fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
 
 #[test]
 fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     project.build(&[]);
     let before = tree_listing(&project.output_dir());
     project.write(
@@ -352,8 +242,8 @@ fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
 
 #[test]
 fn graph_show_prints_each_stage_state_as_text_and_dot() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     let show = project.kiln(&["graph", "show"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("base-trees [trees]: will run"), "{text}");
@@ -379,8 +269,8 @@ fn graph_show_prints_each_stage_state_as_text_and_dot() {
 
 #[test]
 fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("keep"), "outside").unwrap();
     // A link in the base tree that points outside, and RemoveFiles globs that would follow it.
@@ -428,9 +318,9 @@ fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
 
 #[test]
 fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
-    require_root!();
-    let one = Project::new();
-    let two = Project::new();
+    require_root!("overlay mounts, owners");
+    let one = tiny();
+    let two = tiny();
     let mut children: Vec<_> = [&one, &two]
         .iter()
         .map(|project| {
@@ -462,8 +352,8 @@ fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
 
 #[test]
 fn builds_killed_at_random_moments_leave_the_store_consistent() {
-    require_root!();
-    let project = Project::new();
+    require_root!("overlay mounts, owners");
+    let project = tiny();
     // A bigger base tree so that kills land inside stages and while committing.
     let big = project.root.join("base/usr/share/data");
     std::fs::create_dir_all(&big).unwrap();
@@ -474,7 +364,7 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
         )
         .unwrap();
     }
-    let reference = Project::new();
+    let reference = tiny();
     std::fs::create_dir_all(reference.root.join("base/usr/share/data")).unwrap();
     for index in 0..1500 {
         std::fs::write(

@@ -10,151 +10,20 @@
 //!   makepkg, run as `nobody` because makepkg refuses root, indexed with repo-add) and builds an
 //!   `Distribution=arch` tree from it through a `file://` mirror.
 
-use std::collections::BTreeMap;
+#[macro_use]
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+use common::{Project, ran, stage};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test needs root (package managers, owners)");
-            return;
-        }
-    };
-}
-
-/// A project directory and a store of its own.
-struct Project {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-    image: String,
-}
-
+/// What the store holds, as these tests inspect it.
 impl Project {
-    /// A copy of `recipes/<name>`.
-    fn copy_of(name: &str, image: &str) -> Project {
-        let project = Project::empty(name, image);
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("recipes")
-            .join(name);
-        std::fs::remove_dir(&project.root).unwrap();
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&source)
-            .arg(&project.root)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = std::fs::remove_dir_all(project.root.join("mkosi.output"));
-        let _ = std::fs::remove_dir_all(project.root.join("mkosi.cache"));
-        let _ = std::fs::remove_file(project.root.join("kiln.lock"));
-        project
-    }
-
-    fn empty(name: &str, image: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        let store = dir.path().join("store");
-        Project {
-            _dir: dir,
-            root,
-            store,
-            image: image.to_string(),
-        }
-    }
-
-    fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(KILN)
-            .arg("-C")
-            .arg(&self.root)
-            .arg("--cache-dir")
-            .arg(&self.store)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    }
-
-    /// Build and return each stage's outcome.
-    fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
-        let mut all = args.to_vec();
-        all.push("build");
-        let output = self.kiln(&all);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "build failed:\n{stderr}");
-        outcomes(&stderr)
-    }
-
-    /// Build, which must fail; returns its stderr.
-    fn build_fails(&self, args: &[&str]) -> String {
-        let mut all = args.to_vec();
-        all.push("build");
-        let output = self.kiln(&all);
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert_eq!(
-            output.status.code(),
-            Some(1),
-            "build did not fail as expected:\n{stderr}"
-        );
-        stderr
-    }
-
-    fn explain(&self) -> Value {
-        let output = self.kiln(&["graph", "explain", "--json"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    fn graph_show(&self) -> String {
-        let output = self.kiln(&["graph", "show"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    fn write(&self, path: &str, content: &str) {
-        let full = self.root.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, content).unwrap();
-    }
-
-    fn remove(&self, path: &str) {
-        let full = self.root.join(path);
-        if full.is_dir() {
-            std::fs::remove_dir_all(full).unwrap();
-        } else {
-            let _ = std::fs::remove_file(full);
-        }
-    }
-
-    fn output_dir(&self) -> PathBuf {
-        self.root.join("mkosi.output").join(&self.image)
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.output_dir().join(path)).unwrap()
-    }
-
     /// How many objects and trees the store holds.
     fn object_count(&self) -> usize {
         ["objects", "trees"]
@@ -181,37 +50,6 @@ impl Project {
             .map(|entries| entries.count())
             .unwrap_or(0)
     }
-}
-
-/// `stage: outcome (time)` lines of a build's stderr.
-fn outcomes(stderr: &str) -> BTreeMap<String, String> {
-    stderr
-        .lines()
-        .filter_map(|line| line.split_once(": "))
-        .filter(|(stage, _)| !stage.contains(' ') && !stage.is_empty())
-        .filter(|(_, rest)| rest.starts_with("ran") || rest.starts_with("cached"))
-        .map(|(stage, rest)| {
-            let outcome = rest.split(" (").next().unwrap_or(rest);
-            (stage.to_string(), outcome.to_string())
-        })
-        .collect()
-}
-
-fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
-    outcomes
-        .iter()
-        .filter(|(_, outcome)| outcome.starts_with("ran"))
-        .map(|(stage, _)| stage.as_str())
-        .collect()
-}
-
-fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
-    explanation["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|stage| stage["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
 }
 
 /// The `before -> after` of each reason of a stage, by input.
@@ -322,7 +160,7 @@ fn debian() -> MutexGuard<'static, Debian> {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothing() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     let root = project.output_dir();
@@ -403,7 +241,7 @@ fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothin
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_hostname_change_reruns_only_the_hostname_stage_and_what_follows() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     project.write(
@@ -446,7 +284,7 @@ fn debian_hostname_change_reruns_only_the_hostname_stage_and_what_follows() {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_lock_writes_the_resolved_set_and_locked_builds_hold_to_it() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     let output = project.kiln(&["lock"]);
@@ -496,7 +334,7 @@ fn debian_lock_writes_the_resolved_set_and_locked_builds_hold_to_it() {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_stored() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     let objects = project.object_count();
@@ -540,7 +378,7 @@ fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_store
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_output() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     let before = tree_listing(&project.output_dir());
@@ -577,7 +415,7 @@ fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_ou
 /// Network: needs the Debian mirror (for planning the recipe).
 #[test]
 fn debian_a_root_password_file_others_can_read_is_refused() {
-    require_root!();
+    require_root!("package managers, owners");
     let debian = debian();
     let project = &debian.project;
     let before = tree_listing(&project.output_dir());
@@ -754,7 +592,7 @@ fn arch_project(repo: &ArchRepo, content: &str) -> Project {
 
 #[test]
 fn arch_tree_from_a_local_repository_and_a_new_version_is_explained_package_by_package() {
-    require_root!();
+    require_root!("package managers, owners");
     let repo = ArchRepo::with_base_and_hello();
     let project = arch_project(&repo, "Packages=kiln-hello\nHostname=arch-test\n");
     let first = project.build(&[]);
@@ -831,7 +669,7 @@ fn arch_tree_from_a_local_repository_and_a_new_version_is_explained_package_by_p
 
 #[test]
 fn arch_hostname_change_reruns_only_the_hostname_stage_and_its_descendants() {
-    require_root!();
+    require_root!("package managers, owners");
     let repo = ArchRepo::with_base_and_hello();
     let conf = |hostname: &str| {
         format!(
@@ -886,7 +724,7 @@ fn arch_hostname_change_reruns_only_the_hostname_stage_and_its_descendants() {
 
 #[test]
 fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_stays() {
-    require_root!();
+    require_root!("package managers, owners");
     let repo = ArchRepo::with_base_and_hello();
     // A shell for scriptlets: the host's dash and the libraries it needs.
     let mut shell = String::from(
@@ -941,7 +779,7 @@ fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_sta
 
 #[test]
 fn arch_unknown_packages_and_missing_repositories_are_refused() {
-    require_root!();
+    require_root!("package managers, owners");
     let repo = ArchRepo::with_base_and_hello();
     let project = arch_project(&repo, "Packages=kiln-hello,kiln-no-such-package\n");
     let stderr = project.build_fails(&[]);

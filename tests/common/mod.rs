@@ -1,0 +1,192 @@
+//! What the end-to-end tests share: a copy of a recipe with a store of its own, running the
+//! `kiln` binary on it, and reading what a build printed and what `graph explain` says.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Return from a test that needs root, saying so, when not root.
+macro_rules! require_root {
+    ($why:literal) => {
+        if !common::is_root() {
+            eprintln!(concat!("skipped: this test needs root (", $why, ")"));
+            return;
+        }
+    };
+}
+
+/// A project directory and a store of its own.
+pub struct Project {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: PathBuf,
+    /// The image's output name under `mkosi.output/`.
+    pub image: String,
+}
+
+impl Project {
+    /// A copy of `recipes/<name>` without its outputs, caches or lock file.
+    pub fn copy_of(name: &str, image: &str) -> Project {
+        let project = Project::empty(name, image);
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("recipes")
+            .join(name);
+        std::fs::remove_dir(&project.root).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&project.root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = std::fs::remove_dir_all(project.root.join("mkosi.output"));
+        let _ = std::fs::remove_dir_all(project.root.join("mkosi.cache"));
+        let _ = std::fs::remove_file(project.root.join("kiln.lock"));
+        project
+    }
+
+    /// An empty project directory named `name`.
+    pub fn empty(name: &str, image: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let store = dir.path().join("store");
+        Project {
+            _dir: dir,
+            root,
+            store,
+            image: image.to_string(),
+        }
+    }
+
+    /// `kiln -C <project> --cache-dir <store> ARGS`, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(KILN);
+        command
+            .arg("-C")
+            .arg(&self.root)
+            .arg("--cache-dir")
+            .arg(&self.store)
+            .args(args)
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Build and return each stage's outcome.
+    pub fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
+        let mut all = args.to_vec();
+        all.push("build");
+        let output = self.kiln(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "build failed:\n{stderr}");
+        outcomes(&stderr)
+    }
+
+    /// Build, which must fail; returns its stderr.
+    pub fn build_fails(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("build");
+        let output = self.kiln(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "build did not fail as expected:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// `graph explain --json` of the last build.
+    pub fn explain(&self) -> Value {
+        let output = self.kiln(&["graph", "explain", "--json"]);
+        assert!(
+            output.status.success(),
+            "explain failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    pub fn graph_show(&self) -> String {
+        let output = self.kiln(&["graph", "show"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Write a file of the project, creating its directories.
+    pub fn write(&self, path: &str, content: &str) {
+        let full = self.root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+
+    pub fn remove(&self, path: &str) {
+        let full = self.root.join(path);
+        if full.is_dir() {
+            std::fs::remove_dir_all(full).unwrap();
+        } else {
+            let _ = std::fs::remove_file(full);
+        }
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        self.root.join("mkosi.output").join(&self.image)
+    }
+
+    /// A file of the built image.
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.output_dir().join(path)).unwrap()
+    }
+}
+
+/// `stage: outcome (time)` lines of a build's stderr.
+pub fn outcomes(stderr: &str) -> BTreeMap<String, String> {
+    stderr
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(stage, _)| !stage.contains(' ') && !stage.is_empty())
+        .filter(|(_, rest)| rest.starts_with("ran") || rest.starts_with("cached"))
+        .map(|(stage, rest)| {
+            let outcome = rest.split(" (").next().unwrap_or(rest);
+            (stage.to_string(), outcome.to_string())
+        })
+        .collect()
+}
+
+/// The stages that ran, by name.
+pub fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.starts_with("ran"))
+        .map(|(stage, _)| stage.as_str())
+        .collect()
+}
+
+/// One stage of an explanation.
+pub fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
+    explanation["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stage| stage["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
+}
