@@ -60,11 +60,7 @@ impl Stage for PresetsStage {
             .mutable_tree(&lower, &ctx.scratch.join("work"))
             .map_err(StageError::failed)?;
         for global in [false, true] {
-            let mut command = std::process::Command::new(&systemctl);
-            command
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .env("LC_ALL", "C.UTF-8");
+            let mut command = crate::packages::state::clean_command(&systemctl);
             command.arg(format!("--root={}", tree.root().display()));
             if global {
                 command.arg("--global");
