@@ -140,7 +140,16 @@ impl Stage for ScriptsStage {
             .host
             .mutable_tree(&lower, &ctx.scratch.join("work"))
             .map_err(StageError::failed)?;
-        let variables = self.named_variables();
+        // Exactly the variables the key recorded, read back from the inputs: the scripts'
+        // texts are not read again, so what runs is what was keyed.
+        let variables: BTreeMap<String, String> = self
+            .variables
+            .keys()
+            .filter_map(|name| {
+                let value = ctx.values.get(name)?;
+                (value != UNSET).then(|| (name.clone(), value.clone()))
+            })
+            .collect();
         for script in &scripts {
             let mut invocation = ScriptInvocation::new(
                 script,
@@ -149,10 +158,7 @@ impl Stage for ScriptsStage {
                 &self.project_dir,
                 &outputdir,
             );
-            invocation.env = variables
-                .iter()
-                .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
-                .collect();
+            invocation.env = variables.clone();
             invocation.args = self.phase.args();
             let mut sink = |line: &str| ctx.log.line(line);
             self.host
