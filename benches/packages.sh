@@ -24,7 +24,6 @@ store=$bench_dir/store-packages
 rm -rf "$project"
 cp -a recipes/debian-rescue "$project"
 rm -rf "$project/mkosi.output" "$project/mkosi.cache" "$project/kiln.lock"
-chmod 600 "$project/mkosi.rootpw"
 plain='[Output]
 Format=directory
 '

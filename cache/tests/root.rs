@@ -13,12 +13,7 @@ use kiln_cache::{CheckoutMode, CheckoutOptions, Entry, EntryKind, IngestOptions,
 use rustix::fs::{CWD, FileType, Mode, XattrFlags, makedev, mknodat};
 
 fn is_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipping: this test needs root");
-        false
-    }
+    kiln_test_support::require(module_path!(), &[kiln_test_support::Need::Root])
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {

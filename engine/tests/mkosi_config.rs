@@ -103,19 +103,33 @@ fn native_architecture() -> &'static str {
     }
 }
 
+/// A copy of the seed's project (tests/fixtures/arch-rescue) outside the repository, made once
+/// per test binary: git keeps no file modes but the executable bit, and mkosi refuses a root
+/// password file others can read, so the copy's `mkosi.rootpw` is made 0600 there.
 fn fixture() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arch-rescue");
-    // Git keeps no file modes but the executable bit: mkosi refuses a root password file
-    // others can read.
-    std::fs::set_permissions(
-        dir.join("mkosi.rootpw"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod mkosi.rootpw");
-    for empty in ["mkosi.cache", "mkosi.output"] {
-        std::fs::create_dir_all(dir.join(empty)).expect("mkdir");
-    }
-    dir
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arch-rescue");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("arch-rescue-fixture");
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&dir)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        std::fs::set_permissions(
+            dir.join("mkosi.rootpw"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod mkosi.rootpw");
+        for empty in ["mkosi.cache", "mkosi.output"] {
+            std::fs::create_dir_all(dir.join(empty)).expect("mkdir");
+        }
+        dir
+    })
+    .clone()
 }
 
 fn expected_rescue_recipe(root_password: RootPassword) -> Recipe {
@@ -251,14 +265,15 @@ fn the_recipes_directory_matches_the_fixture() {
     if !recipes.join("mkosi.conf").exists() {
         return;
     }
-    std::fs::set_permissions(
-        recipes.join("mkosi.rootpw"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod mkosi.rootpw");
     let loaded = load(&recipes);
-    let hash = std::fs::read_to_string(recipes.join("mkosi.rootpw")).expect("read rootpw");
-    let password = values_root_password(&hash);
+    // The committed recipe holds its test password in mkosi.conf, hashed: a file's 0600 mode
+    // would not survive `git clone`.
+    let conf = std::fs::read_to_string(recipes.join("mkosi.conf")).expect("read mkosi.conf");
+    let hash = conf
+        .lines()
+        .find_map(|line| line.strip_prefix("RootPassword="))
+        .expect("RootPassword= in the recipe");
+    let password = values_root_password(hash);
     let mut expected = expected_rescue_recipe(password);
     expected.output.output_directory = recipes
         .join("mkosi.output")

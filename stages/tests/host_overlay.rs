@@ -14,11 +14,7 @@ use kiln_stages::host::{
 };
 
 fn is_root(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("skipping {test}: it needs root");
-    }
-    root
+    kiln_test_support::require(test, &[kiln_test_support::Need::Root])
 }
 
 /// Asserts no mount below `dir` is left in this process's mount table.

@@ -17,11 +17,7 @@ use kiln_stages::host::{
 };
 
 fn is_root(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("skipping {test}: it needs root");
-    }
-    root
+    kiln_test_support::require(test, &[kiln_test_support::Need::Root])
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -64,7 +64,13 @@ impl Fixture {
         all.extend(stages);
         let last = all.last().unwrap().name().to_string();
         let graph = Graph::new(all).unwrap();
-        let plan = plan(&graph, &self.store, &self.project, false).unwrap();
+        let plan = plan(
+            &graph,
+            Some(&self.store),
+            &self.project,
+            kiln_engine::PlanOptions::build(false, false),
+        )
+        .unwrap();
         let options = BuildOptions {
             recipe: "config-stages".to_string(),
             project_dir: self.project.clone(),
@@ -81,11 +87,6 @@ impl Fixture {
         let entry = tree.get(path).unwrap_or_else(|| panic!("no {path}"));
         String::from_utf8(self.store.read_blob(entry.blob().unwrap()).unwrap()).unwrap()
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 const SHADOW: &str = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
@@ -218,10 +219,10 @@ fn init_links_to_systemd_through_a_merged_usr_only_when_systemd_is_there() {
 
 #[test]
 fn presets_enable_what_the_recipes_preset_files_say() {
-    if !is_root() || kiln_stages::packages::state::find_tool("systemctl").is_none() {
-        eprintln!("skipped: this test needs root (an overlay) and the host's systemctl");
-        return;
-    }
+    kiln_test_support::require!(
+        kiln_test_support::Need::Root,
+        kiln_test_support::Need::Tool("systemctl")
+    );
     let unit = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
     let fixture = Fixture::new(&[
         ("usr/bin/systemctl", "ELF", 0o755),

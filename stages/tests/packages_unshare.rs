@@ -61,7 +61,13 @@ fn build(dir: &Path) -> (Store, TreeId) {
         )),
     ];
     let graph = Graph::new(stages).unwrap();
-    let plan = plan(&graph, &store, &project, false).unwrap();
+    let plan = plan(
+        &graph,
+        Some(&store),
+        &project,
+        kiln_engine::PlanOptions::build(false, false),
+    )
+    .unwrap();
     let options = BuildOptions {
         recipe: "rootless".to_string(),
         project_dir: project.clone(),
@@ -167,10 +173,12 @@ fn rootless_build() {
 
 #[test]
 fn debian_packages_without_root_equal_the_packages_as_root() {
-    if !is_root() {
-        eprintln!("skipped: this test needs root (to create the unprivileged user)");
-        return;
-    }
+    kiln_test_support::require!(
+        kiln_test_support::Need::Root,
+        kiln_test_support::Need::Mirror,
+        kiln_test_support::Need::Tool("mmdebstrap"),
+        kiln_test_support::Need::Tool("newuidmap")
+    );
     let (uid, gid) = rootless_user();
     let scratch = tempfile::tempdir().unwrap();
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

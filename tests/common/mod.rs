@@ -16,16 +16,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Return from a test that needs root, saying so, when not root.
-macro_rules! require_root {
-    ($why:literal) => {
-        if !common::is_root() {
-            eprintln!(concat!("skipped: this test needs root (", $why, ")"));
-            return;
-        }
-    };
-}
-
 /// A project directory and a store of its own.
 pub struct Project {
     _dir: tempfile::TempDir,
