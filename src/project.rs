@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::Store;
+use kiln_engine::paths::absolute;
 use kiln_engine::recipe::Loaded;
 use kiln_stages::host::RealHost;
 use kiln_stages::pipeline::{Pipeline, PipelineError, PipelineOptions, pipeline_with};
@@ -13,7 +14,8 @@ use crate::settings::Settings;
 
 pub struct Project {
     pub loaded: Loaded,
-    pub store: Store,
+    /// Where the local store is (it may not exist yet).
+    pub store_dir: PathBuf,
     /// The recipe's name in the build index: its image name and directory.
     pub recipe_key: String,
     /// How the pipeline is planned (`--locked`).
@@ -21,22 +23,34 @@ pub struct Project {
 }
 
 impl Project {
-    /// Read the recipe (printing its warnings) and open its store.
-    pub fn open(settings: &Settings, renderer: &Renderer) -> Result<Project, CliError> {
+    /// Read the recipe (printing its warnings); the store is not touched.
+    pub fn load(settings: &Settings, renderer: &Renderer) -> Result<Project, CliError> {
         let loaded = crate::commands::load_recipe(settings, renderer)?;
         let store_dir = store_dir(settings, &loaded);
-        let store = Store::open(&store_dir).map_err(|source| CliError::Store {
-            path: store_dir.clone(),
-            source,
-        })?;
         let recipe_key = format!("{}@{}", loaded.recipe.image_name(), loaded.dir.display());
         Ok(Project {
             loaded,
-            store,
+            store_dir,
             recipe_key,
             options: PipelineOptions {
                 locked: settings.locked,
             },
+        })
+    }
+
+    /// Open the store for building, creating it if needed.
+    pub fn open_store(&self) -> Result<Store, CliError> {
+        Store::open(&self.store_dir).map_err(|source| CliError::Store {
+            path: self.store_dir.clone(),
+            source,
+        })
+    }
+
+    /// Open the store for reading only; `None` when there is none yet.
+    pub fn existing_store(&self) -> Result<Option<Store>, CliError> {
+        Store::open_existing(&self.store_dir).map_err(|source| CliError::Store {
+            path: self.store_dir.clone(),
+            source,
         })
     }
 
@@ -64,17 +78,17 @@ impl Project {
 }
 
 /// The local store: `--cache-dir`, else `CacheDirectory=` (mkosi.cache/ when it exists), else
-/// `$XDG_CACHE_HOME/kiln` (`~/.cache/kiln`).
+/// `$XDG_CACHE_HOME/kiln` (`~/.cache/kiln`); always absolute and without `..`.
 pub fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
     if let Some(dir) = &settings.cache_dir {
         return dir.clone();
     }
     if let Some(dir) = &loaded.recipe.output.cache_directory {
-        return loaded.dir.join(dir);
+        return absolute(&loaded.dir, dir);
     }
     if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(cache).join("kiln");
+        return absolute(&settings.cwd, &PathBuf::from(cache).join("kiln"));
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/kiln")
+    absolute(&settings.cwd, &PathBuf::from(home).join(".cache/kiln"))
 }

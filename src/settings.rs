@@ -21,6 +21,13 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// `--locked`: packages must resolve to what `kiln.lock` holds.
     pub locked: bool,
+    /// The directory kiln was started in, against which relative paths of the environment
+    /// resolve.
+    pub cwd: PathBuf,
+    /// `--offline`: build from the last package resolution, without the network.
+    pub offline: bool,
+    /// `-v`: show the tools' output.
+    pub verbose: bool,
 }
 
 impl Settings {
@@ -29,7 +36,7 @@ impl Settings {
             what: "Cannot read the current directory".to_string(),
             source,
         })?;
-        let project_dir = cwd.join(&args.directory);
+        let project_dir = kiln_engine::paths::absolute(&cwd, &args.directory);
         if !project_dir.is_dir() {
             return Err(CliError::NoProjectDir { path: project_dir });
         }
@@ -48,8 +55,14 @@ impl Settings {
             project_dir,
             load,
             force: args.force,
-            cache_dir: args.cache_dir.as_ref().map(|dir| cwd.join(dir)),
+            cache_dir: args
+                .cache_dir
+                .as_ref()
+                .map(|dir| kiln_engine::paths::absolute(&cwd, dir)),
             locked: args.locked,
+            cwd,
+            offline: args.offline,
+            verbose: args.verbose,
         })
     }
 }

@@ -87,6 +87,15 @@ impl Store {
                 .map_err(|source| StoreError::CreateDir { path: dir, source })?;
         }
         write_cachedir_tag(root)?;
+        // Tools get paths inside the store (a tree's root, a hook's folder): they must be
+        // absolute and free of `..`, whatever path the store was opened with.
+        let root = &root
+            .canonicalize()
+            .map_err(|source| StoreError::CreateDir {
+                path: root.to_owned(),
+                source,
+            })?;
+        let base = root.join(LAYOUT);
         let lock = StoreLock::shared(&base.join("lock"), root, OPEN_LOCK_TIMEOUT)?;
         let owner = (
             rustix::process::geteuid().as_raw(),
@@ -103,6 +112,39 @@ impl Store {
         };
         crate::index::migrate(&store.index_path())?;
         Ok(store)
+    }
+
+    /// Opens the store at `root` for reading only: nothing is created or
+    /// written. `None` when there is no store there yet, or when its index
+    /// has another schema version than this kiln's (so reading it would
+    /// need a migration, which writes).
+    pub fn open_existing(root: &Path) -> Result<Option<Store>> {
+        let Ok(root) = root.canonicalize() else {
+            return Ok(None);
+        };
+        let base = root.join(LAYOUT);
+        let index = base.join("index.sqlite");
+        let lock_path = base.join("lock");
+        if !index.is_file() || !lock_path.is_file() {
+            return Ok(None);
+        }
+        if crate::index::schema_version(&index)? != crate::index::SCHEMA_VERSION {
+            return Ok(None);
+        }
+        let lock = StoreLock::shared(&lock_path, &root, OPEN_LOCK_TIMEOUT)?;
+        let owner = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        Ok(Some(Store {
+            inner: Arc::new(Inner {
+                root,
+                base,
+                lock,
+                gc_running: Mutex::new(()),
+                owner,
+            }),
+        }))
     }
 
     /// The directory the store was opened at.

@@ -18,6 +18,7 @@ pub mod explain;
 pub mod graph;
 pub mod inputs;
 pub mod key;
+pub mod paths;
 pub mod plan;
 pub mod recipe;
 pub mod reporter;
@@ -26,6 +27,8 @@ pub mod stage;
 pub use execute::{BuildError, BuildOptions, BuildReport, StageReport, execute};
 pub use explain::{Explanation, explain};
 pub use graph::{Graph, GraphError};
-pub use plan::{Plan, PlannedState, plan};
+pub use plan::{Plan, PlanOptions, PlannedState, plan};
 pub use reporter::{Outcome, Reporter, SilentReporter, StageLog};
-pub use stage::{Input, InputSource, ResolveContext, Stage, StageContext, StageError};
+pub use stage::{
+    Input, InputSource, Resolution, ResolveContext, ResolveMode, Stage, StageContext, StageError,
+};

@@ -286,8 +286,9 @@ pub fn pipeline_with(
         source_date_epoch: epoch,
     }));
 
-    let output_dir = project_dir.join(
-        recipe
+    let output_dir = kiln_engine::paths::absolute(
+        project_dir,
+        &recipe
             .output
             .output_directory
             .clone()

@@ -98,6 +98,50 @@ impl Snapshot {
     }
 }
 
+/// A short path to a folder whose own path may be long: gpg puts its agent's socket in its home
+/// folder, and a Unix socket's path holds at most 107 bytes, which a store deep in a project
+/// exceeds. The short path is a symlink in a private folder of `/tmp`; when dropped, the gpg
+/// agent started for that home is stopped and the folder removed.
+#[derive(Debug)]
+pub struct GpgHome {
+    dir: tempfile::TempDir,
+    link: PathBuf,
+}
+
+impl GpgHome {
+    /// A short path to the gpg home `target`.
+    pub fn for_dir(target: &Path) -> Result<GpgHome, PackagesError> {
+        let tmp = Path::new("/tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-gpg-")
+            .tempdir_in(tmp)
+            .map_err(|source| PackagesError::io("create a folder in", tmp, source))?;
+        let link = dir.path().join("home");
+        std::os::unix::fs::symlink(target, &link)
+            .map_err(|source| PackagesError::io("link", &link, source))?;
+        Ok(GpgHome { dir, link })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.link
+    }
+}
+
+impl Drop for GpgHome {
+    fn drop(&mut self) {
+        if find_tool("gpgconf").is_some() {
+            let mut command = clean_command("gpgconf");
+            command
+                .arg("--homedir")
+                .arg(&self.link)
+                .args(["--kill", "gpg-agent"]);
+            let _ = process::run(command, &mut |_| {});
+        }
+        let _ = fs::remove_file(&self.link);
+        let _ = &self.dir;
+    }
+}
+
 /// Hard-link (or, across file systems, copy) every regular file of `from` into `to`, except
 /// those named in `skip`.
 pub fn link_files(from: &Path, to: &Path, skip: &[&str]) -> Result<usize, PackagesError> {
