@@ -56,6 +56,14 @@ pub struct GlobalArgs {
     /// Fail when the packages resolve to anything but what kiln.lock holds
     #[arg(long, global = true)]
     pub locked: bool,
+
+    /// Build from the last package resolution, without asking the mirror
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    /// Show the output of the tools each stage runs
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]

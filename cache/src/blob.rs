@@ -36,6 +36,9 @@ pub enum PutMode {
     /// same filesystem and has no other hard link, otherwise copied and then
     /// unlinked. Use it for files nobody needs afterwards (a stage's output).
     Move,
+    /// Only compute the id: nothing is written to the store (for readers
+    /// such as `graph show`, which must not change it).
+    HashOnly,
 }
 
 impl Store {
@@ -112,6 +115,13 @@ impl Store {
 
     /// Stores a file and returns its id and the number of bytes stored.
     pub(crate) fn put_file_sized(&self, path: &Path, mode: PutMode) -> Result<(BlobId, u64)> {
+        if mode == PutMode::HashOnly {
+            let mut file = File::open(path).map_err(|source| StoreError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            return hash_reader(&mut file, path);
+        }
         if mode == PutMode::Move {
             let meta = fs::symlink_metadata(path).map_err(|source| StoreError::Read {
                 path: path.to_owned(),

@@ -88,6 +88,9 @@ CREATE TABLE stat_cache (
     recorded_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// The schema version this kiln writes.
@@ -204,6 +207,9 @@ pub struct StageRun {
     pub output: ActionResult,
     /// The inputs, in key order.
     pub inputs: Vec<RecordedInput>,
+    /// What the stage said about how it resolved its inputs or what its run did ("56 of 57
+    /// segments reused"), one line each.
+    pub notes: Vec<String>,
 }
 
 /// A build's row.
@@ -255,6 +261,16 @@ pub(crate) fn connect(path: &Path) -> Result<Connection> {
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
         .map_err(err)?;
     Ok(conn)
+}
+
+/// The schema version of the index at `path`, read without changing it.
+pub(crate) fn schema_version(path: &Path) -> Result<i64> {
+    let conn = connect(path)?;
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|source| StoreError::Index {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Creates or upgrades the index at `path` to [`SCHEMA_VERSION`].
@@ -317,7 +333,7 @@ fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-const RUN_COLUMNS: &str = "r.id, r.stage, r.kind, r.key, r.status, r.output_changed, r.duration_ms, r.output, r.output_kind";
+const RUN_COLUMNS: &str = "r.id, r.stage, r.kind, r.key, r.status, r.output_changed, r.duration_ms, r.output, r.output_kind, r.notes";
 
 /// A run row before its inputs are attached.
 struct RunRow {
@@ -330,6 +346,7 @@ struct RunRow {
     duration_ms: i64,
     output: String,
     output_kind: String,
+    notes: String,
 }
 
 impl RunRow {
@@ -344,6 +361,7 @@ impl RunRow {
             duration_ms: row.get(6)?,
             output: row.get(7)?,
             output_kind: row.get(8)?,
+            notes: row.get(9)?,
         })
     }
 }
@@ -519,8 +537,8 @@ impl Index {
         )
         .map_err(|e| self.err(e))?;
         tx.execute(
-            "INSERT INTO runs (build_id, stage, kind, key, status, output_changed, duration_ms, output, output_kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO runs (build_id, stage, kind, key, status, output_changed, duration_ms, output, output_kind, notes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 build.0,
                 run.stage,
@@ -531,6 +549,7 @@ impl Index {
                 run.duration.as_millis() as i64,
                 run.output.output.to_string(),
                 run.output.kind.as_str(),
+                run.notes.join("\n"),
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -618,6 +637,12 @@ impl Index {
                 output: self.parse("output id", &row.output)?,
                 kind: self.parse("output kind", &row.output_kind)?,
             },
+            notes: row
+                .notes
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_string)
+                .collect(),
             inputs: inputs
                 .into_iter()
                 .map(|(name, kind, digest, value)| {
@@ -751,6 +776,7 @@ mod tests {
 
     fn run(stage: &str, output: Digest) -> StageRun {
         StageRun {
+            notes: Vec::new(),
             stage: stage.to_owned(),
             kind: "packages".to_owned(),
             key: Digest::of_bytes(stage.as_bytes()),
@@ -793,7 +819,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_index_gains_the_stat_cache_and_keeps_its_builds() {
+    fn version_1_index_gains_the_stat_cache_and_run_notes_and_keeps_its_builds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1/index.sqlite");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -814,8 +840,10 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         assert_eq!(store.stat_cache_rows().unwrap(), 0);
+        let build = index.last_build("r").unwrap().unwrap();
+        assert!(index.runs(build).unwrap().is_empty());
     }
 
     #[test]

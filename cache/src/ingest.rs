@@ -141,6 +141,38 @@ impl Cache {
     }
 }
 
+/// A tree a directory was written from, trusted for files whose metadata
+/// still says so (see [`Store::scan_against`]).
+struct Reference<'a> {
+    manifest: &'a Manifest,
+    mtime_ns: i64,
+}
+
+impl Reference<'_> {
+    /// The reference's blob for a regular file whose type, size, mode,
+    /// owner and mtime are those the reference wrote it with.
+    fn known(&self, rel: &str, meta: &Meta) -> Option<crate::digest::BlobId> {
+        let entry = self.manifest.get(rel)?;
+        let EntryKind::File { blob, size } = &entry.kind else {
+            return None;
+        };
+        (*size == meta.size
+            && entry.mode == meta.mode & 0o7777
+            && entry.uid == meta.uid
+            && entry.gid == meta.gid
+            && meta.mtime_ns == self.mtime_ns)
+            .then_some(*blob)
+    }
+}
+
+/// Where an ingest may take a file's blob from without reading it.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    Nothing,
+    StatCache(&'a Cache),
+    Reference(&'a Reference<'a>),
+}
+
 impl Store {
     /// Walks `dir` (without following symlinks) and stores every regular
     /// file's content, hashing files in parallel. Returns the manifest, root
@@ -177,9 +209,42 @@ impl Store {
         opts: IngestOptions,
         stat_cache: bool,
     ) -> Result<(Manifest, IngestReport)> {
+        self.ingest_with(dir, opts, stat_cache, Known::Nothing)
+    }
+
+    /// The manifest of `dir`, a directory written from `reference` with
+    /// every mtime set to `mtime_ns` (an output): a regular file whose type,
+    /// size, mode, owner and mtime are still those of the reference is taken
+    /// to hold the reference's content, unread (as rsync's quick check);
+    /// any other file is hashed. Nothing is stored. Diffing the result with
+    /// `reference` says what a hand edit changed in the directory.
+    pub fn scan_against(
+        &self,
+        dir: &Path,
+        reference: &Manifest,
+        mtime_ns: i64,
+    ) -> Result<(Manifest, IngestReport)> {
+        let reference = Reference {
+            manifest: reference,
+            mtime_ns,
+        };
+        let opts = IngestOptions {
+            mode: PutMode::HashOnly,
+            owner: None,
+        };
+        self.ingest_with(dir, opts, false, Known::Reference(&reference))
+    }
+
+    fn ingest_with(
+        &self,
+        dir: &Path,
+        opts: IngestOptions,
+        stat_cache: bool,
+        known: Known<'_>,
+    ) -> Result<(Manifest, IngestReport)> {
         // Before looking at any file (see `statcache`).
         let started = now_ns();
-        let use_cache = stat_cache && opts.mode == PutMode::Copy;
+        let use_cache = stat_cache && opts.mode != PutMode::Move;
         // The rows load while the tree is walked.
         let (found, cache) = std::thread::scope(|scope| {
             let loader = use_cache.then(|| scope.spawn(|| self.load_cache(dir, started)));
@@ -205,7 +270,7 @@ impl Store {
             .map(|(i, f)| match leader[i] {
                 Some(l) if l != i => Ok(None),
                 group => self
-                    .ingest_entry(f, opts, cache.as_ref())
+                    .ingest_entry(f, opts, cache.as_ref().map_or(known, Known::StatCache))
                     .map(|(mut entry, content)| {
                         entry.hardlink = group.map(|l| l as u32);
                         Some((entry, content))
@@ -278,8 +343,11 @@ impl Store {
                 })
             })
             .collect();
-        // Every blob named by a new row is stored by now.
-        if let Some(cache) = &cache {
+        // Every blob named by a new row is stored by now (a hash-only ingest
+        // stored nothing, and records nothing).
+        if let Some(cache) = &cache
+            && opts.mode != PutMode::HashOnly
+        {
             cache.rows.write(&upserts, &gone)?;
         }
         drop(upserts);
@@ -305,31 +373,40 @@ impl Store {
         &self,
         f: &Found,
         opts: IngestOptions,
-        cache: Option<&Cache>,
+        known: Known<'_>,
     ) -> Result<(Entry, Content)> {
-        // A stat cache row is only ever written for a file without xattrs, and setting one
-        // changes the ctime: a file that matches its row has none, and is not asked.
-        let known = match f.meta.file_type() {
-            FileType::RegularFile => {
-                cache.and_then(|cache| cache.known(&f.rel, &f.meta.stat_key()))
-            }
+        let cache = match known {
+            Known::StatCache(cache) => Some(cache),
             _ => None,
         };
+        let is_file = f.meta.file_type() == FileType::RegularFile;
+        // A stat cache row is only ever written for a file without xattrs, and setting one
+        // changes the ctime: a file that matches its row has none, and is not asked. A file
+        // known from a reference tree still has its xattrs read, to be compared.
+        let (known_blob, read_xattrs) = match known {
+            Known::StatCache(cache) if is_file => match cache.known(&f.rel, &f.meta.stat_key()) {
+                Some(row) => (Some(row.blob), false),
+                None => (None, true),
+            },
+            Known::Reference(reference) if is_file => (reference.known(&f.rel, &f.meta), true),
+            _ => (None, true),
+        };
         // Read before the content: a move takes the file away.
-        let xattrs = match known {
-            Some(_) => Default::default(),
-            None => xattr::read(&f.abs)?,
+        let xattrs = if read_xattrs {
+            xattr::read(&f.abs)?
+        } else {
+            Default::default()
         };
         let mut content = Content::None;
         let kind = match f.meta.file_type() {
             FileType::Directory => EntryKind::Dir,
             FileType::RegularFile => {
                 let stat = f.meta.stat_key();
-                match known {
-                    Some(row) => {
+                match known_blob {
+                    Some(blob) => {
                         content = Content::Reused;
                         EntryKind::File {
-                            blob: row.blob,
+                            blob,
                             size: stat.size,
                         }
                     }

@@ -27,6 +27,17 @@ impl Store {
         Ok(id)
     }
 
+    /// The id [`Store::put_manifest`] would give `manifest`, without storing it.
+    pub fn manifest_id(&self, manifest: &Manifest) -> Result<TreeId> {
+        manifest
+            .validate()
+            .map_err(|source| StoreError::InvalidManifest {
+                path: self.object_dir(ObjectDir::Trees),
+                source,
+            })?;
+        Ok(Digest::of_bytes(&manifest.encode_canonical()))
+    }
+
     /// Loads a stored manifest, checking its digest.
     pub fn manifest(&self, id: &TreeId) -> Result<Manifest> {
         let path = self.tree_path(id);

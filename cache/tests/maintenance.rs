@@ -33,6 +33,7 @@ fn small_tree(store: &Store, content: &str, mode: u32) -> (TreeId, Digest) {
 
 fn run(stage: &str, output: Digest, kind: OutputKind, inputs: &[Digest]) -> StageRun {
     StageRun {
+        notes: Vec::new(),
         stage: stage.to_owned(),
         kind: "test".to_owned(),
         key: Digest::of_bytes(format!("{stage}{output}").as_bytes()),

@@ -100,6 +100,7 @@ fn write_builds(store: &Store, recipe: &str, runs: usize) {
         let output = store.put_bytes(format!("{recipe}/{i}").as_bytes()).unwrap();
         let shared = store.put_bytes(b"shared by all writers").unwrap();
         let run = StageRun {
+            notes: Vec::new(),
             stage: format!("stage{i}"),
             kind: "test".to_owned(),
             key: Digest::of_bytes(format!("key{i}").as_bytes()),

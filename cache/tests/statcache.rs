@@ -28,6 +28,7 @@ fn plain(s: &Scratch, dir: &Path) -> Manifest {
 /// A run whose input is the tree `tree`, which gc then keeps.
 fn run(tree: TreeId) -> StageRun {
     StageRun {
+        notes: Vec::new(),
         stage: "extra".to_owned(),
         kind: "trees".to_owned(),
         key: kiln_cache::Digest::of_bytes(b"key"),

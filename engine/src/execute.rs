@@ -81,6 +81,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("Stage `{stage}` has unresolved inputs: a plan made only to read cannot be built")]
+    Unresolved { stage: String },
     #[error("Cannot create a scratch directory in `{}`", path.display())]
     Scratch {
         path: PathBuf,
@@ -95,6 +97,8 @@ struct Finished {
     inputs: Vec<RecordedInput>,
     started: Instant,
     result: Result<Digest, BuildError>,
+    /// What the stage noted while it ran.
+    notes: Vec<String>,
 }
 
 struct Job {
@@ -111,6 +115,15 @@ pub fn execute(
     options: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<BuildReport, BuildError> {
+    if let Some(stage) = plan
+        .stages
+        .iter()
+        .find(|stage| stage.state == PlannedState::WillResolve)
+    {
+        return Err(BuildError::Unresolved {
+            stage: stage.name.clone(),
+        });
+    }
     let index = store.index()?;
     let build = index.begin_build(&options.recipe, &options.project_dir)?;
     let result = Scheduler {
@@ -185,13 +198,14 @@ impl Scheduler<'_> {
                         };
                         let Ok(job) = job else { return };
                         let started = Instant::now();
-                        let result = runner.run_stage(job.index, &job.inputs);
+                        let (result, notes) = runner.run_stage(job.index, &job.inputs);
                         let finished = Finished {
                             index: job.index,
                             key: job.key,
                             inputs: job.inputs,
                             started,
                             result,
+                            notes,
                         };
                         if done_tx.send(finished).is_err() {
                             return;
@@ -222,7 +236,7 @@ impl Scheduler<'_> {
                                 duration: Duration::ZERO,
                             };
                             if let Err(error) =
-                                self.record(stage_index, key, inputs, output, &report)
+                                self.record(stage_index, key, inputs, output, &report, Vec::new())
                             {
                                 failure = Some(error);
                                 break;
@@ -299,6 +313,7 @@ impl Scheduler<'_> {
                                     finished.inputs,
                                     result,
                                     &report,
+                                    finished.notes,
                                 )
                             });
                         if let Err(error) = recorded {
@@ -384,6 +399,7 @@ impl Scheduler<'_> {
             .map(|run| run.output.output))
     }
 
+    /// Record a stage's part in the build, with the notes of its resolution and of its run.
     fn record(
         &self,
         stage_index: usize,
@@ -391,8 +407,15 @@ impl Scheduler<'_> {
         inputs: Vec<RecordedInput>,
         output: ActionResult,
         report: &StageReport,
+        run_notes: Vec<String>,
     ) -> Result<(), BuildError> {
         let stage = self.graph.stage(stage_index);
+        let mut notes = self
+            .plan
+            .stage(stage_index)
+            .map(|planned| planned.notes.clone())
+            .unwrap_or_default();
+        notes.extend(run_notes);
         let (status, output_changed) = match report.outcome {
             Outcome::Cached => (RunStatus::Cached, false),
             Outcome::Ran { output_changed } => (RunStatus::Ran, output_changed),
@@ -408,6 +431,7 @@ impl Scheduler<'_> {
                 duration: report.duration,
                 output,
                 inputs,
+                notes,
             },
         )?;
         Ok(())
@@ -415,20 +439,27 @@ impl Scheduler<'_> {
 }
 
 impl StageRunner<'_> {
+    /// Run one stage; returns its output and what it noted.
     fn run_stage(
         &self,
         stage_index: usize,
         inputs: &[RecordedInput],
-    ) -> Result<Digest, BuildError> {
+    ) -> (Result<Digest, BuildError>, Vec<String>) {
         let stage = self.graph.stage(stage_index);
-        let scratch = tempfile::Builder::new()
+        let scratch = match tempfile::Builder::new()
             .prefix(&format!("{}-stage-", std::process::id()))
             .suffix(".tmp")
             .tempdir_in(self.store.tmp_dir())
-            .map_err(|source| BuildError::Scratch {
-                path: self.store.tmp_dir(),
-                source,
-            })?;
+        {
+            Ok(scratch) => scratch,
+            Err(source) => {
+                let error = BuildError::Scratch {
+                    path: self.store.tmp_dir(),
+                    source,
+                };
+                return (Err(error), Vec::new());
+            }
+        };
         let digests: BTreeMap<String, Digest> = inputs
             .iter()
             .map(|input| (input.name.clone(), input.digest))
@@ -438,9 +469,12 @@ impl StageRunner<'_> {
             .filter(|input| input.kind == crate::inputs::kind::VALUE)
             .filter_map(|input| Some((input.name.clone(), input.value.clone()?)))
             .collect();
-        let log = ReporterLog {
-            reporter: self.reporter,
-            stage: stage.name(),
+        let log = NotingLog {
+            log: ReporterLog {
+                reporter: self.reporter,
+                stage: stage.name(),
+            },
+            notes: Mutex::new(Vec::new()),
         };
         let ctx = StageContext {
             store: self.store,
@@ -455,7 +489,31 @@ impl StageRunner<'_> {
             source,
         });
         remove_scratch(scratch.path());
-        result
+        let notes = log
+            .notes
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (result, notes)
+    }
+}
+
+/// A stage's log that keeps its notes for the index.
+struct NotingLog<'a> {
+    log: ReporterLog<'a>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl crate::reporter::StageLog for NotingLog<'_> {
+    fn line(&self, line: &str) {
+        self.log.line(line);
+    }
+
+    fn note(&self, note: &str) {
+        self.log.line(note);
+        self.notes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(note.to_string());
     }
 }
 
@@ -614,7 +672,13 @@ mod tests {
             fail_c: bool,
         ) -> Result<BuildReport, BuildError> {
             let graph = self.graph(a_value, fail_c);
-            let plan = plan(&graph, &self.store, self.dir.path(), false).unwrap();
+            let plan = plan(
+                &graph,
+                Some(&self.store),
+                self.dir.path(),
+                crate::plan::PlanOptions::build(false, false),
+            )
+            .unwrap();
             let options = BuildOptions {
                 recipe: "test".to_string(),
                 project_dir: self.dir.path().to_path_buf(),

@@ -40,11 +40,14 @@ pub enum InputError {
 
 /// Resolve an input that does not depend on another stage. Returns `None` for stage inputs,
 /// whose digest is known only once the upstream stage has its output.
+///
+/// With [`PutMode::HashOnly`] nothing is stored: the digests are computed only.
 pub fn resolve_static(
     stage: &str,
     input: &Input,
     project_dir: &Path,
     store: &Store,
+    put: PutMode,
 ) -> Result<Option<RecordedInput>, InputError> {
     let unreadable = |path: &Path, source| InputError::Unreadable {
         stage: stage.to_string(),
@@ -74,7 +77,7 @@ pub fn resolve_static(
         InputSource::File(path) => {
             let full = existing(path)?;
             let digest = store
-                .put_file(&full, PutMode::Copy)
+                .put_file(&full, put)
                 .map_err(|source| unreadable(path, source))?;
             RecordedInput {
                 name: input.name.clone(),
@@ -89,15 +92,17 @@ pub fn resolve_static(
         } => {
             let full = existing(path)?;
             let options = IngestOptions {
-                mode: PutMode::Copy,
+                mode: put,
                 owner: owned_by_root.then_some((0, 0)),
             };
             let manifest = store
                 .ingest_dir_cached(&full, options)
                 .map_err(|source| unreadable(path, source))?;
-            let digest = store
-                .put_manifest(&manifest)
-                .map_err(|source| unreadable(path, source))?;
+            let digest = match put {
+                PutMode::HashOnly => store.manifest_id(&manifest),
+                _ => store.put_manifest(&manifest),
+            }
+            .map_err(|source| unreadable(path, source))?;
             RecordedInput {
                 name: input.name.clone(),
                 kind: kind::TREE.to_string(),

@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln_cache::{Digest, RecordedInput, Store, StoreError};
+use kiln_cache::{Digest, PutMode, RecordedInput, Store, StoreError};
 
 use crate::graph::Graph;
 use crate::inputs::{InputError, resolve_static, stage_input};
 use crate::key::stage_key;
-use crate::stage::InputSource;
+use crate::stage::{InputSource, ResolveContext, ResolveMode};
 
 /// A stage's state for the current inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub enum PlannedState {
     WillRun,
     /// It reads the output of a stage that will run; its key is known only then.
     Pending { upstream: String },
+    /// Its inputs are known only by asking the outside world (a mirror), which this plan may
+    /// not do (`graph show` only reads), and no earlier resolution is at hand.
+    WillResolve,
 }
 
 impl PlannedState {
@@ -35,6 +38,7 @@ impl PlannedState {
             PlannedState::Pending { upstream } => {
                 format!("will run unless `{upstream}` ends with the same output")
             }
+            PlannedState::WillResolve => "will resolve".to_string(),
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct PlannedStage {
     pub inputs: Vec<RecordedInput>,
     /// Names of the stages it reads.
     pub upstream: Vec<String>,
+    /// How resolution found its inputs, recorded with the run for `graph explain`.
+    pub notes: Vec<String>,
 }
 
 /// Every stage of a graph in topological order, with its state.
@@ -87,13 +93,73 @@ pub enum PlanError {
     },
 }
 
-/// Plan `graph` against `store`. With `force_rerun`, no stage is taken from the cache.
+/// How a plan is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// No stage is taken from the cache (`-ff`).
+    pub force_rerun: bool,
+    /// How far stages may go to resolve their inputs; [`ResolveMode::ReadOnly`] also stores
+    /// nothing: the project's files and trees are hashed, not ingested.
+    pub mode: ResolveMode,
+}
+
+impl PlanOptions {
+    /// The plan of a build.
+    pub fn build(force_rerun: bool, offline: bool) -> PlanOptions {
+        PlanOptions {
+            force_rerun,
+            mode: if offline {
+                ResolveMode::Offline
+            } else {
+                ResolveMode::Online
+            },
+        }
+    }
+
+    /// A plan that only reads: nothing is stored, nothing is asked of the network.
+    pub fn read_only() -> PlanOptions {
+        PlanOptions {
+            force_rerun: false,
+            mode: ResolveMode::ReadOnly,
+        }
+    }
+}
+
+/// Plan `graph` against `store`. A read-only plan of a project without a store (`None`) has
+/// every stage [`PlannedState::WillRun`].
 pub fn plan(
     graph: &Graph,
-    store: &Store,
+    store: Option<&Store>,
     project_dir: &Path,
-    force_rerun: bool,
+    options: PlanOptions,
 ) -> Result<Plan, PlanError> {
+    let Some(store) = store else {
+        let stages = graph
+            .order()
+            .iter()
+            .map(|&position| {
+                let stage = graph.stage(position);
+                PlannedStage {
+                    index: position,
+                    name: stage.name().to_string(),
+                    kind: stage.kind(),
+                    version: stage.version(),
+                    key: None,
+                    state: PlannedState::WillRun,
+                    inputs: Vec::new(),
+                    upstream: stage_upstreams(stage),
+                    notes: Vec::new(),
+                }
+            })
+            .collect();
+        return Ok(Plan { stages });
+    };
+    let force_rerun = options.force_rerun;
+    let put = if options.mode == ResolveMode::ReadOnly {
+        PutMode::HashOnly
+    } else {
+        PutMode::Copy
+    };
     let index = store.index()?;
     let mut outputs: BTreeMap<String, Digest> = BTreeMap::new();
     let mut will_run: BTreeMap<String, ()> = BTreeMap::new();
@@ -114,25 +180,32 @@ pub fn plan(
                         }
                     }
                 }
-            } else if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)?
+            } else if let Some(recorded) =
+                resolve_static(stage.name(), &input, project_dir, store, put)?
             {
                 inputs.push(recorded);
             }
         }
-        let resolve_context = crate::stage::ResolveContext { store, project_dir };
-        let resolved = stage
+        let resolve_context = ResolveContext {
+            store: Some(store),
+            project_dir,
+            mode: options.mode,
+        };
+        let resolution = stage
             .resolve(&resolve_context)
             .map_err(|source| PlanError::Resolve {
                 stage: stage.name().to_string(),
                 source,
             })?;
-        for input in resolved {
-            if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store)? {
+        let resolved = resolution.inputs.is_some();
+        for input in resolution.inputs.unwrap_or_default() {
+            if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store, put)? {
                 inputs.push(recorded);
             }
         }
         let (key, state) = match blocked_by {
             Some(upstream) => (None, PlannedState::Pending { upstream }),
+            None if !resolved => (None, PlannedState::WillResolve),
             None => {
                 let key = stage_key(stage.kind(), stage.version(), &inputs);
                 let cached = if force_rerun {
@@ -166,7 +239,19 @@ pub fn plan(
             state,
             inputs,
             upstream: upstream_names,
+            notes: resolution.notes,
         });
     }
     Ok(Plan { stages })
+}
+
+fn stage_upstreams(stage: &dyn crate::stage::Stage) -> Vec<String> {
+    stage
+        .inputs()
+        .into_iter()
+        .filter_map(|input| match input.source {
+            InputSource::Stage(upstream) => Some(upstream),
+            _ => None,
+        })
+        .collect()
 }

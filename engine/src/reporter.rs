@@ -50,7 +50,13 @@ impl Reporter for SilentReporter {
 
 /// Where one running stage writes its output lines.
 pub trait StageLog: Sync {
+    /// A line of a tool's output: shown with `-v`, its tail on failure.
     fn line(&self, line: &str);
+    /// A fact about the run worth keeping ("56 of 57 segments reused"): recorded with the
+    /// stage's run and shown by `graph explain`.
+    fn note(&self, note: &str) {
+        self.line(note);
+    }
 }
 
 /// A [`StageLog`] that forwards to a [`Reporter`] under the stage's name.

@@ -86,19 +86,75 @@ pub trait Stage: Send + Sync {
     /// Inputs known only by asking the outside world, once per build, before anything runs:
     /// for example the exact package set a mirror resolves a package list to. They are
     /// recorded and keyed like the inputs of [`Stage::inputs`]; a stage reads their values
-    /// back with [`StageContext::value`].
-    fn resolve(&self, _ctx: &ResolveContext<'_>) -> Result<Vec<Input>, StageError> {
-        Ok(Vec::new())
+    /// back with [`StageContext::value`]. How far the stage may go to find them is
+    /// [`ResolveContext::mode`].
+    fn resolve(&self, _ctx: &ResolveContext<'_>) -> Result<Resolution, StageError> {
+        Ok(Resolution::none())
     }
     /// Compute the output and put it in the store; return its id. Must not write anywhere but
     /// the store and `ctx.scratch`.
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError>;
 }
 
+/// How far a stage may go to resolve its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveMode {
+    /// Ask the outside world (a mirror), cheaply when it has not changed.
+    Online,
+    /// `--offline`: use the last resolution; without one, fail.
+    Offline,
+    /// Only read (`graph show`): use the last resolution if there is one, write nothing.
+    ReadOnly,
+}
+
 /// What a stage may use to resolve its inputs.
 pub struct ResolveContext<'a> {
-    pub store: &'a Store,
+    /// `None` when only reading and no store exists yet.
+    pub store: Option<&'a Store>,
     pub project_dir: &'a Path,
+    pub mode: ResolveMode,
+}
+
+/// The inputs [`Stage::resolve`] found, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Resolution {
+    /// `None` when they could not be known without asking the outside world, which the mode
+    /// forbids: the stage shows as `will resolve`.
+    pub inputs: Option<Vec<Input>>,
+    /// How they were found, for `graph explain` ("resolved offline from the mirror's index of
+    /// 3 hours ago").
+    pub notes: Vec<String>,
+}
+
+impl Resolution {
+    /// Nothing to resolve.
+    pub fn none() -> Resolution {
+        Resolution {
+            inputs: Some(Vec::new()),
+            notes: Vec::new(),
+        }
+    }
+
+    /// These inputs.
+    pub fn inputs(inputs: Vec<Input>) -> Resolution {
+        Resolution {
+            inputs: Some(inputs),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Unknown without the outside world.
+    pub fn unknown() -> Resolution {
+        Resolution {
+            inputs: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Resolution {
+        self.notes.push(note.into());
+        self
+    }
 }
 
 /// What a running stage may see.

@@ -1,6 +1,6 @@
 //! `kiln graph explain`: why each stage of the last build ran, read from the build index.
 
-use kiln_engine::explain::{explain, render_text};
+use kiln_engine::explain::{ExplainError, explain, render_text};
 
 use crate::project::Project;
 use crate::report::{CliError, Renderer};
@@ -12,8 +12,13 @@ pub fn run(
     stage: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
-    let project = Project::open(settings, renderer)?;
-    let explanation = explain(&project.store, &project.recipe_key, stage)?;
+    let project = Project::load(settings, renderer)?;
+    let Some(store) = project.existing_store()? else {
+        return Err(CliError::Explain(ExplainError::NoBuild {
+            recipe: project.recipe_key.clone(),
+        }));
+    };
+    let explanation = explain(&store, &project.recipe_key, stage)?;
     if json {
         let text = serde_json::to_string_pretty(&explanation).map_err(|source| CliError::Io {
             what: "Cannot print the explanation as JSON".to_string(),

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use kiln_engine::{Plan, PlannedState, plan};
+use kiln_engine::{Plan, PlanOptions, PlannedState, plan};
 
 use crate::cli::GraphFormat;
 use crate::project::Project;
@@ -11,13 +11,16 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Result<(), CliError> {
-    let project = Project::open(settings, renderer)?;
+    let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;
+    let store = project.existing_store()?;
+    let mut options = PlanOptions::read_only();
+    options.force_rerun = settings.force >= 2;
     let plan = plan(
         &pipeline.graph,
-        &project.store,
+        store.as_ref(),
         &project.loaded.dir,
-        settings.force >= 2,
+        options,
     )?;
     let text = match format {
         GraphFormat::Text => text(&plan),
@@ -53,11 +56,13 @@ fn dot(plan: &Plan) -> String {
             PlannedState::Cached { .. } => "palegreen",
             PlannedState::WillRun => "lightsalmon",
             PlannedState::Pending { .. } => "lightgoldenrod",
+            PlannedState::WillResolve => "lightblue",
         };
         let state = match stage.state {
             PlannedState::Cached { .. } => "cached",
             PlannedState::WillRun => "will run",
             PlannedState::Pending { .. } => "pending",
+            PlannedState::WillResolve => "will resolve",
         };
         let _ = writeln!(
             out,

@@ -11,7 +11,8 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
-    let project = Project::open(settings, renderer)?;
+    let project = Project::load(settings, renderer)?;
+    let store = project.open_store()?;
     let installer = Installer::for_recipe(&project.loaded.recipe)
         .map_err(|error| CliError::Pipeline(PipelineError::Packages(error)))?;
     let Some(installer) = installer else {
@@ -19,7 +20,7 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         return Ok(());
     };
     let stage = PackagesStage::new("", installer, None);
-    let set = stage.resolve_set(&project.store).map_err(|error| {
+    let set = stage.resolve_set(&store).map_err(|error| {
         CliError::Plan(PlanError::Resolve {
             stage: STAGE_NAME.to_string(),
             source: StageError::failed(error),

@@ -25,16 +25,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Manifest, Store};
+use kiln_engine::ResolveMode;
 use kiln_engine::recipe::{Distribution, Recipe};
 
-use super::Installation;
 use super::error::PackagesError;
+use super::freshness::{self, IndexFile};
 use super::listing::{PackageSet, ResolvedPackage, describe_changes};
 use super::mirror;
+use super::resolution::SavedResolution;
 use super::state::{
     self, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir, run_tool,
     shell_quote, write_file,
 };
+use super::{Installation, Resolved};
 
 /// The host tools Debian installation needs, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
@@ -205,13 +208,88 @@ impl AptSetup {
         Ok(())
     }
 
-    /// Resolve the package set against the mirror's current index; the snapshot holds the lists
-    /// that resolution read, for [`AptSetup::install`].
-    pub fn resolve(&self, store: &Store) -> Result<(PackageSet, Snapshot), PackagesError> {
-        self.check_host()?;
+    /// What resolution depends on besides the mirror's index: the request's digest.
+    fn request(&self) -> String {
+        let text = format!(
+            "apt 1\n{}\n{}\n{}\n{}\n",
+            self.architecture,
+            self.sources().join("\n"),
+            self.essential_pattern(),
+            self.packages.join("\n"),
+        );
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
+
+    /// The private state of this sources list and architecture.
+    fn state(&self, store: &Store) -> PathBuf {
         let identity = format!("{}\n{}\n", self.architecture, self.sources().join("\n"));
-        let state = state::state_dir(store, "apt", &identity);
+        state::state_dir(store, "apt", &identity)
+    }
+
+    /// The signed index files (`InRelease`) of each archive, on the mirror and in `lists`.
+    fn index_files(&self, lists: &Path) -> Vec<IndexFile> {
+        self.archives()
+            .into_iter()
+            .map(|(uri, suite)| {
+                let url = format!("{uri}/dists/{suite}/InRelease");
+                IndexFile {
+                    local: lists.join(uri_to_file_name(&url)),
+                    url,
+                }
+            })
+            .collect()
+    }
+
+    /// Resolve the package set against the mirror's index, as `mode` allows: online, the last
+    /// resolution is taken again when the mirror's `InRelease` files have not changed since it
+    /// read them; offline, it is taken as it is; read-only, it is taken if there is one and
+    /// nothing is written. The snapshot (not read-only) holds the lists resolution read, for
+    /// [`AptSetup::install`].
+    pub fn resolve(
+        &self,
+        store: &Store,
+        mode: ResolveMode,
+    ) -> Result<Option<Resolved>, PackagesError> {
+        let state = self.state(store);
+        let request = self.request();
+        let lists = state.join("root/var/lib/apt/lists");
+        match mode {
+            ResolveMode::ReadOnly => {
+                return SavedResolution::load(&state, &request)
+                    .map(|saved| {
+                        Ok(Resolved {
+                            set: saved.set()?,
+                            snapshot: None,
+                            note: None,
+                        })
+                    })
+                    .transpose();
+            }
+            ResolveMode::Offline => {
+                let saved =
+                    SavedResolution::load(&state, &request).ok_or(PackagesError::NoResolution)?;
+                let _lock = StateLock::acquire(&state)?;
+                return Ok(Some(Resolved {
+                    set: saved.set()?,
+                    snapshot: Some(snapshot_of(store, &lists)?),
+                    note: Some(saved.offline_note()),
+                }));
+            }
+            ResolveMode::Online => {}
+        }
+        self.check_host()?;
         let _lock = StateLock::acquire(&state)?;
+        let index = self.index_files(&lists);
+        if let Some(saved) = SavedResolution::load(&state, &request)
+            && saved.read_index_in(&lists)
+            && freshness::unchanged(&index)?
+        {
+            return Ok(Some(Resolved {
+                set: saved.set()?,
+                snapshot: Some(snapshot_of(store, &lists)?),
+                note: None,
+            }));
+        }
         let config = self.prepare_state(&state)?;
         let mut update = clean_command("apt-get");
         update.env("APT_CONFIG", &config).args(["-q", "update"]);
@@ -233,14 +311,16 @@ impl AptSetup {
             .args(&self.packages);
         let output = run_tool(simulate, "apt-get", &mut |_| {})?;
         let set = parse_simulation(&output)?;
-
-        let snapshot = Snapshot::create(store, "apt-lists")?;
-        state::link_files(
-            &state.join("root/var/lib/apt/lists"),
-            snapshot.path(),
-            &["lock"],
-        )?;
-        Ok((set, snapshot))
+        let names: Vec<String> = index
+            .iter()
+            .filter_map(|file| Some(file.local.file_name()?.to_str()?.to_string()))
+            .collect();
+        SavedResolution::new(&request, &set, &lists, &names).save(&state)?;
+        Ok(Some(Resolved {
+            set,
+            snapshot: Some(snapshot_of(store, &lists)?),
+            note: None,
+        }))
     }
 
     /// The fake root apt resolves in, refreshed for this resolution; returns its `APT_CONFIG`.
@@ -477,6 +557,41 @@ impl AptSetup {
             })
             .collect()
     }
+}
+
+/// The lists resolution read, hard-linked into a folder of their own for installation.
+fn snapshot_of(store: &Store, lists: &Path) -> Result<Snapshot, PackagesError> {
+    let snapshot = Snapshot::create(store, "apt-lists")?;
+    state::link_files(lists, snapshot.path(), &["lock"])?;
+    Ok(snapshot)
+}
+
+/// The name of the file apt keeps a downloaded index file under in its lists folder (apt's
+/// `URItoFileName`): the URI without its scheme and credentials, special characters
+/// %-escaped, `/` turned into `_`.
+pub fn uri_to_file_name(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let rest = match rest.split_once('/') {
+        Some((host, path)) => {
+            let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+            format!("{host}/{path}")
+        }
+        None => rest.to_string(),
+    };
+    let mut name = String::with_capacity(rest.len());
+    for c in rest.chars() {
+        if "\\|{}[]<>\"^~_=!@#$%^&*".contains(c) || !c.is_ascii_graphic() {
+            let mut buffer = [0; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                name.push_str(&format!("%{byte:02x}"));
+            }
+        } else if c == '/' {
+            name.push('_');
+        } else {
+            name.push(c);
+        }
+    }
+    name
 }
 
 /// The name apt gives a downloaded package: `name_version_arch.deb`, `:` escaped as `%3a`.
@@ -752,6 +867,18 @@ mod tests {
             packages: vec!["systemd".to_string(), "awk".to_string()],
             with_docs: true,
         }
+    }
+
+    #[test]
+    fn index_files_are_named_as_apt_names_them() {
+        assert_eq!(
+            uri_to_file_name("http://deb.debian.org/debian/dists/bookworm-updates/InRelease"),
+            "deb.debian.org_debian_dists_bookworm-updates_InRelease"
+        );
+        assert_eq!(
+            uri_to_file_name("https://user:pw@mirror:8080/deb_ian/dists/x~1/InRelease"),
+            "mirror:8080_deb%5fian_dists_x%7e1_InRelease"
+        );
     }
 
     #[test]

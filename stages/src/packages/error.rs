@@ -51,10 +51,19 @@ pub enum PackagesError {
 
     #[error("Cannot reach the mirror at `{url}`: {message}")]
     #[diagnostic(help(
-        "Check `Mirror=` (and `Release=`), the network and any proxy; the previous output is \
-         left as it was"
+        "Check `Mirror=` (and `Release=`), the network and any proxy, or build from the last \
+         resolution with `--offline`; the previous output is left as it was"
     ))]
     MirrorUnreachable { url: String, message: String },
+
+    #[error(
+        "These packages have never been resolved against the mirror, so `--offline` has nothing to build from"
+    )]
+    #[diagnostic(help(
+        "Build once without `--offline` (or run `kiln lock`) while the mirror is reachable; later \
+         offline builds use that resolution"
+    ))]
+    NoResolution,
 
     #[error("The mirror has no package {}", names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "))]
     #[diagnostic(help(

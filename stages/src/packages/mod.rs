@@ -24,10 +24,12 @@
 
 pub mod apt;
 pub mod error;
+pub mod freshness;
 pub mod listing;
 pub mod lockfile;
 pub mod mirror;
 pub mod pacman;
+pub mod resolution;
 pub mod state;
 
 use std::path::Path;
@@ -37,7 +39,9 @@ use kiln_cache::{
     CheckoutMode, CheckoutOptions, Digest, IngestOptions, Manifest, OutputKind, PutMode, Store,
 };
 use kiln_engine::recipe::{Distribution, Recipe};
-use kiln_engine::{Input, ResolveContext, Stage, StageContext, StageError};
+use kiln_engine::{
+    Input, Resolution, ResolveContext, ResolveMode, Stage, StageContext, StageError,
+};
 
 pub use error::PackagesError;
 pub use listing::{PackageChange, PackageSet, ResolvedPackage};
@@ -83,10 +87,10 @@ impl Installer {
         )
     }
 
-    fn resolve(&self, store: &Store) -> Result<(PackageSet, Snapshot), PackagesError> {
+    fn resolve(&self, store: &Store, mode: ResolveMode) -> Result<Option<Resolved>, PackagesError> {
         match self {
-            Installer::Apt(setup) => setup.resolve(store),
-            Installer::Pacman(setup) => setup.resolve(store),
+            Installer::Apt(setup) => setup.resolve(store, mode),
+            Installer::Pacman(setup) => setup.resolve(store, mode),
         }
     }
 
@@ -122,6 +126,16 @@ impl Installer {
             ],
         }
     }
+}
+
+/// A package list resolved against a mirror's index.
+#[derive(Debug)]
+pub struct Resolved {
+    pub set: PackageSet,
+    /// The index resolution read, for installation (none when only reading).
+    pub snapshot: Option<Snapshot>,
+    /// How it was resolved, when that is worth saying (offline, from an earlier resolution).
+    pub note: Option<String>,
 }
 
 /// One installation: what to install, from which index, into which tree.
@@ -179,9 +193,12 @@ impl PackagesStage {
 
     /// Resolve the package set against the mirror, keeping the index for a later `run`.
     pub fn resolve_set(&self, store: &Store) -> Result<PackageSet, PackagesError> {
-        let (set, snapshot) = self.installer.resolve(store)?;
-        *self.snapshot() = Some(snapshot);
-        Ok(set)
+        let resolved = self
+            .installer
+            .resolve(store, ResolveMode::Online)?
+            .ok_or(PackagesError::NoResolution)?;
+        *self.snapshot() = resolved.snapshot;
+        Ok(resolved.set)
     }
 
     fn check_lock(&self, set: &PackageSet) -> Result<(), PackagesError> {
@@ -212,10 +229,15 @@ impl PackagesStage {
             None => {
                 // Run without a resolution in this process: resolve again, and the index must
                 // still yield what the key was computed from.
-                let (again, snapshot) = self
+                let resolved = self
                     .installer
-                    .resolve(ctx.store)
-                    .map_err(StageError::failed)?;
+                    .resolve(ctx.store, ResolveMode::Online)
+                    .map_err(StageError::failed)?
+                    .ok_or_else(|| StageError::failed(PackagesError::NoResolution))?;
+                let (again, snapshot) = match resolved.snapshot {
+                    Some(snapshot) => (resolved.set, snapshot),
+                    None => return Err(StageError::failed(PackagesError::NoResolution)),
+                };
                 let changes = set.changes(&again);
                 if !changes.is_empty() {
                     return Err(StageError::failed(PackagesError::InstalledDiffers {
@@ -294,10 +316,25 @@ impl Stage for PackagesStage {
         OutputKind::Tree
     }
 
-    fn resolve(&self, ctx: &ResolveContext<'_>) -> Result<Vec<Input>, StageError> {
-        let set = self.resolve_set(ctx.store).map_err(StageError::failed)?;
-        self.check_lock(&set).map_err(StageError::failed)?;
-        Ok(vec![Input::value(RESOLVED_INPUT, set.listing())])
+    fn resolve(&self, ctx: &ResolveContext<'_>) -> Result<Resolution, StageError> {
+        let Some(store) = ctx.store else {
+            return Ok(Resolution::unknown());
+        };
+        let Some(resolved) = self
+            .installer
+            .resolve(store, ctx.mode)
+            .map_err(StageError::failed)?
+        else {
+            return Ok(Resolution::unknown());
+        };
+        self.check_lock(&resolved.set).map_err(StageError::failed)?;
+        let mut resolution =
+            Resolution::inputs(vec![Input::value(RESOLVED_INPUT, resolved.set.listing())]);
+        if let Some(note) = resolved.note {
+            resolution = resolution.with_note(note);
+        }
+        *self.snapshot() = resolved.snapshot;
+        Ok(resolution)
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {

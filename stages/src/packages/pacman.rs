@@ -18,16 +18,19 @@
 use std::path::{Path, PathBuf};
 
 use kiln_cache::Store;
+use kiln_engine::ResolveMode;
 use kiln_engine::recipe::{Distribution, Recipe};
 
-use super::Installation;
 use super::error::PackagesError;
+use super::freshness::{self, IndexFile};
 use super::listing::{PackageSet, ResolvedPackage, describe_changes};
 use super::mirror;
+use super::resolution::SavedResolution;
 use super::state::{
-    self, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir, run_tool,
-    write_file,
+    self, GpgHome, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir,
+    run_tool, write_file,
 };
+use super::{Installation, Resolved};
 
 /// The Arch Linux keyring as Debian's `archlinux-keyring` installs it.
 const ARCH_KEYRING: &str = "/usr/share/keyrings/archlinux.gpg";
@@ -145,21 +148,89 @@ impl PacmanSetup {
         (dir.clone(), dir.join("pacman.conf"), dir.join("gnupg"))
     }
 
-    /// Resolve the package set against the mirror's current sync databases; the snapshot holds
-    /// the databases resolution read, for [`PacmanSetup::install`].
-    pub fn resolve(&self, store: &Store) -> Result<(PackageSet, Snapshot), PackagesError> {
-        self.check_host()?;
+    /// What resolution depends on besides the mirror's databases: the request's digest.
+    fn request(&self) -> String {
+        let text = format!(
+            "pacman 1\n{}\n{}\n",
+            self.config(),
+            self.packages.join("\n")
+        );
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
+
+    /// The sync database of each repository, on the mirror and in `sync`.
+    fn index_files(&self, sync: &Path) -> Vec<IndexFile> {
+        self.repositories
+            .iter()
+            .map(|repository| IndexFile {
+                url: format!(
+                    "{}/{repository}/os/{}/{repository}.db",
+                    self.mirror, self.architecture
+                ),
+                local: sync.join(format!("{repository}.db")),
+            })
+            .collect()
+    }
+
+    /// Resolve the package set against the mirror's sync databases, as `mode` allows (see
+    /// [`super::apt::AptSetup::resolve`]); the snapshot holds the databases resolution read,
+    /// for [`PacmanSetup::install`].
+    pub fn resolve(
+        &self,
+        store: &Store,
+        mode: ResolveMode,
+    ) -> Result<Option<Resolved>, PackagesError> {
         let (dir, config, gnupg) = self.state(store);
+        let request = self.request();
+        let sync_dir = dir.join("db/sync");
+        match mode {
+            ResolveMode::ReadOnly => {
+                return SavedResolution::load(&dir, &request)
+                    .map(|saved| {
+                        Ok(Resolved {
+                            set: saved.set()?,
+                            snapshot: None,
+                            note: None,
+                        })
+                    })
+                    .transpose();
+            }
+            ResolveMode::Offline => {
+                let saved =
+                    SavedResolution::load(&dir, &request).ok_or(PackagesError::NoResolution)?;
+                let _lock = StateLock::acquire(&dir)?;
+                return Ok(Some(Resolved {
+                    set: saved.set()?,
+                    snapshot: Some(snapshot_of(store, &sync_dir)?),
+                    note: Some(saved.offline_note()),
+                }));
+            }
+            ResolveMode::Online => {}
+        }
+        self.check_host()?;
         let _lock = StateLock::acquire(&dir)?;
+        let index = self.index_files(&sync_dir);
+        if let Some(saved) = SavedResolution::load(&dir, &request)
+            && saved.read_index_in(&sync_dir)
+            && freshness::unchanged(&index)?
+        {
+            return Ok(Some(Resolved {
+                set: saved.set()?,
+                snapshot: Some(snapshot_of(store, &sync_dir)?),
+                note: None,
+            }));
+        }
         write_file(&config, self.config().as_bytes())?;
         let db = dir.join("db");
         let empty_root = dir.join("root");
         create_dir(&db)?;
         create_dir(&empty_root)?;
+        let gnupg = GpgHome::for_dir(&gnupg)?;
+        let gnupg = gnupg.path();
         if self.verifies_signatures() {
-            self.init_keyring(&gnupg)?;
+            self.init_keyring(gnupg)?;
         }
-        let mut sync = self.pacman(&config, &gnupg);
+        let mut sync = self.pacman(&config, gnupg);
         sync.arg("--dbpath")
             .arg(&db)
             .arg("--root")
@@ -168,7 +239,7 @@ impl PacmanSetup {
         let output = run_tool(sync, "pacman", &mut |_| {})?;
         check_sync(&output, &self.mirror, &self.architecture)?;
 
-        let mut plan = self.pacman(&config, &gnupg);
+        let mut plan = self.pacman(&config, gnupg);
         plan.arg("--dbpath")
             .arg(&db)
             .arg("--root")
@@ -184,10 +255,16 @@ impl PacmanSetup {
             .args(&self.packages);
         let output = run_tool(plan, "pacman", &mut |_| {})?;
         let set = parse_plan(&output)?;
-
-        let snapshot = Snapshot::create(store, "pacman-sync")?;
-        state::link_files(&db.join("sync"), snapshot.path(), &[])?;
-        Ok((set, snapshot))
+        let names: Vec<String> = index
+            .iter()
+            .filter_map(|file| Some(file.local.file_name()?.to_str()?.to_string()))
+            .collect();
+        SavedResolution::new(&request, &set, &sync_dir, &names).save(&dir)?;
+        Ok(Some(Resolved {
+            set,
+            snapshot: Some(snapshot_of(store, &sync_dir)?),
+            note: None,
+        }))
     }
 
     /// `pacman --config … --gpgdir … --logfile /dev/null`.
@@ -245,6 +322,7 @@ impl PacmanSetup {
             });
         }
         let (_, _, gnupg) = self.state(store);
+        let gnupg = GpgHome::for_dir(&gnupg)?;
         // A private copy: another build may be writing the state's own.
         let config = scratch.join("pacman.conf");
         write_file(&config, self.config().as_bytes())?;
@@ -266,7 +344,7 @@ impl PacmanSetup {
         command.args(["--", "pacman", "--config"]).arg(&config);
         command
             .arg("--gpgdir")
-            .arg(&gnupg)
+            .arg(gnupg.path())
             .args(["--logfile", "/dev/null", "--color", "never", "--noconfirm"])
             .arg("--root")
             .arg(target)
@@ -416,6 +494,13 @@ fn install_error(output: &ToolOutput) -> Option<PackagesError> {
         code: output.code,
         output: output.tail(30),
     })
+}
+
+/// The sync databases resolution read, hard-linked into a folder of their own for installation.
+fn snapshot_of(store: &Store, sync: &Path) -> Result<Snapshot, PackagesError> {
+    let snapshot = Snapshot::create(store, "pacman-sync")?;
+    state::link_files(sync, snapshot.path(), &[])?;
+    Ok(snapshot)
 }
 
 /// The packages a pacman local database records.
