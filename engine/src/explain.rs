@@ -24,8 +24,10 @@ pub struct Reason {
     pub before: Option<String>,
     /// `None` for an input (or a path) that no longer exists.
     pub after: Option<String>,
+    /// The upstream stage this reason comes from, for a reason about a stage input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// A sentence for people ("changed etc/hostname: content").
-    #[serde(skip)]
     pub summary: String,
 }
 
@@ -36,6 +38,9 @@ pub struct StageExplanation {
     pub status: &'static str,
     pub output_changed: bool,
     pub reasons: Vec<Reason>,
+    /// What the stage noted about how it resolved its inputs or what its run did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The explanation of one build.
@@ -92,6 +97,8 @@ pub fn explain(
                 .join(", "),
         });
     }
+    let first_build = index.previous_build(recipe, build)?.is_none();
+    let stage_names: Vec<&str> = runs.iter().map(|run| run.stage.as_str()).collect();
     let mut stages = Vec::new();
     for run in runs
         .iter()
@@ -100,7 +107,12 @@ pub fn explain(
         let ran = run.status == RunStatus::Ran;
         let reasons = if ran {
             let previous = index.last_run_of_stage(recipe, &run.stage, build)?;
-            reasons(store, run, previous.as_ref())
+            let context = Context {
+                store,
+                first_build,
+                stages: &stage_names,
+            };
+            reasons(&context, run, previous.as_ref())
         } else {
             Vec::new()
         };
@@ -109,23 +121,45 @@ pub fn explain(
             status: if ran { "ran" } else { "cached" },
             output_changed: run.output_changed,
             reasons,
+            notes: run.notes.clone(),
         });
     }
     Ok(Explanation { build, stages })
 }
 
-fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Reason> {
+/// What reasons are judged against.
+struct Context<'a> {
+    store: &'a Store,
+    /// The explained build is the recipe's first.
+    first_build: bool,
+    /// The stages of the explained build.
+    stages: &'a [&'a str],
+}
+
+fn reasons(context: &Context<'_>, run: &StageRun, previous: Option<&StageRun>) -> Vec<Reason> {
     let Some(previous) = previous else {
-        return run
-            .inputs
-            .iter()
-            .map(|input| Reason {
-                input: input.name.clone(),
-                before: None,
-                after: Some(shown(input)),
-                summary: format!("{}: first build ({})", input.name, shown(input)),
-            })
-            .collect();
+        // Not a stage of any earlier build: the recipe's first build, or a stage that a change
+        // of the recipe added to the graph.
+        let why = if context.first_build {
+            "first build"
+        } else {
+            "new stage"
+        };
+        let mut reasons = vec![Reason {
+            input: "(stage)".to_string(),
+            before: None,
+            after: Some(run.stage.clone()),
+            upstream: None,
+            summary: why.to_string(),
+        }];
+        reasons.extend(run.inputs.iter().map(|input| Reason {
+            input: input.name.clone(),
+            before: None,
+            after: Some(shown(input)),
+            upstream: (input.kind == kind::STAGE).then(|| upstream_name(input)),
+            summary: format!("{}: {why} ({})", input.name, shown(input)),
+        }));
+        return reasons;
     };
     let before: BTreeMap<&str, &RecordedInput> = previous
         .inputs
@@ -144,10 +178,11 @@ fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Re
                 input: name.to_string(),
                 before: None,
                 after: Some(shown(new)),
+                upstream: (new.kind == kind::STAGE).then(|| upstream_name(new)),
                 summary: format!("{name}: new input ({})", shown(new)),
             }),
             Some(old) if old.digest != new.digest || old.kind != new.kind => {
-                reasons.extend(changed(store, name, old, new));
+                reasons.extend(changed(context, name, old, new));
             }
             Some(_) => {}
         }
@@ -158,6 +193,7 @@ fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Re
                 input: name.to_string(),
                 before: Some(shown(old)),
                 after: None,
+                upstream: (old.kind == kind::STAGE).then(|| upstream_name(old)),
                 summary: format!("{name}: input removed (was {})", shown(old)),
             });
         }
@@ -175,6 +211,7 @@ fn reasons(store: &Store, run: &StageRun, previous: Option<&StageRun>) -> Vec<Re
             input: "(key)".to_string(),
             before: Some(previous.key.to_string()),
             after: Some(run.key.to_string()),
+            upstream: None,
             summary: why,
         });
     }
@@ -190,31 +227,51 @@ fn shown(input: &RecordedInput) -> String {
     }
 }
 
-fn changed(store: &Store, name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<Reason> {
+/// The stage a stage input reads.
+fn upstream_name(input: &RecordedInput) -> String {
+    input.value.clone().unwrap_or_else(|| input.name.clone())
+}
+
+fn changed(
+    context: &Context<'_>,
+    name: &str,
+    old: &RecordedInput,
+    new: &RecordedInput,
+) -> Vec<Reason> {
+    if old.kind == kind::STAGE && new.kind == kind::STAGE {
+        let (was, now) = (upstream_name(old), upstream_name(new));
+        let summary = if was == now {
+            format!("upstream stage `{now}` changed its output")
+        } else if !context.stages.contains(&was.as_str()) {
+            format!("upstream stage `{was}` removed: now reads `{now}`")
+        } else {
+            format!("upstream stage changed: `{was}` -> `{now}`")
+        };
+        return vec![Reason {
+            input: name.to_string(),
+            before: Some(old.digest.to_string()),
+            after: Some(new.digest.to_string()),
+            upstream: Some(now),
+            summary,
+        }];
+    }
     match new.kind.as_str() {
         kind::VALUE if is_listing(old) || is_listing(new) => listing_changes(name, old, new),
         kind::VALUE => vec![Reason {
             input: name.to_string(),
             before: Some(shown(old)),
             after: Some(shown(new)),
+            upstream: None,
             summary: format!("{name} {} -> {}", shown(old), shown(new)),
         }],
-        kind::STAGE => {
-            let upstream = new.value.clone().unwrap_or_else(|| name.to_string());
-            vec![Reason {
-                input: name.to_string(),
-                before: Some(old.digest.to_string()),
-                after: Some(new.digest.to_string()),
-                summary: format!("upstream stage `{upstream}` changed its output"),
-            }]
-        }
-        kind::TREE => tree_changes(store, name, old, new),
+        kind::TREE => tree_changes(context.store, name, old, new),
         _ => {
             let path = new.value.clone().unwrap_or_else(|| name.to_string());
             vec![Reason {
                 input: name.to_string(),
                 before: Some(old.digest.to_string()),
                 after: Some(new.digest.to_string()),
+                upstream: None,
                 summary: format!(
                     "{path} changed: {} -> {}",
                     short(&old.digest.to_string()),
@@ -256,12 +313,14 @@ fn listing_changes(name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<
                 input: format!("{name}:{key}"),
                 before: None,
                 after: Some(value.clone()),
+                upstream: None,
                 summary: format!("{} added", join_words(key, value)),
             }),
             Some(old_value) if old_value != value => reasons.push(Reason {
                 input: format!("{name}:{key}"),
                 before: Some(old_value.clone()),
                 after: Some(value.clone()),
+                upstream: None,
                 summary: format!("{key} {old_value} -> {value}"),
             }),
             Some(_) => {}
@@ -273,6 +332,7 @@ fn listing_changes(name: &str, old: &RecordedInput, new: &RecordedInput) -> Vec<
                 input: format!("{name}:{key}"),
                 before: Some(value.clone()),
                 after: None,
+                upstream: None,
                 summary: format!("{} removed", join_words(key, value)),
             });
         }
@@ -300,6 +360,7 @@ fn tree_changes(
             input: name.to_string(),
             before: Some(old.digest.to_string()),
             after: Some(new.digest.to_string()),
+            upstream: None,
             summary: format!("{name} changed (its old manifest is no longer in the store)"),
         }];
     };
@@ -311,6 +372,7 @@ fn tree_changes(
             input: format!("{name}:{}", change.path),
             before: before.get(&change.path).map(describe_entry),
             after: after.get(&change.path).map(describe_entry),
+            upstream: None,
             summary: format!("{root}: {change}"),
         })
         .collect()
@@ -354,6 +416,9 @@ pub fn render_text(explanation: &Explanation) -> String {
         let _ = writeln!(out, "{}: {status}", stage.name);
         for reason in &stage.reasons {
             let _ = writeln!(out, "  {}", reason.summary);
+        }
+        for note in &stage.notes {
+            let _ = writeln!(out, "  note: {note}");
         }
     }
     out
