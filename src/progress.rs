@@ -1,6 +1,7 @@
-//! Drawing a build: one line per stage (cached / ran / ran, output unchanged) with its time, the
-//! output of running stages, and a spinner for each stage that has been running for more than a
-//! second. Plain lines, and no spinners, when stderr is not a terminal.
+//! Drawing a build: one line per stage (cached / ran / ran, output unchanged) with its time, and
+//! a spinner for each stage that has been running for more than a second, showing the last line
+//! the stage's tools printed. The tools' output itself is shown with `-v`; without it, a failure
+//! shows its tail in the error. Plain lines, and no spinners, when stderr is not a terminal.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -24,10 +25,12 @@ pub struct TerminalReporter {
     bars: MultiProgress,
     running: Arc<Mutex<BTreeMap<String, Running>>>,
     interactive: bool,
+    /// Print every line the stages' tools print (`-v`).
+    verbose: bool,
 }
 
 impl TerminalReporter {
-    pub fn new() -> TerminalReporter {
+    pub fn new(verbose: bool) -> TerminalReporter {
         let interactive = std::io::stderr().is_terminal();
         let target = if interactive {
             ProgressDrawTarget::stderr()
@@ -38,6 +41,7 @@ impl TerminalReporter {
             bars: MultiProgress::with_draw_target(target),
             running: Arc::new(Mutex::new(BTreeMap::new())),
             interactive,
+            verbose,
         };
         if interactive {
             reporter.start_ticker();
@@ -96,7 +100,15 @@ impl Reporter for TerminalReporter {
     }
 
     fn stage_output(&self, stage: &str, line: &str) {
-        self.println(&format!("  {stage} | {line}"));
+        if self.verbose {
+            self.println(&format!("  {stage} | {line}"));
+            return;
+        }
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bar) = running.get(stage).and_then(|state| state.bar.as_ref()) {
+            let line: String = line.chars().take(60).collect();
+            bar.set_message(format!("{stage}: {line}"));
+        }
     }
 
     fn stage_finished(&self, stage: &str, outcome: Outcome, _output: &Digest, duration: Duration) {

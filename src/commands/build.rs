@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use kiln_engine::{BuildOptions, execute, plan};
+use kiln_engine::{BuildOptions, PlanOptions, execute, plan};
 use kiln_stages::export::export;
 
 use crate::progress::{TerminalReporter, format_duration};
@@ -12,14 +12,17 @@ use crate::settings::Settings;
 
 pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let started = Instant::now();
-    let project = Project::open(settings, renderer)?;
+    let mut timings = Timings::new(settings.verbose);
+    let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;
+    let store = project.open_store()?;
+    timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
     let plan = plan(
         &pipeline.graph,
-        &project.store,
+        Some(&store),
         &project.loaded.dir,
-        force_rerun,
+        PlanOptions::build(force_rerun, settings.offline),
     )?;
     let options = BuildOptions {
         recipe: project.recipe_key.clone(),
@@ -27,17 +30,21 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         force_rerun,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let reporter = TerminalReporter::new();
-    let report = execute(&pipeline.graph, &plan, &project.store, &options, &reporter)?;
+    timings.lap("plan (inputs read, packages resolved)");
+    let reporter = TerminalReporter::new(settings.verbose);
+    let report = execute(&pipeline.graph, &plan, &store, &options, &reporter)?;
+    timings.lap("stages");
     let output = report
         .stage(&pipeline.final_stage)
         .map(|stage| stage.output)
         .expect("every build runs its output stage");
     let exported = export(
-        &project.store,
+        &store,
         &pipeline.export.with_digest(output),
         settings.force >= 1,
     )?;
+    timings.lap("export");
+    timings.print();
     let verb = if exported.written {
         "wrote"
     } else {
@@ -52,4 +59,39 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         format_duration(started.elapsed())
     );
     Ok(())
+}
+
+/// With `-v`, where a build's time went, phase by phase.
+struct Timings {
+    enabled: bool,
+    last: Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Timings {
+    fn new(enabled: bool) -> Timings {
+        Timings {
+            enabled,
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+
+    fn print(&self) {
+        if !self.enabled {
+            return;
+        }
+        let laps: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(what, time)| format!("{what} {}", format_duration(*time)))
+            .collect();
+        eprintln!("time: {}", laps.join(", "));
+    }
 }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use kiln_cache::{Digest, EntryKind, IngestOptions, Manifest, OutputKind, PutMode, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 
-use crate::host::{Host, HostError, ScriptInvocation, TreeChanges, UpperChange};
+use crate::host::{Host, HostError, ScriptError, ScriptInvocation, TreeChanges, UpperChange};
+use crate::log::in_image_terms;
 
 /// How an input records a variable the script names but the build leaves unset.
 pub const UNSET: &str = "(unset)";
@@ -123,10 +124,12 @@ impl Stage for ScriptsStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+        let started = std::time::Instant::now();
         let base_id = ctx.input("base")?;
         let base = ctx.store.manifest(&base_id)?;
         // The input tree as a read-only checkout shared with every build of the same tree.
         let lower = ctx.store.shared_checkout(&base_id)?;
+        let checked_out = started.elapsed();
         let scripts = self.stage_scripts(ctx)?;
         let outputdir = ctx.scratch.join("output");
         std::fs::create_dir_all(&outputdir).map_err(|source| {
@@ -150,7 +153,7 @@ impl Stage for ScriptsStage {
                 (value != UNSET).then(|| (name.clone(), value.clone()))
             })
             .collect();
-        for script in &scripts {
+        for (script, original) in scripts.iter().zip(&self.scripts) {
             let mut invocation = ScriptInvocation::new(
                 script,
                 self.phase.stage_name(),
@@ -160,14 +163,25 @@ impl Stage for ScriptsStage {
             );
             invocation.env = variables.clone();
             invocation.args = self.phase.args();
-            let mut sink = |line: &str| ctx.log.line(line);
+            let root = tree.root().to_path_buf();
+            let mut sink = |line: &str| ctx.log.line(&in_image_terms(line, &root));
             self.host
                 .run_script(&invocation, &mut sink)
-                .map_err(StageError::failed)?;
+                .map_err(|error| {
+                    StageError::failed(in_project_terms(error, original, &self.project_dir, &root))
+                })?;
         }
+        let ran = started.elapsed();
         let changes = tree.finish().map_err(StageError::failed)?;
         let manifest = apply_changes(ctx.store, base, changes)?;
-        Ok(ctx.store.put_manifest(&manifest)?)
+        let tree = ctx.store.put_manifest(&manifest)?;
+        ctx.log.line(&format!(
+            "time: input checkout {} ms, scripts {} ms, changes stored {} ms",
+            checked_out.as_millis(),
+            (ran - checked_out).as_millis(),
+            (started.elapsed() - ran).as_millis()
+        ));
+        Ok(tree)
     }
 }
 
@@ -254,6 +268,35 @@ pub fn apply_changes(
             base.canonicalize_hardlinks();
             Ok(base)
         }
+    }
+}
+
+/// A script's error as the user knows the script: by its path in the project, and with the
+/// image's paths in its output.
+fn in_project_terms(
+    error: ScriptError,
+    original: &Path,
+    project_dir: &Path,
+    root: &Path,
+) -> ScriptError {
+    match error {
+        ScriptError::Failed {
+            name,
+            stage,
+            exit_code,
+            output_tail,
+            ..
+        } => ScriptError::Failed {
+            script: project_dir.join(original),
+            name,
+            stage,
+            exit_code,
+            output_tail: output_tail
+                .iter()
+                .map(|line| in_image_terms(line, root).into_owned())
+                .collect(),
+        },
+        other => other,
     }
 }
 

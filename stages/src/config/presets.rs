@@ -13,6 +13,7 @@ use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use super::error::ConfigError;
 use crate::host::{Host, process};
+use crate::log::in_image_terms;
 use crate::scripts::apply_changes;
 
 pub struct PresetsStage {
@@ -70,18 +71,24 @@ impl Stage for PresetsStage {
                 "systemctl{} preset-all",
                 if global { " --global" } else { "" }
             );
-            let finished =
-                process::run(command, &mut |line| ctx.log.line(line)).map_err(|source| {
-                    StageError::failed(ConfigError::Spawn {
-                        command: shown.clone(),
-                        source,
-                    })
-                })?;
+            let root = tree.root().to_path_buf();
+            let mut sink = |line: &str| ctx.log.line(&in_image_terms(line, &root));
+            let finished = process::run(command, &mut sink).map_err(|source| {
+                StageError::failed(ConfigError::Spawn {
+                    command: shown.clone(),
+                    source,
+                })
+            })?;
             if !finished.status.success() {
                 return Err(StageError::failed(ConfigError::CommandFailed {
                     command: shown,
                     code: process::exit_code(&finished.status),
-                    output: finished.tail.join("\n"),
+                    output: finished
+                        .tail
+                        .iter()
+                        .map(|line| in_image_terms(line, &root))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                 }));
             }
         }
