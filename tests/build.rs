@@ -8,6 +8,8 @@
 #[macro_use]
 mod common;
 
+use kiln_test_support::Need;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -66,7 +68,7 @@ fn reason_inputs(stage: &Value) -> Vec<String> {
 
 #[test]
 fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     let first = project.build(&[]);
     assert_eq!(
@@ -97,7 +99,7 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
 
 #[test]
 fn two_stores_build_bit_identical_images_and_tarballs() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let one = tiny();
     let two = tiny();
     one.build(&[]);
@@ -122,7 +124,7 @@ fn two_stores_build_bit_identical_images_and_tarballs() {
 
 #[test]
 fn editing_finalize_reruns_only_finalize_and_output() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     project.build(&[]);
     let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
@@ -142,7 +144,7 @@ fn editing_finalize_reruns_only_finalize_and_output() {
 
 #[test]
 fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     project.build(&[]);
     project.write("mkosi.extra/etc/motd", "A different welcome.\n");
@@ -183,7 +185,7 @@ fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged
 
 #[test]
 fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     project.build(&["--image-version", "1"]);
     assert!(project.root.join("mkosi.output/tiny_1").is_dir());
@@ -204,11 +206,23 @@ fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
     );
     let link = std::fs::read_link(project.root.join("mkosi.output/tiny")).unwrap();
     assert_eq!(link, Path::new("tiny_2"));
+
+    // Back to no version: the unversioned link gives way to the output itself, and the
+    // versioned outputs stay.
+    project.build(&[]);
+    let unversioned = project.root.join("mkosi.output/tiny");
+    assert!(unversioned.is_dir() && !unversioned.is_symlink());
+    assert!(project.root.join("mkosi.output/tiny_2").is_dir());
+    assert!(
+        std::fs::read_to_string(unversioned.join("etc/os-release"))
+            .unwrap()
+            .contains("PRETTY_NAME=\"Tiny (n/a)\"")
+    );
 }
 
 #[test]
 fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     project.build(&[]);
     let before = tree_listing(&project.output_dir());
@@ -242,18 +256,30 @@ fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
 
 #[test]
 fn graph_show_prints_each_stage_state_as_text_and_dot() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
+    // Without a store every stage will run, and showing so creates no store.
     let show = project.kiln(&["graph", "show"]);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("base-trees [trees]: will run"), "{text}");
     assert!(
-        text.contains("finalize [scripts]: will run unless"),
+        text.contains("finalize [scripts]: will run (after remove-files)"),
         "{text}"
     );
+    assert!(!project.store.exists(), "graph show wrote a store");
     project.build(&[]);
     project.write("mkosi.extra/etc/hostname", "renamed\n");
+    let stored = |dir: &str| {
+        walkdir::WalkDir::new(project.store.join("v1").join(dir))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_type().is_file())
+            .count()
+    };
+    let before = (stored("objects"), stored("trees"));
     let show = project.kiln(&["graph", "show"]);
+    // The edited file was hashed, not stored.
+    assert_eq!((stored("objects"), stored("trees")), before);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("base-trees [trees]: cached"), "{text}");
     assert!(text.contains("extra-trees [trees]: will run"), "{text}");
@@ -269,7 +295,7 @@ fn graph_show_prints_each_stage_state_as_text_and_dot() {
 
 #[test]
 fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("keep"), "outside").unwrap();
@@ -318,7 +344,7 @@ fn symlinks_are_copied_and_nothing_is_written_or_removed_outside_the_tree() {
 
 #[test]
 fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let one = tiny();
     let two = tiny();
     let mut children: Vec<_> = [&one, &two]
@@ -352,7 +378,7 @@ fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
 
 #[test]
 fn builds_killed_at_random_moments_leave_the_store_consistent() {
-    require_root!("overlay mounts, owners");
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     // A bigger base tree so that kills land inside stages and while committing.
     let big = project.root.join("base/usr/share/data");
@@ -414,4 +440,41 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
         tree_listing(&project.output_dir()),
         tree_listing(&reference.output_dir())
     );
+}
+
+#[test]
+fn explain_names_stages_that_appear_and_disappear() {
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
+    let project = tiny();
+    project.write("mkosi.local.conf", "[Content]\nHostname=first\n");
+    project.build(&[]);
+
+    // A typo drops the hostname stage: the stage after it now reads postinst.
+    project.write("mkosi.local.conf", "[Content]\nHostnme=first\n");
+    let outcomes = project.build(&[]);
+    assert!(!outcomes.contains_key("hostname"), "{outcomes:?}");
+    assert_eq!(outcomes["postinst"], "cached");
+    let explanation = project.explain();
+    let after = stage(&explanation, "remove-files");
+    assert_eq!(after["status"], "ran");
+    let reason = &after["reasons"][0];
+    assert_eq!(reason["upstream"], "postinst", "{after:#}");
+    let summary = reason["summary"].as_str().unwrap();
+    assert_eq!(
+        summary, "upstream stage `hostname` removed: now reads `postinst`",
+        "{after:#}"
+    );
+    assert!(!summary.contains("changed its output"));
+
+    // A stage no earlier build had is new.
+    let outcomes = project.build(&["--autologin"]);
+    assert!(outcomes.contains_key("autologin"), "{outcomes:?}");
+    let explanation = project.explain();
+    let autologin = stage(&explanation, "autologin");
+    assert_eq!(
+        autologin["reasons"][0]["summary"], "new stage",
+        "{autologin:#}"
+    );
+    let text = project.kiln(&["graph", "explain", "autologin"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("new stage"));
 }

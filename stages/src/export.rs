@@ -7,7 +7,9 @@
 //! result (recorded in a `user.kiln.output` xattr) is left alone unless forced; a directory output
 //! holding an older result is cloned with hard links and updated by the difference, so that
 //! unchanged files keep their inodes and a small change costs little. Hand edits made inside an
-//! output are carried over by that update; `-f` writes everything afresh.
+//! output are carried over by that update; `-f` reads the output back (checking each file's
+//! type, size, mode, owner and mtime against the image, and reading only files that differ)
+//! and undoes them, again by the difference. A file output is copied afresh with `-f`.
 
 use std::path::{Path, PathBuf};
 
@@ -88,13 +90,39 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
             };
             // The previous output, when it was written with the same SOURCE_DATE_EPOCH and its
             // tree is still in the store, is cloned with hard links and brought up to date:
-            // the cost follows the change, not the image. -f writes everything afresh.
-            let updatable = (!force)
-                .then(|| previous.as_deref().and_then(parse_marker))
-                .flatten()
-                .filter(|(_, epoch)| *epoch == export.source_date_epoch)
-                .and_then(|(digest, _)| store.manifest(&digest).ok())
-                .filter(|_| path.is_dir() && !path.is_symlink());
+            // the cost follows the change, not the image. With -f, what the output holds is
+            // read from the disk instead (each file checked against the image by type, size,
+            // mode, owner and mtime; a file that differs is read), so hand edits are undone,
+            // still by the difference only.
+            let is_dir = path.is_dir() && !path.is_symlink();
+            let updatable = if force {
+                is_dir
+                    .then(|| {
+                        store.scan_against(
+                            &path,
+                            &manifest,
+                            export.source_date_epoch as i64 * 1_000_000_000,
+                        )
+                    })
+                    .and_then(Result::ok)
+                    .map(|(actual, _)| without_marker(actual))
+            } else {
+                previous
+                    .as_deref()
+                    .and_then(parse_marker)
+                    .filter(|(_, epoch)| *epoch == export.source_date_epoch)
+                    .and_then(|(digest, _)| store.manifest(&digest).ok())
+                    .filter(|_| is_dir)
+            };
+            if force && updatable.as_ref() == Some(&manifest) {
+                // Nothing differs: the output is the image already.
+                write_marker(&path, &marker);
+                link(export, &file_name)?;
+                return Ok(Exported {
+                    path,
+                    written: false,
+                });
+            }
             let updated = updatable.is_some_and(|old| {
                 let done = kiln_cache::clone_hardlinked(&path, &staging).is_ok()
                     && store
@@ -121,9 +149,11 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         }
     }
     write_marker(&staging, &marker);
-    // A directory cannot be renamed over another: move the old one aside first. A file is
-    // replaced by the rename itself.
-    if path.is_dir() && !path.is_symlink() {
+    // A directory cannot be renamed over another, nor over a symlink (the unversioned link a
+    // versioned build left under this name): move the old one aside first. A file is replaced
+    // by the rename itself.
+    let staged_dir = staging.is_dir() && !staging.is_symlink();
+    if (path.is_dir() && !path.is_symlink()) || (staged_dir && path.is_symlink()) {
         std::fs::rename(&path, &retired).map_err(write_error(&path))?;
     }
     if let Err(source) = std::fs::rename(&staging, &path) {
@@ -189,6 +219,18 @@ fn set_mtime(path: &Path, epoch: u64) {
     if let Ok(file) = std::fs::File::options().write(true).open(path) {
         let _ = file.set_modified(time);
     }
+}
+
+/// A scanned output's manifest without the marker kiln put on its root.
+fn without_marker(mut manifest: kiln_cache::Manifest) -> kiln_cache::Manifest {
+    if let Some(root) = manifest.get("")
+        && root.xattrs.contains_key(MARKER)
+    {
+        let mut root = root.clone();
+        root.xattrs.remove(MARKER);
+        let _ = manifest.insert_or_replace(root);
+    }
+    manifest
 }
 
 fn read_marker(path: &Path) -> Option<String> {
