@@ -21,6 +21,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use serde_json::Value;
 
 use common::{Project, ran, stage};
+use kiln_test_support::Need;
 
 /// What the store holds, as these tests inspect it.
 impl Project {
@@ -93,6 +94,56 @@ fn tree_listing(root: &Path) -> String {
     lines.join("\n")
 }
 
+/// Every path of a tree with its type, mode, owner, mtime and content digest (no inode numbers:
+/// two outputs of the same image compare equal however they were written).
+fn content_listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let what = if meta.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
+        } else if meta.is_file() {
+            blake3::hash(&std::fs::read(entry.path()).unwrap())
+                .to_hex()
+                .to_string()
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{} {:o} {}:{} {} {what}",
+            entry.path().strip_prefix(root).unwrap().display(),
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.mtime()
+        ));
+    }
+    lines
+}
+
+/// The two listings are equal; otherwise the first lines that differ.
+#[track_caller]
+fn assert_same_tree(actual: &[String], expected: &[String]) {
+    if actual == expected {
+        return;
+    }
+    let only_actual: Vec<&String> = actual
+        .iter()
+        .filter(|l| !expected.contains(l))
+        .take(10)
+        .collect();
+    let only_expected: Vec<&String> = expected
+        .iter()
+        .filter(|l| !actual.contains(l))
+        .take(10)
+        .collect();
+    panic!(
+        "the trees differ:\n  only in the output: {only_actual:#?}\n  only in the expected tree: {only_expected:#?}"
+    );
+}
+
 /// The installed packages of a dpkg status file, as `NAME VERSION ARCH` lines.
 fn dpkg_installed(status: &str) -> String {
     let mut lines = Vec::new();
@@ -131,11 +182,6 @@ static DEBIAN: OnceLock<Mutex<Debian>> = OnceLock::new();
 fn debian() -> MutexGuard<'static, Debian> {
     let debian = DEBIAN.get_or_init(|| {
         let project = Project::copy_of("debian-rescue", "debian-rescue");
-        std::fs::set_permissions(
-            project.root.join("mkosi.rootpw"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
         project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
         let outcomes = project.build(&[]);
         assert_eq!(
@@ -160,7 +206,7 @@ fn debian() -> MutexGuard<'static, Debian> {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothing() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     let root = project.output_dir();
@@ -241,7 +287,7 @@ fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothin
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_hostname_change_reruns_only_the_hostname_stage_and_what_follows() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     project.write(
@@ -284,7 +330,7 @@ fn debian_hostname_change_reruns_only_the_hostname_stage_and_what_follows() {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_lock_writes_the_resolved_set_and_locked_builds_hold_to_it() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     let output = project.kiln(&["lock"]);
@@ -334,7 +380,7 @@ fn debian_lock_writes_the_resolved_set_and_locked_builds_hold_to_it() {
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_stored() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     let objects = project.object_count();
@@ -378,7 +424,7 @@ fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_store
 /// Network: needs the Debian mirror.
 #[test]
 fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_output() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     let before = tree_listing(&project.output_dir());
@@ -415,17 +461,201 @@ fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_ou
 /// Network: needs the Debian mirror (for planning the recipe).
 #[test]
 fn debian_a_root_password_file_others_can_read_is_refused() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
     let before = tree_listing(&project.output_dir());
     let rootpw = project.root.join("mkosi.rootpw");
+    std::fs::write(&rootpw, "hashed:$6$salt$hash\n").unwrap();
     std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o644)).unwrap();
     let stderr = project.build_fails(&[]);
-    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&rootpw).unwrap();
     assert!(stderr.contains("mkosi.rootpw"), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert_eq!(tree_listing(&project.output_dir()), before);
+}
+
+/// `kiln ARGS` run as a user runs it: from inside the project, with the store given relative to
+/// it (`--cache-dir ../store`).
+fn kiln_inside(project: &Project, args: &[&str]) -> std::process::Output {
+    assert_eq!(project.store.parent(), project.root.parent());
+    Command::new(common::KILN)
+        .current_dir(&project.root)
+        .args(["--cache-dir", "../store"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// Build from inside the project; returns each stage's outcome.
+fn build_inside(project: &Project, args: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let mut all = args.to_vec();
+    all.push("build");
+    let output = kiln_inside(project, &all);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "build failed:\n{stderr}");
+    assert!(
+        !stderr.contains("/v1/tmp/"),
+        "a scratch path reached the user:\n{stderr}"
+    );
+    common::outcomes(&stderr)
+}
+
+/// The stages after `first` in debian-rescue's graph, `first` included.
+fn from_stage(first: &str) -> Vec<&'static str> {
+    const ORDER: &[&str] = &[
+        "extra-trees",
+        "postinst",
+        "hostname",
+        "root-password",
+        "presets",
+        "machine-id",
+        "remove-files",
+        "finalize",
+        "output",
+    ];
+    let start = ORDER.iter().position(|stage| *stage == first).unwrap();
+    let mut stages = ORDER[start..].to_vec();
+    stages.sort();
+    stages
+}
+
+/// Network: needs the Debian mirror.
+#[test]
+fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
+    let debian = debian();
+    let project = &debian.project;
+    let root = project.output_dir();
+    let clean = content_listing(&root);
+
+    // Nothing changed: nothing runs, the output is left alone.
+    let outcomes = build_inside(project, &[]);
+    assert!(ran(&outcomes).is_empty(), "{outcomes:?}");
+
+    // Add, change and remove a file of mkosi.extra: every stage from extra-trees on may run
+    // (postinst re-indexes the manual pages), none before it, and each build succeeds.
+    project.write("mkosi.extra/etc/kiln-edit-loop", "one\n");
+    let outcomes = build_inside(project, &[]);
+    assert_eq!(ran(&outcomes), from_stage("extra-trees"), "{outcomes:?}");
+    assert_eq!(project.read("etc/kiln-edit-loop"), "one\n");
+    let explanation = project.explain();
+    let extra = stage(&explanation, "extra-trees");
+    assert_eq!(
+        reasons(extra)
+            .into_iter()
+            .map(|(input, _, _)| input)
+            .collect::<Vec<_>>(),
+        vec!["mkosi.extra:etc/kiln-edit-loop"]
+    );
+    project.write("mkosi.extra/etc/kiln-edit-loop", "two\n");
+    let outcomes = build_inside(project, &[]);
+    assert!(ran(&outcomes).contains(&"extra-trees"), "{outcomes:?}");
+    assert_eq!(project.read("etc/kiln-edit-loop"), "two\n");
+    project.remove("mkosi.extra/etc/kiln-edit-loop");
+    let outcomes = build_inside(project, &[]);
+    assert!(!root.join("etc/kiln-edit-loop").exists());
+    // Back to the recipe as it was: its stages are found in the cache.
+    assert!(
+        ran(&outcomes).len() <= from_stage("extra-trees").len(),
+        "{outcomes:?}"
+    );
+    assert_same_tree(&content_listing(&root), &clean);
+
+    // The finalize script: only finalize and the output.
+    let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
+    project.write(
+        "mkosi.finalize",
+        &format!("{finalize}echo KILN_EDITED=1 >> \"$BUILDROOT/etc/os-release\"\n"),
+    );
+    let outcomes = build_inside(project, &[]);
+    assert_eq!(ran(&outcomes), vec!["finalize", "output"], "{outcomes:?}");
+    assert!(project.read("etc/os-release").contains("KILN_EDITED=1"));
+    project.write("mkosi.finalize", &finalize);
+
+    // The postinst script: postinst and everything after it.
+    let postinst = std::fs::read_to_string(project.root.join("mkosi.postinst.chroot")).unwrap();
+    project.write(
+        "mkosi.postinst.chroot",
+        &format!("{postinst}echo edited > /etc/kiln-postinst\n"),
+    );
+    let outcomes = build_inside(project, &[]);
+    assert_eq!(ran(&outcomes), from_stage("postinst"), "{outcomes:?}");
+    assert_eq!(project.read("etc/kiln-postinst"), "edited\n");
+    project.write("mkosi.postinst.chroot", &postinst);
+
+    // The image version: the stages whose scripts read IMAGE_VERSION, and the output.
+    let outcomes = build_inside(project, &["--image-version", "7"]);
+    assert_eq!(ran(&outcomes), vec!["finalize", "output"], "{outcomes:?}");
+    let versioned = project.root.join("mkosi.output/debian-rescue_7");
+    assert!(
+        std::fs::read_to_string(versioned.join("etc/os-release"))
+            .unwrap()
+            .contains("(Rescue Image 7)")
+    );
+
+    // Back to the recipe: every stage is cached, and the unversioned output replaces the link,
+    // equal to the clean build.
+    let outcomes = build_inside(project, &[]);
+    assert!(ran(&outcomes).is_empty(), "{outcomes:?}");
+    assert!(!root.is_symlink());
+    assert_same_tree(&content_listing(&root), &clean);
+
+    // A clean build (every stage run again, in the same store): the same tree.
+    let outcomes = build_inside(project, &["-ff"]);
+    assert!(
+        outcomes
+            .values()
+            .all(|outcome| outcome == "ran, output unchanged"),
+        "{outcomes:?}"
+    );
+    assert_same_tree(&content_listing(&root), &clean);
+    std::fs::remove_dir_all(&versioned).unwrap();
+}
+
+/// Network: needs the Debian mirror (once, for the resolution offline builds reuse).
+#[test]
+fn debian_offline_builds_and_reading_verbs_never_touch_the_network() {
+    kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
+    let debian = debian();
+    let project = &debian.project;
+    // A proxy that refuses every connection stands in for a machine without network.
+    let offline = |args: &[&str]| {
+        project
+            .command(args)
+            .env("http_proxy", "http://127.0.0.1:9")
+            .env("https_proxy", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .output()
+            .unwrap()
+    };
+    let online_only = offline(&["build"]);
+    assert_eq!(online_only.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&online_only.stderr);
+    assert!(stderr.contains("Cannot reach the mirror"), "{stderr}");
+    assert!(stderr.contains("--offline"), "{stderr}");
+
+    let built = offline(&["--offline", "build"]);
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "{stderr}");
+    assert!(ran(&common::outcomes(&stderr)).is_empty(), "{stderr}");
+    let explain = project.kiln(&["graph", "explain", "packages"]);
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(text.contains("note: resolved offline"), "{text}");
+    assert!(text.contains(" ago)"), "{text}");
+
+    for verb in [&["graph", "show"][..], &["recipe", "show"][..]] {
+        let output = offline(verb);
+        assert!(
+            output.status.success(),
+            "{verb:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let shown = String::from_utf8_lossy(&offline(&["graph", "show"]).stdout).into_owned();
+    assert!(shown.contains("packages [packages-apt]: cached"), "{shown}");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -592,7 +822,12 @@ fn arch_project(repo: &ArchRepo, content: &str) -> Project {
 
 #[test]
 fn arch_tree_from_a_local_repository_and_a_new_version_is_explained_package_by_package() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Tool("pacman"),
+        Need::Tool("makepkg"),
+        Need::Tool("repo-add")
+    );
     let repo = ArchRepo::with_base_and_hello();
     let project = arch_project(&repo, "Packages=kiln-hello\nHostname=arch-test\n");
     let first = project.build(&[]);
@@ -669,7 +904,12 @@ fn arch_tree_from_a_local_repository_and_a_new_version_is_explained_package_by_p
 
 #[test]
 fn arch_hostname_change_reruns_only_the_hostname_stage_and_its_descendants() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Tool("pacman"),
+        Need::Tool("makepkg"),
+        Need::Tool("repo-add")
+    );
     let repo = ArchRepo::with_base_and_hello();
     let conf = |hostname: &str| {
         format!(
@@ -724,7 +964,12 @@ fn arch_hostname_change_reruns_only_the_hostname_stage_and_its_descendants() {
 
 #[test]
 fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_stays() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Tool("pacman"),
+        Need::Tool("makepkg"),
+        Need::Tool("repo-add")
+    );
     let repo = ArchRepo::with_base_and_hello();
     // A shell for scriptlets: the host's dash and the libraries it needs.
     let mut shell = String::from(
@@ -779,7 +1024,12 @@ fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_sta
 
 #[test]
 fn arch_unknown_packages_and_missing_repositories_are_refused() {
-    require_root!("package managers, owners");
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Tool("pacman"),
+        Need::Tool("makepkg"),
+        Need::Tool("repo-add")
+    );
     let repo = ArchRepo::with_base_and_hello();
     let project = arch_project(&repo, "Packages=kiln-hello,kiln-no-such-package\n");
     let stderr = project.build_fails(&[]);
@@ -802,4 +1052,42 @@ fn arch_unknown_packages_and_missing_repositories_are_refused() {
     assert!(stderr.contains("Cannot reach the mirror"), "{stderr}");
     assert!(stderr.contains("core.db"), "{stderr}");
     assert!(!project.output_dir().exists());
+}
+
+#[test]
+fn arch_builds_from_inside_the_project_into_its_own_mkosi_cache() {
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Tool("pacman"),
+        Need::Tool("makepkg"),
+        Need::Tool("repo-add")
+    );
+    let repo = ArchRepo::with_base_and_hello();
+    let project = arch_project(&repo, "Packages=kiln-hello\nHostname=arch-local\n");
+    std::fs::create_dir(project.root.join("mkosi.cache")).unwrap();
+    let build = || {
+        let output = Command::new(common::KILN)
+            .current_dir(&project.root)
+            .arg("build")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        common::outcomes(&stderr)
+    };
+    let first = build();
+    assert!(ran(&first).contains(&"packages"), "{first:?}");
+    assert!(project.root.join("mkosi.cache/v1/index.sqlite").is_file());
+    assert!(
+        !project.store.exists(),
+        "the store is the project's mkosi.cache"
+    );
+    assert_eq!(
+        project.read("usr/share/kiln-hello/hello.txt"),
+        "hello 1.0\n"
+    );
+    assert_eq!(project.read("etc/hostname"), "arch-local\n");
+    let again = build();
+    assert!(ran(&again).is_empty(), "{again:?}");
 }
