@@ -47,7 +47,11 @@ fn main() {
             },
         )
         .expect("ingest the kernel root");
-    println!("ingest of {}: {:.2?} (once, not measured below)", root.display(), start.elapsed());
+    println!(
+        "ingest of {}: {:.2?} (once, not measured below)",
+        root.display(),
+        start.elapsed()
+    );
     let kvers = kernels(&manifest);
     let Some(kver) = kvers.first().cloned() else {
         eprintln!("no kernel below {}/usr/lib/modules", root.display());
@@ -55,9 +59,11 @@ fn main() {
     };
     let rules = ModuleRules {
         kernel_modules_exclude: vec![".*".into()],
-        kernel_modules_include: ["fs/", "hid/", "input/", "usb/", "dm-.*", "crypto/", "tpm/", "virtio"]
-            .map(String::from)
-            .to_vec(),
+        kernel_modules_include: [
+            "fs/", "hid/", "input/", "usb/", "dm-.*", "crypto/", "tpm/", "virtio",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..ModuleRules::default()
     };
     let compiled = rules.compile(&[]).expect("the seed's rules compile");
@@ -72,9 +78,11 @@ fn main() {
         let mut tree = manifest.clone();
         let start = Instant::now();
         let mut log = Vec::new();
-        let reports = prune_tree(&store, &mut tree, &compiled, &mut |line| log.push(line.to_string()))
-            .expect("prune")
-            .expect("rules are set");
+        let reports = prune_tree(&store, &mut tree, &compiled, &mut |line| {
+            log.push(line.to_string())
+        })
+        .expect("prune")
+        .expect("rules are set");
         kiln_times.push(start.elapsed());
         if run == 0 {
             for line in &log {
@@ -82,8 +90,16 @@ fn main() {
             }
         }
         let dir = scratch.path().join(format!("depmod-{run}"));
-        depmod::reindex(&store, &mut tree, &kver, &depmod_tool, &host, &dir, &mut |_| {})
-            .expect("depmod");
+        depmod::reindex(
+            &store,
+            &mut tree,
+            &kver,
+            &depmod_tool,
+            &host,
+            &dir,
+            &mut |_| {},
+        )
+        .expect("depmod");
         kiln_depmod_times.push(start.elapsed());
         let _ = std::fs::remove_dir_all(&dir);
         kiln_kept = reports[0].kept.clone();
@@ -103,22 +119,33 @@ fn main() {
         .map(|rel| (module_name_of_path(rel), rel.clone()))
         .collect();
     let builtin: Vec<String> = inv.builtin.iter().cloned().collect();
+    if std::env::var_os("KILN_BENCH_PROBE").is_some() {
+        probe(&kdir, &kiln_kept);
+        return;
+    }
 
     let mut per_module_times = Vec::new();
     let mut per_round_times = Vec::new();
     let mut spawned = (0, 0);
     for _ in 0..runs {
         let start = Instant::now();
-        let (kept, processes) = shell_selection(&root, &kver, &kdir, &files, &builtin, &passed, false);
+        let (kept, processes) =
+            shell_selection(&root, &kver, &kdir, &files, &builtin, &passed, false, true);
         per_module_times.push(start.elapsed());
         spawned.0 = processes;
         assert_eq!(kept, kiln_kept, "modinfo per module disagrees with kiln");
         let start = Instant::now();
-        let (kept, processes) = shell_selection(&root, &kver, &kdir, &files, &builtin, &passed, true);
+        let (kept, processes) =
+            shell_selection(&root, &kver, &kdir, &files, &builtin, &passed, true, true);
         per_round_times.push(start.elapsed());
         spawned.1 = processes;
         assert_eq!(kept, kiln_kept, "modinfo per round disagrees with kiln");
     }
+
+    // mkosi splits `modinfo --null`'s `softdep=pre: x` at its first `:`, so it drops every
+    // soft dependency: what it would keep.
+    let (without_softdeps, _) =
+        shell_selection(&root, &kver, &kdir, &files, &builtin, &passed, true, false);
 
     let kiln = median(&mut kiln_times);
     let kiln_depmod = median(&mut kiln_depmod_times);
@@ -127,8 +154,14 @@ fn main() {
     println!("kernel {kver}, seed rules, medians of {runs} runs:");
     println!("  kiln select + prune (manifest)    {:>10.1?}", kiln);
     println!("  kiln select + prune + depmod      {:>10.1?}", kiln_depmod);
-    println!("  modinfo once per module           {:>10.1?}  ({} processes)", per_module, spawned.0);
-    println!("  modinfo once per round (mkosi)    {:>10.1?}  ({} processes)", per_round, spawned.1);
+    println!(
+        "  modinfo once per module           {:>10.1?}  ({} processes)",
+        per_module, spawned.0
+    );
+    println!(
+        "  modinfo once per round (mkosi)    {:>10.1?}  ({} processes)",
+        per_round, spawned.1
+    );
     println!(
         "  ratio per module / kiln           {:>10.1}x",
         per_module.as_secs_f64() / kiln.as_secs_f64()
@@ -136,6 +169,11 @@ fn main() {
     println!(
         "  ratio per round / kiln            {:>10.1}x",
         per_round.as_secs_f64() / kiln.as_secs_f64()
+    );
+    println!(
+        "  kept: {} modules ({} without soft dependencies, as mkosi's parsing of modinfo keeps)",
+        kiln_kept.len(),
+        without_softdeps.len()
     );
     let (before_count, before_bytes) = module_tree_size(&manifest, &kver);
     let (after_count, after_bytes) = module_tree_size(&pruned, &kver);
@@ -171,6 +209,7 @@ fn module_tree_size(tree: &Manifest, kver: &str) -> (usize, u64) {
 /// The selection done by shelling out to `modinfo`: one process per module, or one per round
 /// with every name of the round (mkosi's `modinfo --null --modname`). Returns the kept module
 /// files and how many processes ran.
+#[allow(clippy::too_many_arguments)]
 fn shell_selection(
     root: &Path,
     kver: &str,
@@ -179,6 +218,7 @@ fn shell_selection(
     builtin: &[String],
     passed: &[String],
     batched: bool,
+    follow_softdeps: bool,
 ) -> (BTreeSet<String>, usize) {
     let builtin_set: BTreeSet<&String> = builtin.iter().collect();
     let mut visited: BTreeSet<String> = BTreeSet::new();
@@ -212,8 +252,12 @@ fn shell_selection(
                     continue;
                 };
                 let names: Vec<String> = match key.trim() {
-                    "depends" => value.split(',').filter(|n| !n.is_empty()).map(normalize_module_name).collect(),
-                    "softdep" => value
+                    "depends" => value
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(normalize_module_name)
+                        .collect(),
+                    "softdep" if follow_softdeps => value
                         .split_whitespace()
                         .filter(|w| !w.ends_with(':'))
                         .map(normalize_module_name)
@@ -221,7 +265,10 @@ fn shell_selection(
                     _ => continue,
                 };
                 for name in names {
-                    if files.contains_key(&name) && !visited.contains(&name) && !builtin_set.contains(&name) {
+                    if files.contains_key(&name)
+                        && !visited.contains(&name)
+                        && !builtin_set.contains(&name)
+                    {
                         next.insert(name);
                     }
                 }
@@ -239,6 +286,41 @@ fn shell_selection(
 
 fn modinfo(root: &Path, kver: &str) -> Command {
     let mut command = Command::new("modinfo");
-    command.arg("--null").arg("-b").arg(root).arg("-k").arg(kver);
     command
+        .arg("--null")
+        .arg("-b")
+        .arg(root)
+        .arg("-k")
+        .arg(kver);
+    command
+}
+
+#[allow(dead_code)]
+fn probe(kdir: &Path, kept: &BTreeSet<String>) {
+    use rayon::prelude::*;
+    let paths: Vec<PathBuf> = kept.iter().map(|rel| kdir.join(rel)).collect();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let n: usize = paths
+            .par_iter()
+            .map(|p| {
+                kiln_stages::modules::modinfo::read_module_file(p)
+                    .unwrap()
+                    .depends
+                    .len()
+            })
+            .sum();
+        println!("probe parallel read {:?} ({n})", start.elapsed());
+        let start = Instant::now();
+        let n: usize = paths
+            .iter()
+            .map(|p| {
+                kiln_stages::modules::modinfo::read_module_file(p)
+                    .unwrap()
+                    .depends
+                    .len()
+            })
+            .sum();
+        println!("probe serial read {:?} ({n})", start.elapsed());
+    }
 }

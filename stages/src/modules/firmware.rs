@@ -104,23 +104,16 @@ pub fn prune_firmware(tree: &mut Manifest, required: &BTreeSet<String>) -> usize
         .iter()
         .map(|dir| format!("{FIRMWARE_DIR}/{dir}"))
         .collect();
-    let doomed: Vec<String> = tree
-        .subtree(FIRMWARE_DIR)
-        .skip(1)
-        .map(|entry| entry.path.as_str())
-        .filter(|path| !keep.contains(path))
-        .filter(|path| {
-            !microcode
+    let prefix = format!("{FIRMWARE_DIR}/");
+    let keep: BTreeSet<String> = keep.into_iter().map(str::to_string).collect();
+    tree.retain(|entry| {
+        let path = entry.path.as_str();
+        !path.starts_with(&prefix)
+            || keep.contains(path)
+            || microcode
                 .iter()
-                .any(|dir| *path == dir || path.starts_with(&format!("{dir}/")))
-        })
-        .map(str::to_string)
-        .collect();
-    let mut removed = 0;
-    for path in doomed {
-        removed += tree.remove_path_recursive(&path);
-    }
-    removed
+                .any(|dir| path == dir || path.starts_with(&format!("{dir}/")))
+    })
 }
 
 /// Where a path leads inside the image.

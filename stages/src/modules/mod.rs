@@ -40,7 +40,7 @@ pub mod modinfo;
 pub mod rules;
 pub mod select;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -320,8 +320,12 @@ pub fn prune_kernel(
     let (selection, firmware_required) = {
         let walker = Walker::new(tree);
         let blob_of = |rel: &str| {
-            let target = walker.walk(&format!("{kdir}/{rel}")).target?;
-            tree.get(&target)?.blob().copied()
+            let path = format!("{kdir}/{rel}");
+            match tree.get(&path)?.blob() {
+                Some(blob) => Some(*blob),
+                // A symlink: follow it inside the image.
+                None => tree.get(&walker.walk(&path).target?)?.blob().copied(),
+            }
         };
         let selection = select::select(&inventory, rules, |rel| match blob_of(rel) {
             Some(blob) => modinfo::read_module_file(&store.blob_path(&blob)),
@@ -340,7 +344,7 @@ pub fn prune_kernel(
     };
 
     // mkosi's removal: a module symlink takes its target along.
-    let mut doomed: Vec<String> = Vec::new();
+    let mut doomed: HashSet<String> = HashSet::new();
     {
         let walker = Walker::new(tree);
         for rel in inventory
@@ -353,14 +357,12 @@ pub fn prune_kernel(
                 && let Some(target) = walker.walk(&path).target
                 && tree.get(&target).is_some_and(|e| !e.kind.is_dir())
             {
-                doomed.push(target);
+                doomed.insert(target);
             }
-            doomed.push(path);
+            doomed.insert(path);
         }
     }
-    for path in doomed {
-        tree.remove_path_recursive(&path);
-    }
+    tree.retain(|entry| !doomed.contains(&entry.path));
     firmware::prune_firmware(tree, &firmware_required);
     let firmware_kept = tree
         .subtree(FIRMWARE_DIR)

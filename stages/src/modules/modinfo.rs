@@ -2,13 +2,13 @@
 //! (`depends=`, `softdep=`, `firmware=`), from `.ko`, `.ko.xz`, `.ko.zst` and `.ko.gz`, and
 //! the same records of built-in modules from `modules.builtin.modinfo`.
 //!
-//! The compression is told by the content's magic bytes, as kmod does, not by the name. An
-//! uncompressed module is read through [`object::ReadCache`], so only its ELF header, section
-//! headers, section names and `.modinfo` are read, never the whole file.
+//! The compression is told by the content's magic bytes, as kmod does, not by the name. Of an
+//! uncompressed module only the ELF header, section headers, section names and `.modinfo` are
+//! read (four positioned reads), never the whole file; a compressed one is decompressed whole.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use object::read::elf::{FileHeader, SectionHeader};
@@ -132,12 +132,16 @@ pub fn read_module_file(path: &Path) -> Result<ModInfo, ModInfoError> {
     let mut head = [0u8; 6];
     let got = read_up_to(&mut file, &mut head)?;
     let compression = Compression::detect(&head[..got]);
-    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(0))?;
     match compression {
-        Compression::None => {
-            let cache = object::ReadCache::new(file);
-            modinfo_of_elf(&cache)
-        }
+        Compression::None => match modinfo_by_pread(&file)? {
+            Some(info) => Ok(info),
+            None => {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
+                modinfo_of_elf(bytes.as_slice())
+            }
+        },
         Compression::Zstd => {
             let mut bytes = Vec::new();
             zstd::stream::read::Decoder::new(file)?.read_to_end(&mut bytes)?;
@@ -165,6 +169,71 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// The `.modinfo` of an uncompressed 64-bit ELF file, reading only its header, section
+/// headers, section names and `.modinfo` (four reads). `None` when the file is anything else
+/// (32-bit, an extended section count, damaged): the caller then reads it whole.
+fn modinfo_by_pread(file: &File) -> io::Result<Option<ModInfo>> {
+    use std::os::unix::fs::FileExt;
+    type Header = elf::FileHeader64<Endianness>;
+    type Section = elf::SectionHeader64<Endianness>;
+    let read_at = |offset: u64, len: usize| -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Some(buf)),
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(err) => Err(err),
+        }
+    };
+    let Some(head) = read_at(0, std::mem::size_of::<Header>())? else {
+        return Ok(None);
+    };
+    if head[4] != 2 {
+        return Ok(None);
+    }
+    let Ok(header) = Header::parse(head.as_slice()) else {
+        return Ok(None);
+    };
+    let Ok(endian) = header.endian() else {
+        return Ok(None);
+    };
+    let count = usize::from(header.e_shnum.get(endian));
+    let Some(names_index) = header.e_shstrndx.get(endian).index() else {
+        return Ok(None);
+    };
+    let names_index = usize::from(names_index);
+    let entry_size = usize::from(header.e_shentsize.get(endian));
+    if count == 0 || names_index >= count || entry_size != std::mem::size_of::<Section>() {
+        return Ok(None);
+    }
+    let Some(table) = read_at(header.e_shoff.get(endian), count * entry_size)? else {
+        return Ok(None);
+    };
+    let Ok(sections) = table.as_slice().read_slice_at::<Section>(0, count) else {
+        return Ok(None);
+    };
+    let names = &sections[names_index];
+    let Some(names) = read_at(names.sh_offset(endian), names.sh_size(endian) as usize)? else {
+        return Ok(None);
+    };
+    let wanted = b".modinfo\0";
+    let found = sections.iter().find(|section| {
+        let start = section.sh_name(endian) as usize;
+        names
+            .get(start..start + wanted.len())
+            .is_some_and(|name| name == wanted)
+    });
+    let Some(section) = found else {
+        return Ok(Some(ModInfo::default()));
+    };
+    if section.sh_type(endian) == elf::SHT_NOBITS {
+        return Ok(Some(ModInfo::default()));
+    }
+    match read_at(section.sh_offset(endian), section.sh_size(endian) as usize)? {
+        Some(bytes) => Ok(Some(ModInfo::parse(&bytes))),
+        None => Ok(None),
+    }
 }
 
 /// The `.modinfo` of an uncompressed ELF module.

@@ -309,13 +309,18 @@ impl ModuleRules {
         for (setting, rule, is_regex) in legacy.chain(globs) {
             match rule.as_str() {
                 "default" => include.extend(self.default_modules().map(Rule::Glob)),
-                "host" if host_included => {}
-                "host" => {
+                // A second `host` stays in the list as the glob `host`, as in mkosi.
+                "host" if !host_included => {
                     include.extend(host_modules.iter().cloned().map(Rule::Glob));
                     host_included = true;
                 }
+                "host" => include.push(Rule::Glob(rule.clone())),
                 _ if is_regex => include.push(Rule::Regex(setting, rule.clone())),
-                _ => include.push(Rule::Glob(rule.clone())),
+                // mkosi keeps both settings in one list, where `re:` marks a regex.
+                _ => match rule.strip_prefix("re:") {
+                    Some(regex) => include.push(Rule::Regex(setting, regex.to_string())),
+                    None => include.push(Rule::Glob(rule.clone())),
+                },
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -339,19 +344,23 @@ impl ModuleRules {
             exclude_regexes(Setting::KernelModulesExclude, &self.kernel_modules_exclude)?;
 
         // Firmware: `FirmwareInclude=` words stay globs, as mkosi's parser leaves them.
-        let firmware_regexes: Vec<(&'static str, String)> = self
-            .firmware_include
-            .iter()
-            .filter(|rule| !matches!(rule.as_str(), "host" | "default"))
-            .map(|rule| (Setting::FirmwareInclude.name(), rule.clone()))
-            .collect();
-        let firmware_globs: Vec<String> = self
-            .firmware_include
-            .iter()
-            .filter(|rule| matches!(rule.as_str(), "host" | "default"))
-            .chain(&self.firmware_files)
-            .cloned()
-            .collect();
+        // mkosi keeps both settings in one list, where `re:` marks a regex.
+        let mut firmware_regexes: Vec<(&'static str, String)> = Vec::new();
+        let mut firmware_globs: Vec<String> = Vec::new();
+        for rule in &self.firmware_include {
+            match rule.as_str() {
+                "host" | "default" => firmware_globs.push(rule.clone()),
+                _ => firmware_regexes.push((Setting::FirmwareInclude.name(), rule.clone())),
+            }
+        }
+        for rule in &self.firmware_files {
+            match rule.strip_prefix("re:") {
+                Some(regex) => {
+                    firmware_regexes.push((Setting::FirmwareFiles.name(), regex.to_string()))
+                }
+                None => firmware_globs.push(rule.clone()),
+            }
+        }
         let firmware_excludes = exclude_regexes(Setting::FirmwareExclude, &self.firmware_exclude)?;
 
         Ok(CompiledRules {
@@ -963,6 +972,18 @@ mod tests {
                 "kernel/fs/ext4/ext4.ko",
                 "kernel/net/wireless/cfg80211.ko",
             ]
+        );
+    }
+
+    #[test]
+    fn a_re_prefix_in_kernel_modules_is_a_regex() {
+        let rules = ModuleRules {
+            kernel_modules: vec!["re:^net/wire".into()],
+            ..ModuleRules::default()
+        };
+        assert_eq!(
+            names(&rules, &[], TREE),
+            vec!["kernel/net/wireless/cfg80211.ko"]
         );
     }
 
