@@ -119,10 +119,6 @@ fn main() {
         .map(|rel| (module_name_of_path(rel), rel.clone()))
         .collect();
     let builtin: Vec<String> = inv.builtin.iter().cloned().collect();
-    if std::env::var_os("KILN_BENCH_PROBE").is_some() {
-        probe(&kdir, &kiln_kept);
-        return;
-    }
 
     let mut per_module_times = Vec::new();
     let mut per_round_times = Vec::new();
@@ -293,34 +289,4 @@ fn modinfo(root: &Path, kver: &str) -> Command {
         .arg("-k")
         .arg(kver);
     command
-}
-
-#[allow(dead_code)]
-fn probe(kdir: &Path, kept: &BTreeSet<String>) {
-    use rayon::prelude::*;
-    let paths: Vec<PathBuf> = kept.iter().map(|rel| kdir.join(rel)).collect();
-    for _ in 0..3 {
-        let start = Instant::now();
-        let n: usize = paths
-            .par_iter()
-            .map(|p| {
-                kiln_stages::modules::modinfo::read_module_file(p)
-                    .unwrap()
-                    .depends
-                    .len()
-            })
-            .sum();
-        println!("probe parallel read {:?} ({n})", start.elapsed());
-        let start = Instant::now();
-        let n: usize = paths
-            .iter()
-            .map(|p| {
-                kiln_stages::modules::modinfo::read_module_file(p)
-                    .unwrap()
-                    .depends
-                    .len()
-            })
-            .sum();
-        println!("probe serial read {:?} ({n})", start.elapsed());
-    }
 }

@@ -477,10 +477,10 @@ impl CompiledRules {
         if !self.has_firmware_exclude && self.firmware_globs.is_empty() {
             return true;
         }
-        !(self.firmware_exclude_regex.search(rel)
-            || !self
+        !self.firmware_exclude_regex.search(rel)
+            && self
                 .firmware_globs
-                .matches(strip_firmware_suffix(rel), true))
+                .matches(strip_firmware_suffix(rel), true)
     }
 
     /// Whether a firmware file (`rel` below `usr/lib/firmware`) is included on its own by
