@@ -200,6 +200,14 @@ pub enum RuleError {
         message: String,
     },
 
+    #[error("`{rule}` in {setting}= is not a glob kiln can use: {message}")]
+    #[diagnostic(help("Shorten the glob or split it into several"))]
+    BadGlob {
+        setting: &'static str,
+        rule: String,
+        message: String,
+    },
+
     #[error("`{rule}` in {setting}= is a word, not a regex")]
     #[diagnostic(help(
         "`host` and `default` belong in KernelModules= or KernelModulesInclude=; \
@@ -212,16 +220,18 @@ impl RuleError {
     /// The setting that holds the rule.
     pub fn setting(&self) -> &'static str {
         match self {
-            RuleError::BadRegex { setting, .. } | RuleError::WordInExclude { setting, .. } => {
-                setting
-            }
+            RuleError::BadRegex { setting, .. }
+            | RuleError::BadGlob { setting, .. }
+            | RuleError::WordInExclude { setting, .. } => setting,
         }
     }
 
     /// The rule's text as written.
     pub fn rule(&self) -> &str {
         match self {
-            RuleError::BadRegex { rule, .. } | RuleError::WordInExclude { rule, .. } => rule,
+            RuleError::BadRegex { rule, .. }
+            | RuleError::BadGlob { rule, .. }
+            | RuleError::WordInExclude { rule, .. } => rule,
         }
     }
 }
@@ -365,12 +375,12 @@ impl ModuleRules {
 
         Ok(CompiledRules {
             module_include_regex: RegexRules::new(&module_regexes)?,
-            module_include_globs: GlobRules::new(&module_globs),
+            module_include_globs: GlobRules::new(Setting::KernelModules.name(), &module_globs)?,
             module_exclude_regex: RegexRules::new(&module_excludes)?,
             has_module_include: !include.is_empty(),
             has_module_exclude: !self.kernel_modules_exclude.is_empty(),
             firmware_include_regex: RegexRules::new(&firmware_regexes)?,
-            firmware_globs: GlobRules::new(&firmware_globs),
+            firmware_globs: GlobRules::new(Setting::FirmwareFiles.name(), &firmware_globs)?,
             firmware_exclude_regex: RegexRules::new(&firmware_excludes)?,
             has_firmware_include: !self.firmware_include.is_empty()
                 || !self.firmware_files.is_empty(),
@@ -612,7 +622,7 @@ struct GlobRules {
 }
 
 impl GlobRules {
-    fn new(globs: &[String]) -> GlobRules {
+    fn new(setting: &'static str, globs: &[String]) -> Result<GlobRules, RuleError> {
         let mut negative = Vec::new();
         let (mut whole, mut whole_owner) = (Vec::new(), Vec::new());
         let (mut base, mut base_owner) = (Vec::new(), Vec::new());
@@ -643,17 +653,27 @@ impl GlobRules {
                 base_owner.push(index);
             }
         }
-        let build = |patterns: Vec<String>| {
-            // Every pattern comes from `fnmatch_regex`, which only emits valid syntax.
-            RegexSet::new(patterns).unwrap_or_else(|_| RegexSet::empty())
+        // `fnmatch_regex` only emits valid syntax; a failure here is a glob too large.
+        let build = |patterns: Vec<String>, owners: &[usize]| {
+            RegexSet::new(&patterns).map_err(|err| {
+                let culprit = patterns
+                    .iter()
+                    .position(|pattern| Regex::new(pattern).is_err())
+                    .map_or(0, |index| owners[index]);
+                RuleError::BadGlob {
+                    setting,
+                    rule: globs.get(culprit).cloned().unwrap_or_default(),
+                    message: regex_message(&err),
+                }
+            })
         };
-        GlobRules {
+        Ok(GlobRules {
             negative,
-            whole: build(whole),
+            whole: build(whole, &whole_owner)?,
             whole_owner,
-            base: build(base),
+            base: build(base, &base_owner)?,
             base_owner,
-        }
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -801,13 +821,9 @@ fn bracket_class(pat: &[char], start: usize, end: usize) -> Class {
     if negated && all.len() == 1 && chunks.len() <= 1 {
         return Class::Any;
     }
-    let escape = |c: char| -> String {
-        if c.is_ascii_punctuation() {
-            format!("\\{c}")
-        } else {
-            c.to_string()
-        }
-    };
+    // Escapes exactly the characters the regex syntax gives a meaning (`[`, `-`, `&`, `~`...),
+    // which are also the ones it allows escaped inside a class.
+    let escape = |c: char| regex::escape(&c.to_string());
     let mut class = String::from(if negated { "[^" } else { "[" });
     for (index, chunk) in chunks.iter().enumerate() {
         let skip = if index == 0 { first_chunk_skip } else { 0 };
@@ -828,6 +844,25 @@ mod tests {
 
     fn fnmatch(name: &str, pattern: &str) -> bool {
         fnmatch_regex(pattern).is_some_and(|re| Regex::new(&re).unwrap().is_match(name))
+    }
+
+    #[test]
+    fn every_punctuation_character_works_in_a_class_and_a_range() {
+        for c in (0x21u8..0x7f)
+            .map(char::from)
+            .filter(char::is_ascii_punctuation)
+        {
+            if c == ']' || c == '!' {
+                continue;
+            }
+            let class = format!("a[{c}]");
+            assert!(fnmatch(&format!("a{c}"), &class), "{class}");
+            assert!(fnmatch(&format!("{c}"), &format!("{c}")), "{c}");
+        }
+        assert!(fnmatch("#", "[!-~]"));
+        assert!(!fnmatch("-", "[!-~]"));
+        assert!(!fnmatch("~", "[!-~]"));
+        assert!(fnmatch("~", "[%-~]"));
     }
 
     #[test]
