@@ -1,9 +1,11 @@
 //! kiln's stage kinds, one module per kind, and the pipeline that puts a recipe's stages in
 //! mkosi's order.
 //!
-//! Tree stages ([`trees`], [`remove_files`]) work on manifests alone; mutable stages
-//! ([`scripts`]) run on an overlay over a read-only checkout and record what changed. Host
-//! effects (mounts, sandboxes, scripts) sit behind [`host::Host`].
+//! Tree stages ([`trees`], [`remove_files`]) work on manifests alone; [`modules`] prunes
+//! kernel modules and firmware on the manifest and runs depmod on a checkout of just the kept
+//! modules; mutable stages ([`scripts`]) run on an overlay over a read-only checkout and record
+//! what changed. Host effects (mounts, sandboxes, scripts, host tools) sit behind
+//! [`host::Host`].
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod host;
 pub mod log;
+pub mod modules;
 pub mod namespace;
 pub mod output;
 pub mod packages;

@@ -63,6 +63,15 @@ pub enum HostError {
     #[diagnostic(help("Remove it or pass a fresh scratch directory"))]
     DestinationNotEmpty { path: PathBuf },
 
+    /// A host tool could not be started.
+    #[error("Cannot run `{}`", program.display())]
+    #[diagnostic(help("Check that the program is installed and executable"))]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// A tree holds a file type that cannot be recreated (for example a door or an unknown type).
     #[error("Cannot copy `{path}`: unsupported file type")]
     UnsupportedFileType { path: PathBuf },

@@ -28,6 +28,7 @@ mod overlay;
 pub(crate) mod process;
 mod sandbox;
 mod script;
+mod tool;
 mod workspace;
 pub mod xattr;
 
@@ -39,6 +40,7 @@ pub use error::HostError;
 pub use overlay::{Overlay, UpperChange, is_overlay_xattr, read_upper};
 pub use process::TAIL_LINES;
 pub use script::{ScriptError, ScriptInvocation, ScriptOutcome, Tools};
+pub use tool::{ToolInvocation, ToolOutcome};
 pub use workspace::{MutableTree, TreeChanges};
 
 /// The host effects a mutable stage needs.
@@ -54,6 +56,14 @@ pub trait Host: Send + Sync {
         invocation: &ScriptInvocation,
         sink: &mut dyn FnMut(&str),
     ) -> Result<ScriptOutcome, ScriptError>;
+
+    /// Runs a host tool (such as depmod) to completion, streaming each line of its output to
+    /// `sink`. A non-zero exit is an outcome, not an error: the caller judges it.
+    fn run_tool(
+        &self,
+        invocation: &ToolInvocation,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<ToolOutcome, HostError>;
 }
 
 /// The host as it is: overlayfs (a copy when unavailable), host scripts in their own PID
@@ -101,6 +111,14 @@ impl Host for RealHost {
     ) -> Result<ScriptOutcome, ScriptError> {
         script::run_script(invocation, &self.tools, sink)
     }
+
+    fn run_tool(
+        &self,
+        invocation: &ToolInvocation,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<ToolOutcome, HostError> {
+        tool::run_tool(invocation, sink)
+    }
 }
 
 /// One call made to a [`RecordingHost`].
@@ -108,11 +126,13 @@ impl Host for RealHost {
 pub enum HostCall {
     MutableTree { lower: PathBuf, scratch: PathBuf },
     RunScript(ScriptInvocation),
+    RunTool(ToolInvocation),
 }
 
 /// A host for tests without root: records every call, always copies trees (never mounts),
 /// runs host scripts for real (directly, without a PID namespace), and never enters a chroot:
-/// a chroot script is recorded and reported as succeeded with no output.
+/// a chroot script is recorded and reported as succeeded with no output. Host tools (depmod)
+/// need no privileges: they are recorded, then run for real.
 #[derive(Debug, Default)]
 pub struct RecordingHost {
     calls: Mutex<Vec<HostCall>>,
@@ -121,6 +141,17 @@ pub struct RecordingHost {
 impl RecordingHost {
     pub fn new() -> Self {
         RecordingHost::default()
+    }
+
+    /// The tools run so far, in order.
+    pub fn tools_run(&self) -> Vec<ToolInvocation> {
+        self.lock()
+            .iter()
+            .filter_map(|call| match call {
+                HostCall::RunTool(inv) => Some(inv.clone()),
+                HostCall::MutableTree { .. } | HostCall::RunScript(_) => None,
+            })
+            .collect()
     }
 
     /// The calls made so far, in order.
@@ -134,7 +165,7 @@ impl RecordingHost {
             .iter()
             .filter_map(|call| match call {
                 HostCall::RunScript(inv) => Some(inv.clone()),
-                HostCall::MutableTree { .. } => None,
+                HostCall::MutableTree { .. } | HostCall::RunTool(_) => None,
             })
             .collect()
     }
@@ -168,5 +199,14 @@ impl Host for RecordingHost {
             });
         }
         script::run_script(invocation, &Tools::default(), sink)
+    }
+
+    fn run_tool(
+        &self,
+        invocation: &ToolInvocation,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<ToolOutcome, HostError> {
+        self.lock().push(HostCall::RunTool(invocation.clone()));
+        tool::run_tool(invocation, sink)
     }
 }
