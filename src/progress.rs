@@ -111,6 +111,10 @@ impl Reporter for TerminalReporter {
         }
     }
 
+    fn stage_warning(&self, stage: &str, line: &str) {
+        self.println(&format!("  {stage} | {line}"));
+    }
+
     fn stage_finished(&self, stage: &str, outcome: Outcome, _output: &Digest, duration: Duration) {
         let finished = self
             .running

@@ -510,10 +510,22 @@ impl crate::reporter::StageLog for NotingLog<'_> {
 
     fn note(&self, note: &str) {
         self.log.line(note);
+        self.keep(note.to_string());
+    }
+
+    fn warning(&self, warning: &str) {
+        let line = format!("warning: {warning}");
+        self.log.reporter.stage_warning(self.log.stage, &line);
+        self.keep(line);
+    }
+}
+
+impl NotingLog<'_> {
+    fn keep(&self, note: String) {
         self.notes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(note.to_string());
+            .push(note);
     }
 }
 

@@ -35,6 +35,10 @@ pub trait Reporter: Send + Sync {
     fn stage_started(&self, stage: &str);
     /// A line of a running stage's output.
     fn stage_output(&self, stage: &str, line: &str);
+    /// Something a running stage warns about: shown whatever the verbosity.
+    fn stage_warning(&self, stage: &str, line: &str) {
+        self.stage_output(stage, line);
+    }
     /// A stage finished, cached or not.
     fn stage_finished(&self, stage: &str, outcome: Outcome, output: &Digest, duration: Duration);
 }
@@ -56,6 +60,11 @@ pub trait StageLog: Sync {
     /// stage's run and shown by `graph explain`.
     fn note(&self, note: &str) {
         self.line(note);
+    }
+    /// A problem that does not fail the stage (a module's missing dependency): shown whatever
+    /// the verbosity, and recorded like a note.
+    fn warning(&self, warning: &str) {
+        self.note(&format!("warning: {warning}"));
     }
 }
 

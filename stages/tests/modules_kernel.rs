@@ -291,7 +291,13 @@ impl Bench {
         let graph = Graph::new(vec![Box::new(FixedTree { id: tree }), Box::new(stage)]).unwrap();
         let project = self.dir.path().join("project");
         std::fs::create_dir_all(&project).unwrap();
-        let plan = plan(&graph, &self.store, &project, false).unwrap();
+        let plan = plan(
+            &graph,
+            Some(&self.store),
+            &project,
+            kiln_engine::PlanOptions::build(false, false),
+        )
+        .unwrap();
         let options = BuildOptions {
             recipe: "modules".to_string(),
             project_dir: project,
@@ -912,7 +918,13 @@ fn a_rule_that_does_not_compile_fails_the_stage_naming_it() {
     let graph = Graph::new(vec![Box::new(FixedTree { id: tree }), Box::new(stage)]).unwrap();
     let project = bench.dir.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
-    let plan = plan(&graph, &bench.store, &project, false).unwrap();
+    let plan = plan(
+        &graph,
+        Some(&bench.store),
+        &project,
+        kiln_engine::PlanOptions::build(false, false),
+    )
+    .unwrap();
     let options = BuildOptions {
         recipe: "modules".to_string(),
         project_dir: project,

@@ -45,7 +45,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::{Digest, EntryKind, Manifest, OutputKind, Store};
-use kiln_engine::{Input, ResolveContext, Stage, StageContext, StageError};
+use kiln_engine::{Input, Resolution, ResolveContext, Stage, StageContext, StageError};
 
 pub use error::ModulesError;
 pub use explain::{RuleChange, count_module_changes, explain_change, rule_changes};
@@ -125,15 +125,20 @@ impl Stage for ModulesStage {
         OutputKind::Tree
     }
 
-    fn resolve(&self, _ctx: &ResolveContext<'_>) -> Result<Vec<Input>, StageError> {
+    fn resolve(&self, _ctx: &ResolveContext<'_>) -> Result<Resolution, StageError> {
         if !self.rules.uses_host() {
-            return Ok(Vec::new());
+            return Ok(Resolution::none());
         }
-        let value = match loaded_modules(&self.loaded_modules) {
-            Some(names) => names.join(" "),
-            None => NO_HOST_MODULES.to_string(),
-        };
-        Ok(vec![Input::value(HOST_MODULES_INPUT, value)])
+        Ok(match loaded_modules(&self.loaded_modules) {
+            Some(names) => {
+                Resolution::inputs(vec![Input::value(HOST_MODULES_INPUT, names.join(" "))])
+            }
+            None => Resolution::inputs(vec![Input::value(HOST_MODULES_INPUT, NO_HOST_MODULES)])
+                .with_note(format!(
+                    "{} does not exist on this host, so the host contributes no modules",
+                    self.loaded_modules.display()
+                )),
+        })
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
@@ -141,10 +146,6 @@ impl Stage for ModulesStage {
         let host_modules = if self.rules.uses_host() {
             let value = ctx.value(HOST_MODULES_INPUT)?;
             if value == NO_HOST_MODULES {
-                ctx.log.line(&format!(
-                    "note: {} does not exist on this host, so the host contributes no modules",
-                    self.loaded_modules.display()
-                ));
                 Vec::new()
             } else {
                 value.split_whitespace().map(str::to_string).collect()
@@ -157,8 +158,11 @@ impl Stage for ModulesStage {
             .compile(&host_modules)
             .map_err(|err| StageError::failed(ModulesError::from(err)))?;
         let mut tree = ctx.store.manifest(&base_id)?;
-        let outcome = prune_tree(ctx.store, &mut tree, &compiled, &mut |line| {
-            ctx.log.line(line)
+        let outcome = prune_tree(ctx.store, &mut tree, &compiled, &mut |line| match line
+            .strip_prefix("warning: ")
+        {
+            Some(warning) => ctx.log.warning(warning),
+            None => ctx.log.note(line),
         })
         .map_err(StageError::failed)?;
         let Some(reports) = outcome else {
