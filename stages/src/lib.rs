@@ -3,7 +3,8 @@
 //!
 //! Tree stages ([`trees`], [`remove_files`]) work on manifests alone; mutable stages
 //! ([`scripts`]) run on an overlay over a read-only checkout and record what changed. Host
-//! effects (mounts, sandboxes, scripts) sit behind [`host::Host`].
+//! effects (mounts, sandboxes, scripts) sit behind [`host::Host`]. [`uki`] assembles and
+//! inspects Unified Kernel Images.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -27,3 +28,4 @@ pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;
 pub mod trees;
+pub mod uki;
