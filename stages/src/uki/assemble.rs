@@ -45,10 +45,13 @@ use object::pe::{
 use object::pod;
 
 use super::error::UkiError;
-use super::pe::{PeFormat, PeHeaders, SECTION_HEADER_SIZE, align_up};
+use super::pe::{MAX_SECTIONS, PeFormat, PeHeaders, SECTION_HEADER_SIZE, align_up};
 
 /// The largest stub kiln reads into memory (a systemd-stub is about 100 KiB).
 pub const MAX_STUB_SIZE: u64 = 64 << 20;
+
+/// The largest FileAlignment the PE specification allows (64 KiB).
+const MAX_FILE_ALIGNMENT: u64 = 0x1_0000;
 
 /// Size of one COFF symbol table record.
 const COFF_SYMBOL_SIZE: u64 = 18;
@@ -157,6 +160,8 @@ pub struct UkiLayout {
 struct Row {
     header: ImageSectionHeader,
     from_stub: bool,
+    /// The index of the new section whose content replaces this stub section's.
+    replaced_by: Option<usize>,
 }
 
 /// Writes to `out` a UKI made of the systemd-stub at `stub` and `sections`, in order (ukify's
@@ -197,7 +202,10 @@ pub fn assemble_uki(
         u64::from(optional.file_alignment),
         u64::from(optional.section_alignment),
     );
-    if !file_alignment.is_power_of_two() || !section_alignment.is_power_of_two() {
+    if !file_alignment.is_power_of_two()
+        || !section_alignment.is_power_of_two()
+        || file_alignment > MAX_FILE_ALIGNMENT
+    {
         return Err(UkiError::BadAlignment {
             path: stub.to_path_buf(),
             file_alignment: optional.file_alignment,
@@ -219,10 +227,10 @@ pub fn assemble_uki(
         .map(|section| Row {
             header: section.header,
             from_stub: true,
+            replaced_by: None,
         })
         .collect();
     let mut placed: Vec<(usize, PlacedSection)> = Vec::with_capacity(sections.len());
-    let mut replaced: Vec<(usize, Range32)> = Vec::new();
     let mut appended: Vec<(usize, Range32)> = Vec::new();
     let mut initialized_data = u64::from(optional.size_of_initialized_data);
     let mut symbol_table_pointer = u64::from(headers.file_header.pointer_to_symbol_table.get(LE));
@@ -250,24 +258,8 @@ pub fn assemble_uki(
         }
         let raw_room = u64::from(header.size_of_raw_data.get(LE));
         if len <= raw_room && len <= virtual_room(&rows, row) {
-            let header = &mut rows[row].header;
-            header.virtual_size.set(LE, len as u32);
-            let range = Range32 {
-                offset: header.pointer_to_raw_data.get(LE),
-                size: header.size_of_raw_data.get(LE),
-            };
-            replaced.push((index, range));
-            placed.push((
-                index,
-                PlacedSection {
-                    name: section.name.clone(),
-                    placement: Placement::Replaced,
-                    virtual_address: header.virtual_address.get(LE),
-                    virtual_size: len as u32,
-                    raw_offset: range.offset,
-                    raw_size: range.size,
-                },
-            ));
+            rows[row].header.virtual_size.set(LE, len as u32);
+            rows[row].replaced_by = Some(index);
             continue;
         }
         rows.remove(row);
@@ -323,6 +315,7 @@ pub fn assemble_uki(
         rows.push(Row {
             header,
             from_stub: false,
+            replaced_by: None,
         });
         let range = Range32 {
             offset: raw_offset,
@@ -343,8 +336,30 @@ pub fn assemble_uki(
         initialized_data += u64::from(virtual_size);
         file_end = u64::from(raw_offset) + u64::from(raw_size);
     }
+    // Where the replaced sections ended up (data after a removed section may have moved).
+    for row in &rows {
+        if let Some(index) = row.replaced_by {
+            placed.push((
+                index,
+                PlacedSection {
+                    name: sections[index].name.clone(),
+                    placement: Placement::Replaced,
+                    virtual_address: row.header.virtual_address.get(LE),
+                    virtual_size: row.header.virtual_size.get(LE),
+                    raw_offset: row.header.pointer_to_raw_data.get(LE),
+                    raw_size: row.header.size_of_raw_data.get(LE),
+                },
+            ));
+        }
+    }
     placed.sort_by_key(|(index, _)| *index);
 
+    if rows.len() > usize::from(MAX_SECTIONS) {
+        return Err(UkiError::TooManySections {
+            count: rows.len(),
+            max: MAX_SECTIONS,
+        });
+    }
     // The new table must fit in the header space, below the first section's data.
     let size_of_headers = align_up(u64::from(optional.size_of_headers), file_alignment)
         .ok_or(UkiError::ImageTooLarge)?;
@@ -386,11 +401,14 @@ pub fn assemble_uki(
             initialized_data,
         },
     );
-    for &(index, range) in &replaced {
+    for row in &rows {
+        let Some(index) = row.replaced_by else {
+            continue;
+        };
         let data = sections[index].read_all()?;
         check_length(&sections[index], lengths[index], data.len() as u64)?;
-        let start = range.offset as usize;
-        let end = start + range.size as usize;
+        let start = row.header.pointer_to_raw_data.get(LE) as usize;
+        let end = start + row.header.size_of_raw_data.get(LE) as usize;
         let target = &mut image[start..end];
         target.fill(0);
         target[..data.len()].copy_from_slice(&data);

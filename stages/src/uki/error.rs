@@ -31,7 +31,7 @@ pub enum UkiError {
     StubSigned { path: PathBuf },
 
     #[error(
-        "The systemd-stub `{}` has FileAlignment {file_alignment:#x} and SectionAlignment {section_alignment:#x}, which are not powers of two",
+        "The systemd-stub `{}` has FileAlignment {file_alignment:#x} and SectionAlignment {section_alignment:#x}: both must be powers of two, FileAlignment at most 64 KiB",
         path.display()
     )]
     #[diagnostic(help(
@@ -56,6 +56,10 @@ pub enum UkiError {
         needed: u64,
         available: u64,
     },
+
+    #[error("The UKI would have {count} sections; a PE image has at most {max}")]
+    #[diagnostic(help("The stub has too many sections of its own; use systemd's stub"))]
+    TooManySections { count: usize, max: u16 },
 
     #[error("`{name}` is not a valid UKI section name")]
     #[diagnostic(help("Section names are printable ASCII, at most 8 bytes, such as `.osrel`"))]
