@@ -60,6 +60,10 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Explain(#[from] kiln_engine::explain::ExplainError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Inspect(#[from] kiln_stages::uki::InspectError),
+
     #[error("{what}")]
     Io {
         what: String,

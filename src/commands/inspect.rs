@@ -1,8 +1,19 @@
 //! `kiln inspect FILE`: the sections of a PE file, like `ukify inspect`.
+//!
+//! Reads any PE image (a UKI, a systemd-stub, an EFI kernel) with `kiln_stages::uki::inspect`
+//! and prints each section's name, size and sha256, the text of `.osrel`, `.cmdline`, `.uname`
+//! and `.sbat`, and whether the file carries an Authenticode signature; `--json` prints the
+//! same as JSON.
 
 use crate::cli::InspectArgs;
 use crate::report::CliError;
 
-pub fn run(_args: &InspectArgs) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { verb: "inspect" })
+pub fn run(args: &InspectArgs) -> Result<(), CliError> {
+    let inspection = kiln_stages::uki::inspect_file(&args.file)?;
+    if args.json {
+        println!("{}", inspection.to_json());
+    } else {
+        print!("{}", inspection.to_text());
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //! kernel modules and firmware on the manifest and runs depmod on a checkout of just the kept
 //! modules; mutable stages ([`scripts`]) run on an overlay over a read-only checkout and record
 //! what changed. Host effects (mounts, sandboxes, scripts, host tools) sit behind
-//! [`host::Host`].
+//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -31,3 +31,4 @@ pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;
 pub mod trees;
+pub mod uki;

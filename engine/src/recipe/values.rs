@@ -213,7 +213,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// The UAPI version comparison (systemd's `strverscmp_improved`, mkosi's `GenericVersion`).
-pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
     fn valid(c: u8) -> bool {
         c.is_ascii_alphanumeric() || matches!(c, b'~' | b'-' | b'^' | b'.')
     }

@@ -1,0 +1,33 @@
+//! Unified Kernel Images: reading PE files ([`pe`]), assembling a UKI from a systemd-stub as
+//! ukify does ([`assemble`]), the uki stage that takes its parts from the image tree
+//! ([`stage`], [`lookup`]), and `kiln inspect` ([`inspect`]).
+//!
+//! ```no_run
+//! use kiln_stages::uki::{assemble_uki, inspect_file, UkiSection};
+//! assemble_uki(
+//!     "linuxx64.efi.stub".as_ref(),
+//!     &[
+//!         UkiSection::file(".osrel", "os-release"),
+//!         UkiSection::bytes(".uname", "6.1.0-57-amd64"),
+//!         UkiSection::file(".initrd", "initrd.cpio.zst"),
+//!         UkiSection::file(".linux", "vmlinuz"),
+//!     ],
+//!     "image.efi".as_ref(),
+//! )?;
+//! print!("{}", inspect_file("image.efi".as_ref())?.to_text());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod assemble;
+pub mod error;
+pub mod inspect;
+pub mod lookup;
+pub mod pe;
+pub mod sbat;
+pub mod stage;
+
+pub use assemble::{PlacedSection, Placement, SectionContent, UkiLayout, UkiSection, assemble_uki};
+pub use error::UkiError;
+pub use inspect::{InspectError, InspectedSection, Inspection, inspect, inspect_file};
+pub use pe::{PeError, PeHeaders};
+pub use stage::{UkiInputs, UkiStage, ukify_sections};
