@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod host;
+pub mod initrd;
 pub mod namespace;
 pub mod output;
 pub mod packages;

@@ -1,0 +1,392 @@
+//! The initrd stage (also `Format=cpio`): a tree as a deterministic, zstd-compressed newc cpio
+//! archive, cut into segments that are cached one by one, so a one-file change recompresses one
+//! segment.
+//!
+//! The archive is a sequence of segments ([`segments`]), each a complete newc archive ([`newc`])
+//! with its own `TRAILER!!!`, compressed as exactly one zstd frame. Linux unpacks that:
+//! `init/initramfs.c` decompresses one frame per compressed archive (`lib/decompress_unzstd.c`
+//! decodes a single frame and reports how much it consumed), requires the archive inside to end
+//! in a trailer, then goes on with the next one, skipping zero padding between them. It forgets
+//! the inodes it has seen at each trailer, so a hard link group never crosses a segment.
+//!
+//! Segments are compressed in parallel, each stored in the store as a blob and recorded in the
+//! action cache under its key (the digest of everything its bytes depend on, see
+//! [`Segment::key`]), after the blob is stored. The initrd is the concatenation of the segments'
+//! blobs, written to the stage's scratch directory and moved into the store.
+//!
+//! ```no_run
+//! use kiln_stages::initrd::{InitrdOptions, write_initrd};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = kiln_cache::Store::open("/var/cache/kiln".as_ref())?;
+//! let manifest = store.ingest_dir("/srv/root".as_ref(), Default::default())?;
+//! let scratch = tempfile::tempdir()?;
+//! let opts = InitrdOptions { mtime: 1_700_000_000, ..InitrdOptions::default() };
+//! let report = write_initrd(&store, &manifest, &opts, scratch.path())?;
+//! println!("{}: {}", report.blob, report.summary());
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod error;
+pub mod frames;
+pub mod newc;
+pub mod segments;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use kiln_cache::{ActionResult, BlobId, Digest, Manifest, OutputKind, PutMode, Store};
+use kiln_engine::{Input, Stage, StageContext, StageError};
+use rayon::prelude::*;
+
+pub use error::InitrdError;
+pub use frames::split_frames;
+pub use segments::{Segment, plan};
+
+/// The zstd level used unless the recipe sets one (chosen by measurement on a Debian root tree:
+/// see `stages/examples/initrd_bench.rs`).
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// The length segments average before compression.
+pub const DEFAULT_SEGMENT_TARGET: u64 = 4 << 20;
+
+/// How [`write_initrd`] packs a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitrdOptions {
+    /// zstd compression level.
+    pub level: i32,
+    /// The mtime of every entry: SOURCE_DATE_EPOCH.
+    pub mtime: u64,
+    /// The length segments average before compression (see [`segments`]).
+    pub segment_target: u64,
+}
+
+impl Default for InitrdOptions {
+    fn default() -> InitrdOptions {
+        InitrdOptions {
+            level: DEFAULT_LEVEL,
+            mtime: 0,
+            segment_target: DEFAULT_SEGMENT_TARGET,
+        }
+    }
+}
+
+/// One segment of a written initrd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentReport {
+    /// The segment's key in the action cache.
+    pub key: Digest,
+    /// The compressed segment.
+    pub blob: BlobId,
+    /// The first entry's name in the archive.
+    pub first_path: String,
+    /// Entries in the segment.
+    pub entries: usize,
+    /// Bytes before compression.
+    pub uncompressed: u64,
+    /// Bytes after compression.
+    pub compressed: u64,
+    /// Whether the compressed segment came from the cache.
+    pub reused: bool,
+}
+
+/// What [`write_initrd`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitrdReport {
+    /// The initrd.
+    pub blob: BlobId,
+    /// Its length.
+    pub size: u64,
+    /// Every segment, in order.
+    pub segments: Vec<SegmentReport>,
+}
+
+impl InitrdReport {
+    /// Segments taken from the cache.
+    pub fn reused(&self) -> usize {
+        self.segments.iter().filter(|s| s.reused).count()
+    }
+
+    /// Segments compressed by this run.
+    pub fn compressed(&self) -> usize {
+        self.segments.len() - self.reused()
+    }
+
+    /// Length of the archive before compression.
+    pub fn uncompressed(&self) -> u64 {
+        self.segments.iter().map(|s| s.uncompressed).sum()
+    }
+
+    /// `57 segments, 56 reused, 1 compressed`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} segments, {} reused, {} compressed",
+            self.segments.len(),
+            self.reused(),
+            self.compressed()
+        )
+    }
+}
+
+/// Writes `manifest` as an initrd into the store, reusing every segment the cache holds.
+/// `scratch` is an empty directory for the file being assembled.
+pub fn write_initrd(
+    store: &Store,
+    manifest: &Manifest,
+    opts: &InitrdOptions,
+    scratch: &Path,
+) -> Result<InitrdReport, InitrdError> {
+    let levels = zstd::compression_level_range();
+    if !levels.contains(&opts.level) {
+        return Err(InitrdError::Level {
+            level: opts.level,
+            min: *levels.start(),
+            max: *levels.end(),
+        });
+    }
+    let segments = plan(manifest, opts.mtime, opts.segment_target)?;
+    let keys: Vec<Digest> = segments.par_iter().map(|s| s.key(opts.level)).collect();
+
+    let index = store.index()?;
+    let mut cached = Vec::with_capacity(segments.len());
+    for key in &keys {
+        cached.push(index.lookup_action(key)?.map(|found| found.output));
+    }
+
+    // Compress what the cache lacks, in parallel; each worker stores its own blob.
+    let fresh: Vec<(usize, BlobId, u64)> = segments
+        .par_iter()
+        .enumerate()
+        .filter(|(i, _)| cached[*i].is_none())
+        .map(|(i, segment)| {
+            let bytes = compress(store, segment, opts.level)?;
+            let blob = store.put_bytes(&bytes)?;
+            Ok((i, blob, bytes.len() as u64))
+        })
+        .collect::<Result<_, InitrdError>>()?;
+    // The blobs are stored: now the cache may name them.
+    for (i, blob, _) in &fresh {
+        index.record_action(
+            &keys[*i],
+            ActionResult {
+                output: *blob,
+                kind: OutputKind::Blob,
+            },
+        )?;
+    }
+
+    let mut reports: Vec<SegmentReport> = segments
+        .iter()
+        .zip(&keys)
+        .zip(&cached)
+        .map(|((segment, key), cached)| SegmentReport {
+            key: *key,
+            blob: cached.unwrap_or(*key),
+            first_path: segment.first_path.clone(),
+            entries: segment.entries,
+            uncompressed: segment.len,
+            compressed: 0,
+            reused: cached.is_some(),
+        })
+        .collect();
+    for (i, blob, len) in fresh {
+        reports[i].blob = blob;
+        reports[i].compressed = len;
+    }
+
+    let path = scratch.join("initrd.cpio.zst");
+    let size = concatenate(store, &mut reports, &path)?;
+    let blob = store.put_file(&path, PutMode::Move)?;
+    Ok(InitrdReport {
+        blob,
+        size,
+        segments: reports,
+    })
+}
+
+/// One segment as one zstd frame, with its content size and checksum.
+fn compress(store: &Store, segment: &Segment, level: i32) -> Result<Vec<u8>, InitrdError> {
+    let err = |source| InitrdError::Compress { source };
+    let mut encoder =
+        zstd::stream::Encoder::new(Vec::with_capacity(segment.len as usize / 3), level)
+            .map_err(err)?;
+    encoder.include_checksum(true).map_err(err)?;
+    encoder.include_contentsize(true).map_err(err)?;
+    encoder
+        .set_pledged_src_size(Some(segment.len))
+        .map_err(err)?;
+    {
+        let mut buffered = BufWriter::with_capacity(128 << 10, &mut encoder);
+        segment.write_to(store, &mut buffered)?;
+        buffered.flush().map_err(err)?;
+    }
+    encoder.finish().map_err(err)
+}
+
+/// Writes the segments' blobs one after the other to `path`; fills in the compressed length of
+/// reused segments and returns the total.
+fn concatenate(
+    store: &Store,
+    reports: &mut [SegmentReport],
+    path: &Path,
+) -> Result<u64, InitrdError> {
+    let write_err = |source| InitrdError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut out = File::create(path).map_err(write_err)?;
+    let mut total = 0;
+    for report in reports.iter_mut() {
+        let mut segment = store.open_blob(&report.blob)?;
+        // File to file: the kernel copies (copy_file_range), or shares extents where it can.
+        let copied = io::copy(&mut segment, &mut out).map_err(write_err)?;
+        if report.reused {
+            report.compressed = copied;
+        }
+        total += copied;
+    }
+    out.flush().map_err(write_err)?;
+    Ok(total)
+}
+
+/// The initrd stage: the tree of `base` as an initrd blob.
+pub struct InitrdStage {
+    pub name: String,
+    /// The stage whose tree is packed.
+    pub base: String,
+    pub source_date_epoch: u64,
+    /// zstd level (mkosi's `CompressLevel=`).
+    pub level: i32,
+}
+
+impl Stage for InitrdStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "initrd"
+    }
+
+    fn version(&self) -> u32 {
+        segments::SEGMENT_FORMAT_VERSION
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        vec![
+            Input::stage("tree", &self.base),
+            Input::value("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string()),
+            Input::value("CompressLevel", self.level.to_string()),
+        ]
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        OutputKind::Blob
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+        let manifest = ctx.store.manifest(&ctx.input("tree")?)?;
+        let opts = InitrdOptions {
+            level: self.level,
+            mtime: self.source_date_epoch,
+            ..InitrdOptions::default()
+        };
+        let report =
+            write_initrd(ctx.store, &manifest, &opts, ctx.scratch).map_err(StageError::failed)?;
+        ctx.log.line(&report.summary());
+        Ok(report.blob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::{Entry, EntryKind};
+
+    fn tree(store: &Store, files: usize, seed: u8) -> Manifest {
+        let mut entries = vec![
+            Entry::new("", EntryKind::Dir, 0o755),
+            Entry::new("usr", EntryKind::Dir, 0o755),
+        ];
+        for i in 0..files {
+            let content: Vec<u8> = (0..3000).map(|j| ((i * 7 + j) % 251) as u8 ^ seed).collect();
+            let blob = store.put_bytes(&content).unwrap();
+            entries.push(Entry::new(
+                format!("usr/f{i:04}"),
+                EntryKind::File {
+                    blob,
+                    size: content.len() as u64,
+                },
+                0o644,
+            ));
+        }
+        Manifest::from_entries(entries).unwrap()
+    }
+
+    fn opts() -> InitrdOptions {
+        InitrdOptions {
+            level: 3,
+            mtime: 1_700_000_000,
+            segment_target: 16 << 10,
+        }
+    }
+
+    #[test]
+    fn a_second_write_reuses_every_segment_and_gives_the_same_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let manifest = tree(&store, 200, 0);
+        let first = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        assert!(first.segments.len() > 5, "{}", first.summary());
+        assert_eq!(first.reused(), 0);
+        let again = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        assert_eq!(again.blob, first.blob);
+        assert_eq!(again.compressed(), 0);
+        assert_eq!(again.segments.len(), first.segments.len());
+        assert_eq!(
+            again.summary(),
+            format!("{} segments, {} reused, 0 compressed", first.segments.len(), first.segments.len())
+        );
+        let bytes = store.read_blob(&first.blob).unwrap();
+        assert_eq!(bytes.len() as u64, first.size);
+        assert_eq!(split_frames(&bytes).unwrap().len(), first.segments.len());
+        let whole = zstd::decode_all(&bytes[..]).unwrap();
+        assert_eq!(whole.len() as u64, first.uncompressed());
+    }
+
+    #[test]
+    fn a_bad_level_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let manifest = tree(&store, 1, 0);
+        let opts = InitrdOptions {
+            level: 99,
+            ..opts()
+        };
+        assert!(matches!(
+            write_initrd(&store, &manifest, &opts, dir.path()),
+            Err(InitrdError::Level { level: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn the_stage_declares_its_inputs() {
+        let stage = InitrdStage {
+            name: "initrd".into(),
+            base: "finalize".into(),
+            source_date_epoch: 5,
+            level: 3,
+        };
+        assert_eq!(stage.kind(), "initrd");
+        assert_eq!(stage.output_kind(), OutputKind::Blob);
+        assert_eq!(
+            stage.inputs(),
+            vec![
+                Input::stage("tree", "finalize"),
+                Input::value("SOURCE_DATE_EPOCH", "5"),
+                Input::value("CompressLevel", "3"),
+            ]
+        );
+    }
+}
