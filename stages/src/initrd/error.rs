@@ -14,7 +14,9 @@ pub enum InitrdError {
     ))]
     FileTooLarge { path: String, size: u64 },
 
-    #[error("SOURCE_DATE_EPOCH `{mtime}` is past 2106, the last date a cpio (newc) header can hold")]
+    #[error(
+        "SOURCE_DATE_EPOCH `{mtime}` is past 2106, the last date a cpio (newc) header can hold"
+    )]
     #[diagnostic(help("Set SOURCE_DATE_EPOCH to a time before 2106-02-07"))]
     MtimeOutOfRange { mtime: u64 },
 
@@ -23,7 +25,9 @@ pub enum InitrdError {
     Level { level: i32, min: i32, max: i32 },
 
     #[error("Cannot read blob `{blob}` (`{}`) from the store", path.display())]
-    #[diagnostic(help("Run `kiln cache verify` to find and drop damaged objects, then build again"))]
+    #[diagnostic(help(
+        "Run `kiln cache verify` to find and drop damaged objects, then build again"
+    ))]
     ReadBlob {
         blob: BlobId,
         path: PathBuf,
@@ -55,7 +59,9 @@ pub enum InitrdError {
     },
 
     #[error("The initrd is not a sequence of zstd frames: {reason} at byte {offset}")]
-    #[diagnostic(help("Give a file written by kiln's initrd stage, not a truncated or other file"))]
+    #[diagnostic(help(
+        "Give a file written by kiln's initrd stage, not a truncated or other file"
+    ))]
     Frames { offset: usize, reason: String },
 
     #[error(transparent)]

@@ -39,6 +39,7 @@ use std::path::Path;
 use kiln_cache::{ActionResult, BlobId, Digest, Manifest, OutputKind, PutMode, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 use rayon::prelude::*;
+use zstd::zstd_safe::CParameter;
 
 pub use error::InitrdError;
 pub use frames::split_frames;
@@ -154,19 +155,22 @@ pub fn write_initrd(
         cached.push(index.lookup_action(key)?.map(|found| found.output));
     }
 
-    // Compress what the cache lacks, in parallel; each worker stores its own blob.
-    let fresh: Vec<(usize, BlobId, u64)> = segments
+    // Compress what the cache lacks, in parallel; each worker stores its own blobs.
+    let fresh: Vec<(usize, BlobId)> = segments
         .par_iter()
         .enumerate()
         .filter(|(i, _)| cached[*i].is_none())
-        .map(|(i, segment)| {
-            let bytes = compress(store, segment, opts.level)?;
-            let blob = store.put_bytes(&bytes)?;
-            Ok((i, blob, bytes.len() as u64))
-        })
+        .map_init(
+            || Compressor::new(opts.level),
+            |compressor, (i, segment)| {
+                let bytes = compressor.compress(store, segment)?;
+                let blob = store.put_bytes(&bytes)?;
+                Ok((i, blob))
+            },
+        )
         .collect::<Result<_, InitrdError>>()?;
     // The blobs are stored: now the cache may name them.
-    for (i, blob, _) in &fresh {
+    for (i, blob) in &fresh {
         index.record_action(
             &keys[*i],
             ActionResult {
@@ -186,13 +190,13 @@ pub fn write_initrd(
             first_path: segment.first_path.clone(),
             entries: segment.entries,
             uncompressed: segment.len,
+            // Filled in by `concatenate`.
             compressed: 0,
             reused: cached.is_some(),
         })
         .collect();
-    for (i, blob, len) in fresh {
+    for (i, blob) in fresh {
         reports[i].blob = blob;
-        reports[i].compressed = len;
     }
 
     let path = scratch.join("initrd.cpio.zst");
@@ -205,27 +209,75 @@ pub fn write_initrd(
     })
 }
 
-/// One segment as one zstd frame, with its content size and checksum.
-fn compress(store: &Store, segment: &Segment, level: i32) -> Result<Vec<u8>, InitrdError> {
+/// Segments up to this long are assembled in memory and compressed in one call, which is
+/// faster than streaming (zstd then never has to treat its window as split); longer ones (a
+/// segment holding a huge file) are streamed.
+const IN_MEMORY_SEGMENT: u64 = 64 << 20;
+
+/// One worker's compression state, reused from segment to segment.
+struct Compressor {
+    level: i32,
+    context: Option<zstd::bulk::Compressor<'static>>,
+    input: Vec<u8>,
+}
+
+impl Compressor {
+    fn new(level: i32) -> Compressor {
+        Compressor {
+            level,
+            context: None,
+            input: Vec::new(),
+        }
+    }
+
+    /// One segment as one zstd frame, with its content size and checksum.
+    fn compress(&mut self, store: &Store, segment: &Segment) -> Result<Vec<u8>, InitrdError> {
+        let err = |source| InitrdError::Compress { source };
+        if segment.len > IN_MEMORY_SEGMENT {
+            return compress_streaming(store, segment, self.level);
+        }
+        let context = match &mut self.context {
+            Some(context) => context,
+            none => {
+                let mut context = zstd::bulk::Compressor::new(self.level).map_err(err)?;
+                context
+                    .set_parameter(CParameter::ChecksumFlag(true))
+                    .map_err(err)?;
+                context
+                    .set_parameter(CParameter::ContentSizeFlag(true))
+                    .map_err(err)?;
+                none.insert(context)
+            }
+        };
+        self.input.clear();
+        segment.write_to(store, &mut self.input)?;
+        context.compress(&self.input).map_err(err)
+    }
+}
+
+/// [`Compressor::compress`] for a segment too long to hold in memory.
+fn compress_streaming(
+    store: &Store,
+    segment: &Segment,
+    level: i32,
+) -> Result<Vec<u8>, InitrdError> {
     let err = |source| InitrdError::Compress { source };
-    let mut encoder =
-        zstd::stream::Encoder::new(Vec::with_capacity(segment.len as usize / 3), level)
-            .map_err(err)?;
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), level).map_err(err)?;
     encoder.include_checksum(true).map_err(err)?;
     encoder.include_contentsize(true).map_err(err)?;
     encoder
         .set_pledged_src_size(Some(segment.len))
         .map_err(err)?;
     {
-        let mut buffered = BufWriter::with_capacity(128 << 10, &mut encoder);
+        let mut buffered = BufWriter::with_capacity(1 << 20, &mut encoder);
         segment.write_to(store, &mut buffered)?;
         buffered.flush().map_err(err)?;
     }
     encoder.finish().map_err(err)
 }
 
-/// Writes the segments' blobs one after the other to `path`; fills in the compressed length of
-/// reused segments and returns the total.
+/// Writes the segments' blobs one after the other to `path`, in parallel at their offsets; fills
+/// in the compressed length of reused segments and returns the total.
 fn concatenate(
     store: &Store,
     reports: &mut [SegmentReport],
@@ -235,19 +287,62 @@ fn concatenate(
         path: path.to_owned(),
         source,
     };
-    let mut out = File::create(path).map_err(write_err)?;
-    let mut total = 0;
+    let mut sources = Vec::with_capacity(reports.len());
+    let mut offset = 0;
     for report in reports.iter_mut() {
-        let mut segment = store.open_blob(&report.blob)?;
-        // File to file: the kernel copies (copy_file_range), or shares extents where it can.
-        let copied = io::copy(&mut segment, &mut out).map_err(write_err)?;
-        if report.reused {
-            report.compressed = copied;
-        }
-        total += copied;
+        let blob = store.open_blob(&report.blob)?;
+        let len = blob
+            .metadata()
+            .map_err(|source| InitrdError::ReadBlob {
+                blob: report.blob,
+                path: store.blob_path(&report.blob),
+                source,
+            })?
+            .len();
+        report.compressed = len;
+        sources.push((blob, offset, len));
+        offset += len;
     }
-    out.flush().map_err(write_err)?;
-    Ok(total)
+    let out = File::create(path).map_err(write_err)?;
+    out.set_len(offset).map_err(write_err)?;
+    sources
+        .par_iter()
+        .try_for_each(|(blob, at, len)| copy_range(blob, &out, *at, *len))
+        .map_err(write_err)?;
+    Ok(offset)
+}
+
+/// Copies all of `from` to `to` at `offset`: in the kernel (copy_file_range), else through a
+/// buffer.
+fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (mut read, mut write) = (0u64, offset);
+    while read < len {
+        let want = usize::try_from(len - read)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(from, Some(&mut read), to, Some(&mut write), want) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)
+                if read == 0 =>
+            {
+                let mut buf = vec![0; 1 << 20];
+                while read < len {
+                    let n = from.read_at(&mut buf, read)?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    to.write_all_at(&buf[..n], write)?;
+                    read += n as u64;
+                    write += n as u64;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The initrd stage: the tree of `base` as an initrd blob.
@@ -310,7 +405,9 @@ mod tests {
             Entry::new("usr", EntryKind::Dir, 0o755),
         ];
         for i in 0..files {
-            let content: Vec<u8> = (0..3000).map(|j| ((i * 7 + j) % 251) as u8 ^ seed).collect();
+            let content: Vec<u8> = (0..3000)
+                .map(|j| ((i * 7 + j) % 251) as u8 ^ seed)
+                .collect();
             let blob = store.put_bytes(&content).unwrap();
             entries.push(Entry::new(
                 format!("usr/f{i:04}"),
@@ -346,13 +443,38 @@ mod tests {
         assert_eq!(again.segments.len(), first.segments.len());
         assert_eq!(
             again.summary(),
-            format!("{} segments, {} reused, 0 compressed", first.segments.len(), first.segments.len())
+            format!(
+                "{} segments, {} reused, 0 compressed",
+                first.segments.len(),
+                first.segments.len()
+            )
         );
         let bytes = store.read_blob(&first.blob).unwrap();
         assert_eq!(bytes.len() as u64, first.size);
         assert_eq!(split_frames(&bytes).unwrap().len(), first.segments.len());
         let whole = zstd::decode_all(&bytes[..]).unwrap();
         assert_eq!(whole.len() as u64, first.uncompressed());
+    }
+
+    #[test]
+    fn streamed_and_in_memory_segments_hold_the_same_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let manifest = tree(&store, 20, 1);
+        let segment = &plan(&manifest, 1, 1 << 20).unwrap()[0];
+        let archive = segment.to_bytes(&store).unwrap();
+        let in_memory = Compressor::new(3).compress(&store, segment).unwrap();
+        let streamed = compress_streaming(&store, segment, 3).unwrap();
+        for frame in [&in_memory, &streamed] {
+            assert_eq!(split_frames(frame).unwrap().len(), 1);
+            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), archive);
+            let size = zstd::zstd_safe::get_frame_content_size(frame).unwrap();
+            assert_eq!(
+                size,
+                Some(archive.len() as u64),
+                "content size in the header"
+            );
+        }
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub(crate) enum Data {
     /// A symlink's target.
     Inline(Vec<u8>),
     /// A regular file's content.
-    Blob { id: BlobId, size: u64 },
+    Blob {
+        id: BlobId,
+        size: u64,
+    },
 }
 
 impl Data {
@@ -205,7 +208,10 @@ struct Unit<'a> {
 fn linkable(entry: &Entry) -> bool {
     matches!(
         entry.kind,
-        EntryKind::File { .. } | EntryKind::CharDev { .. } | EntryKind::BlockDev { .. } | EntryKind::Fifo
+        EntryKind::File { .. }
+            | EntryKind::CharDev { .. }
+            | EntryKind::BlockDev { .. }
+            | EntryKind::Fifo
     )
 }
 
@@ -234,7 +240,10 @@ pub fn plan(manifest: &Manifest, mtime: u64, target: u64) -> Result<Vec<Segment>
         if matches!(entry.kind, EntryKind::Socket) {
             continue;
         }
-        let members = match entry.hardlink.filter(|g| linkable(entry) && group_sizes[g] > 1) {
+        let members = match entry
+            .hardlink
+            .filter(|g| linkable(entry) && group_sizes[g] > 1)
+        {
             Some(group) => {
                 let waiting = pending.entry(group).or_default();
                 waiting.push(entry);
@@ -246,8 +255,7 @@ pub fn plan(manifest: &Manifest, mtime: u64, target: u64) -> Result<Vec<Segment>
             None => vec![entry],
         };
         let unit = Unit::new(members)?;
-        if !current.is_empty() && (starts_segment(&unit, target) || current.len + unit.len > max)
-        {
+        if !current.is_empty() && (starts_segment(&unit, target) || current.len + unit.len > max) {
             segments.push(std::mem::replace(&mut current, SegmentBuilder::new(mtime)).finish());
         }
         current.push(unit)?;
@@ -478,7 +486,10 @@ mod tests {
         ])
         .unwrap();
         let segments = plan(&manifest, 1, 1 << 20).unwrap();
-        assert_eq!(names(&segments), [[".", "a", "a/two", "b", "a/one", "b/three"]]);
+        assert_eq!(
+            names(&segments),
+            [[".", "a", "a/two", "b", "a/one", "b/three"]]
+        );
         let records = &segments[0].records;
         let (one, three) = (&records[4], &records[5]);
         assert_eq!(field(one, 0), field(three, 0), "same inode");
@@ -522,7 +533,10 @@ mod tests {
         let old_keys: Vec<Digest> = old.iter().map(|s| s.key(3)).collect();
         let new_keys: Vec<Digest> = new.iter().map(|s| s.key(3)).collect();
         // Only the first segment (where the file lands) differs.
-        assert_eq!(old_keys[1..], new_keys[new_keys.len() - (old_keys.len() - 1)..]);
+        assert_eq!(
+            old_keys[1..],
+            new_keys[new_keys.len() - (old_keys.len() - 1)..]
+        );
         assert!(new_keys.len() - old_keys.len() <= 1);
     }
 
@@ -566,7 +580,11 @@ mod tests {
         let store = Store::open(dir_store.path()).unwrap();
         let blob = store.put_bytes(b"hello\n").unwrap();
         let mut entries = vec![dir(""), dir("etc")];
-        entries.push(Entry::new("etc/hostname", EntryKind::File { blob, size: 6 }, 0o644));
+        entries.push(Entry::new(
+            "etc/hostname",
+            EntryKind::File { blob, size: 6 },
+            0o644,
+        ));
         entries.push(Entry::new(
             "etc/link",
             EntryKind::Symlink {
@@ -574,7 +592,13 @@ mod tests {
             },
             0o777,
         ));
-        entries.push(Entry::new("etc/null", EntryKind::CharDev { rdev: libc::makedev(1, 3) }, 0o666));
+        entries.push(Entry::new(
+            "etc/null",
+            EntryKind::CharDev {
+                rdev: libc::makedev(1, 3),
+            },
+            0o666,
+        ));
         let manifest = Manifest::from_entries(entries).unwrap();
         let segments = plan(&manifest, 1_700_000_000, 1 << 20).unwrap();
         let bytes = segments[0].to_bytes(&store).unwrap();
