@@ -4,7 +4,8 @@
 //! cargo run --release -p kiln-stages --example initrd_bench -- DIR [RUNS] [--levels 1,3,6]
 //! ```
 //!
-//! `--segment-target-kib` changes the segments' average length.
+//! `--segment-target-kib` changes the segments' average length; `--sweep` measures only the
+//! compression of every segment in memory at each level (no store writes), to choose a level.
 //!
 //! DIR (a root tree, e.g. one made by `mmdebstrap --variant=important
 //! --include=linux-image-amd64,systemd bookworm DIR`) is ingested into a temporary store once.
@@ -16,7 +17,10 @@
 //!   every run), the other segments come from the cache;
 //! - `find . | sort | cpio -o -H newc --reproducible | zstd -T2 -3`, run by sh in DIR.
 //!
-//! Each line gives the output size and the ratio of its time and size to the GNU pipeline's.
+//! The scenarios take turns run after run, so the machine's load weighs on all alike. Each line
+//! gives the median wall time, the median CPU time (user + system of this process, or of the
+//! pipeline's processes), the output size, and their ratios to the GNU pipeline's. On a shared
+//! machine the CPU times are the steadier comparison.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,15 +37,18 @@ struct Args {
     runs: usize,
     levels: Vec<i32>,
     segment_target: u64,
+    sweep: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: initrd_bench DIR [RUNS] [--levels 1,3,6] [--segment-target-kib N]";
+    let usage =
+        "usage: initrd_bench DIR [RUNS] [--levels 1,3,6] [--segment-target-kib N] [--sweep]";
     let mut args = std::env::args().skip(1);
     let mut dir = None;
     let mut runs = 5;
     let mut levels = vec![kiln_stages::initrd::DEFAULT_LEVEL];
     let mut segment_target = kiln_stages::initrd::DEFAULT_SEGMENT_TARGET;
+    let mut sweep = false;
     while let Some(arg) = args.next() {
         if arg == "--levels" {
             let list = args.next().ok_or(usage)?;
@@ -49,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
                 .split(',')
                 .map(|l| l.trim().parse().map_err(|_| format!("bad level `{l}`")))
                 .collect::<Result<_, _>>()?;
+        } else if arg == "--sweep" {
+            sweep = true;
         } else if arg == "--segment-target-kib" {
             let kib = args.next().ok_or(usage)?;
             segment_target = kib
@@ -68,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         runs: runs.max(1),
         levels,
         segment_target,
+        sweep,
     })
 }
 
@@ -174,98 +184,178 @@ fn run() -> Result<(), String> {
     );
 
     let gnu_out = work.path().join("gnu.cpio.zst");
-    gnu_pipeline(&args.dir, &gnu_out)?; // warm the page cache
-    let mut gnu_times = Vec::new();
-    let mut gnu_size = 0;
-    for _ in 0..args.runs {
-        let (time, size) = gnu_pipeline(&args.dir, &gnu_out)?;
-        gnu_times.push(time);
-        gnu_size = size;
+    let (_, gnu_size) = gnu_pipeline(&args.dir, &gnu_out)?; // also warms the page cache
+    if args.sweep {
+        let gnu = median_of(&[gnu_pipeline(&args.dir, &gnu_out)?.0]);
+        print_header();
+        line(gnu, gnu_size, "GNU pipeline", gnu, gnu_size);
+        return sweep(&store, &manifest, &args, |name, time, size| {
+            line(gnu, gnu_size, name, time, size)
+        });
     }
-    let gnu = median_of(&gnu_times);
 
+    // Each level's cache is filled once at its own SOURCE_DATE_EPOCH for the one-file changes;
+    // full packs use epochs never packed before.
+    let warm_epoch = |i: usize| 1_600_000_000 + i as u64;
+    for (i, level) in args.levels.iter().enumerate() {
+        let opts = bench_opts(&args, *level, warm_epoch(i));
+        pack(&store, &manifest, &opts)?;
+    }
+
+    // The scenarios take turns, so that the machine's load weighs on all of them alike.
+    let mut gnu_samples = Vec::new();
+    let mut full_samples = vec![Vec::new(); args.levels.len()];
+    let mut change_samples = vec![Vec::new(); args.levels.len()];
+    let mut full_reports = vec![None; args.levels.len()];
+    let mut change_reports = vec![None; args.levels.len()];
+    let mut epoch = 1_700_000_000;
+    for run in 0..args.runs {
+        gnu_samples.push(gnu_pipeline(&args.dir, &gnu_out)?.0);
+        for (i, level) in args.levels.iter().enumerate() {
+            epoch += 1;
+            let (sample, report) = pack(&store, &manifest, &bench_opts(&args, *level, epoch))?;
+            if report.reused() != 0 {
+                return Err(format!("a cold pack reused segments: {}", report.summary()));
+            }
+            full_samples[i].push(sample);
+            full_reports[i] = Some(report);
+
+            let edited = change_one_file(&store, &manifest, &changed, run, *level)?;
+            let opts = bench_opts(&args, *level, warm_epoch(i));
+            let (sample, report) = pack(&store, &edited, &opts)?;
+            change_samples[i].push(sample);
+            change_reports[i] = Some(report);
+        }
+    }
+
+    let gnu = median_of(&gnu_samples);
     println!("GNU: {GNU_PIPELINE}");
+    print_header();
+    line(gnu, gnu_size, "GNU pipeline", gnu, gnu_size);
+    for (i, level) in args.levels.iter().enumerate() {
+        let (Some(full), Some(change)) = (&full_reports[i], &change_reports[i]) else {
+            return Err("no run".to_owned());
+        };
+        let full_time = median_of(&full_samples[i]);
+        let change_time = median_of(&change_samples[i]);
+        line(
+            gnu,
+            gnu_size,
+            &format!("kiln full pack, level {level}"),
+            full_time,
+            full.size,
+        );
+        line(
+            gnu,
+            gnu_size,
+            &format!("kiln one-file change, level {level}"),
+            change_time,
+            change.size,
+        );
+        println!(
+            "  level {level}: full pack {:.2}x faster than GNU (wall), {:.2}x less CPU; \
+             one-file change {:.1}x faster than a full pack (wall), {:.1}x less CPU\n  \
+             full: {}; change: {}",
+            gnu.wall.as_secs_f64() / full_time.wall.as_secs_f64(),
+            gnu.cpu.as_secs_f64() / full_time.cpu.as_secs_f64(),
+            full_time.wall.as_secs_f64() / change_time.wall.as_secs_f64(),
+            full_time.cpu.as_secs_f64() / change_time.cpu.as_secs_f64(),
+            full.summary(),
+            change.summary(),
+        );
+    }
+    Ok(())
+}
+
+fn bench_opts(args: &Args, level: i32, mtime: u64) -> InitrdOptions {
+    InitrdOptions {
+        level,
+        mtime,
+        segment_target: args.segment_target,
+    }
+}
+
+/// `manifest` with new content for `changed`, different for every run and level.
+fn change_one_file(
+    store: &Store,
+    manifest: &Manifest,
+    changed: &Entry,
+    run: usize,
+    level: i32,
+) -> Result<Manifest, String> {
+    let EntryKind::File { blob, .. } = &changed.kind else {
+        return Err("the changed entry is not a file".to_owned());
+    };
+    let mut content = store.read_blob(blob).map_err(|e| e.to_string())?;
+    content.extend_from_slice(format!("\nkiln bench {level} {run}\n").as_bytes());
+    let new_blob = store.put_bytes(&content).map_err(|e| e.to_string())?;
+    let mut edited = manifest.clone();
+    let mut entry = changed.clone();
+    entry.kind = EntryKind::File {
+        blob: new_blob,
+        size: content.len() as u64,
+    };
+    edited.insert_or_replace(entry).map_err(|e| e.to_string())?;
+    Ok(edited)
+}
+
+fn print_header() {
     println!(
         "{:<40} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8}",
         "scenario", "wall s", "cpu s", "size MB", "wall/GNU", "cpu/GNU", "size/GNU"
     );
-    let line = |name: &str, time: Sample, size: u64| {
-        println!(
-            "{:<40} {:>8.3} {:>8.3} {:>9.2} {:>9.3} {:>8.3} {:>8.3}",
-            name,
-            time.wall.as_secs_f64(),
-            time.cpu.as_secs_f64(),
-            size as f64 / 1e6,
-            time.wall.as_secs_f64() / gnu.wall.as_secs_f64(),
-            time.cpu.as_secs_f64() / gnu.cpu.as_secs_f64(),
-            size as f64 / gnu_size as f64
-        );
-    };
-    line("GNU pipeline", gnu, gnu_size);
+}
 
-    let mut epoch = 1_700_000_000;
+/// One line of the table: a scenario's medians, and their ratios to the GNU pipeline's.
+fn line(gnu: Sample, gnu_size: u64, name: &str, time: Sample, size: u64) {
+    println!(
+        "{:<40} {:>8.3} {:>8.3} {:>9.2} {:>9.3} {:>8.3} {:>8.3}",
+        name,
+        time.wall.as_secs_f64(),
+        time.cpu.as_secs_f64(),
+        size as f64 / 1e6,
+        time.wall.as_secs_f64() / gnu.wall.as_secs_f64(),
+        time.cpu.as_secs_f64() / gnu.cpu.as_secs_f64(),
+        size as f64 / gnu_size as f64
+    );
+}
+
+/// Compression alone, in memory (no store writes): what each level costs and gives.
+fn sweep(
+    store: &Store,
+    manifest: &Manifest,
+    args: &Args,
+    line: impl Fn(&str, Sample, u64),
+) -> Result<(), String> {
+    use rayon::prelude::*;
+    let segments = kiln_stages::initrd::plan(manifest, 1_700_000_000, args.segment_target)
+        .map_err(|e| e.to_string())?;
     for level in &args.levels {
-        let mut opts = InitrdOptions {
-            level: *level,
-            segment_target: args.segment_target,
-            ..InitrdOptions::default()
-        };
-        let mut full_times = Vec::new();
-        let mut full = None;
+        let mut samples = Vec::new();
+        let mut size = 0;
         for _ in 0..args.runs {
-            epoch += 1;
-            opts.mtime = epoch;
-            let (time, report) = pack(&store, &manifest, &opts)?;
-            if report.reused() != 0 {
-                return Err(format!("a cold pack reused segments: {}", report.summary()));
-            }
-            full_times.push(time);
-            full = Some(report);
+            let cpu = cpu_time(libc::RUSAGE_SELF);
+            let started = Instant::now();
+            size = segments
+                .par_iter()
+                .map(|s| {
+                    kiln_stages::initrd::compress_segment(store, s, *level)
+                        .map(|bytes| bytes.len() as u64)
+                })
+                .sum::<Result<u64, _>>()
+                .map_err(|e| e.to_string())?;
+            samples.push(Sample {
+                wall: started.elapsed(),
+                cpu: cpu_time(libc::RUSAGE_SELF) - cpu,
+            });
         }
-        let full = full.ok_or("no run")?;
-        let full_time = median_of(&full_times);
         line(
             &format!(
-                "kiln full pack, level {level} ({} segments)",
-                full.segments.len()
+                "compression only, level {level} ({} segments)",
+                segments.len()
             ),
-            full_time,
-            full.size,
-        );
-
-        // The cache now holds every segment at `opts.mtime`.
-        let mut change_times = Vec::new();
-        let mut summary = String::new();
-        let mut size = 0;
-        for run in 0..args.runs {
-            let EntryKind::File { blob, .. } = &changed.kind else {
-                unreachable!("a regular file was chosen");
-            };
-            let mut content = store.read_blob(blob).map_err(|e| e.to_string())?;
-            content.extend_from_slice(format!("\nkiln bench {level} {run}\n").as_bytes());
-            let new_blob = store.put_bytes(&content).map_err(|e| e.to_string())?;
-            let mut edited = manifest.clone();
-            let mut entry = changed.clone();
-            entry.kind = EntryKind::File {
-                blob: new_blob,
-                size: content.len() as u64,
-            };
-            edited.insert_or_replace(entry).map_err(|e| e.to_string())?;
-            let (time, report) = pack(&store, &edited, &opts)?;
-            change_times.push(time);
-            summary = report.summary();
-            size = report.size;
-        }
-        let change_time = median_of(&change_times);
-        line(
-            &format!("kiln one-file change, level {level}"),
-            change_time,
+            median_of(&samples),
             size,
-        );
-        println!(
-            "  level {level}: full pack {:.2}x faster than GNU (wall), one-file change {:.1}x faster than a full pack (wall; {summary})",
-            gnu.wall.as_secs_f64() / full_time.wall.as_secs_f64(),
-            full_time.wall.as_secs_f64() / change_time.wall.as_secs_f64(),
         );
     }
     Ok(())

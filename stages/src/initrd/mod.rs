@@ -14,6 +14,10 @@
 //! [`Segment::key`]), after the blob is stored. The initrd is the concatenation of the segments'
 //! blobs, written to the stage's scratch directory and moved into the store.
 //!
+//! `zstd -dc initrd | cpio -t` lists the first segment only (GNU cpio stops at the first
+//! trailer); [`split_frames`] splits an initrd into its segments for tools. Extended attributes
+//! are not kept: newc has no field for them.
+//!
 //! ```no_run
 //! use kiln_stages::initrd::{InitrdOptions, write_initrd};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,11 +49,16 @@ pub use error::InitrdError;
 pub use frames::split_frames;
 pub use segments::{Segment, plan};
 
-/// The zstd level used unless the recipe sets one (chosen by measurement on a Debian root tree:
-/// see `stages/examples/initrd_bench.rs`).
+/// The zstd level used unless the recipe sets one, chosen by measurement on a Debian bookworm
+/// root tree (686 MB, `initrd_bench --sweep`): level 3 is the lowest whose initrd is no larger
+/// than `find | sort | cpio -o -H newc | zstd -T2 -3` (212.7 MB against 213.5 MB, compression
+/// 3.4 s of CPU); level 2 is 3.8 % larger for 2.7 s, level 1 8.8 % larger for 2.3 s, level 4
+/// 0.4 % smaller for 3.9 s, level 6 6 % smaller for 9.1 s. It is also zstd's and mkosi's default.
 pub const DEFAULT_LEVEL: i32 = 3;
 
-/// The length segments average before compression.
+/// The length segments average before compression. On the same tree, 4 MiB segments (164) make
+/// the initrd 0.9 % larger than 16 MiB ones (38) and 2 % smaller than 1 MiB ones (510), while
+/// a one-file change recompresses a quarter of what 16 MiB would need.
 pub const DEFAULT_SEGMENT_TARGET: u64 = 4 << 20;
 
 /// How [`write_initrd`] packs a tree.
@@ -209,6 +218,15 @@ pub fn write_initrd(
     })
 }
 
+/// One segment as the initrd holds it: one zstd frame with its content size and checksum.
+pub fn compress_segment(
+    store: &Store,
+    segment: &Segment,
+    level: i32,
+) -> Result<Vec<u8>, InitrdError> {
+    Compressor::new(level).compress(store, segment)
+}
+
 /// Segments up to this long are assembled in memory and compressed in one call, which is
 /// faster than streaming (zstd then never has to treat its window as split); longer ones (a
 /// segment holding a huge file) are streamed.
@@ -345,7 +363,16 @@ fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The initrd stage: the tree of `base` as an initrd blob.
+/// Bumped whenever the same inputs give other bytes (the segment format, the default segment
+/// length); part of the stage key.
+const STAGE_VERSION: u32 = 1;
+
+/// The initrd stage: the tree of `base` as an initrd blob, for a UKI's `.initrd` or as the
+/// image of `Format=cpio`.
+///
+/// Inputs: `tree` (the stage `base`), `SOURCE_DATE_EPOCH`, `CompressLevel` and `zstd` (the
+/// zstd library's version: another version may compress differently). The stage logs how many
+/// segments it reused, e.g. `57 segments, 56 reused, 1 compressed`.
 pub struct InitrdStage {
     pub name: String,
     /// The stage whose tree is packed.
@@ -365,7 +392,7 @@ impl Stage for InitrdStage {
     }
 
     fn version(&self) -> u32 {
-        segments::SEGMENT_FORMAT_VERSION
+        STAGE_VERSION * 1000 + segments::SEGMENT_FORMAT_VERSION
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -373,6 +400,7 @@ impl Stage for InitrdStage {
             Input::stage("tree", &self.base),
             Input::value("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string()),
             Input::value("CompressLevel", self.level.to_string()),
+            Input::value("zstd", zstd::zstd_safe::version_string()),
         ]
     }
 
@@ -493,6 +521,46 @@ mod tests {
     }
 
     #[test]
+    fn the_stage_packs_its_tree_and_logs_what_it_reused() {
+        struct Lines(std::sync::Mutex<Vec<String>>);
+        impl kiln_engine::StageLog for Lines {
+            fn line(&self, line: &str) {
+                self.0.lock().unwrap().push(line.to_owned());
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let tree = store.put_manifest(&tree(&store, 50, 2)).unwrap();
+        let stage = InitrdStage {
+            name: "initrd".into(),
+            base: "finalize".into(),
+            source_date_epoch: 5,
+            level: 3,
+        };
+        let inputs = [("tree".to_owned(), tree)].into_iter().collect();
+        let values = Default::default();
+        let log = Lines(Default::default());
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let ctx = StageContext {
+            store: &store,
+            project_dir: dir.path(),
+            scratch: &scratch,
+            inputs: &inputs,
+            values: &values,
+            log: &log,
+        };
+        let blob = stage.run(&ctx).unwrap();
+        let again = stage.run(&ctx).unwrap();
+        assert_eq!(blob, again);
+        let bytes = store.read_blob(&blob).unwrap();
+        assert!(!split_frames(&bytes).unwrap().is_empty());
+        let lines = log.0.into_inner().unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].ends_with(" reused, 0 compressed"), "{lines:?}");
+    }
+
+    #[test]
     fn the_stage_declares_its_inputs() {
         let stage = InitrdStage {
             name: "initrd".into(),
@@ -508,6 +576,7 @@ mod tests {
                 Input::stage("tree", "finalize"),
                 Input::value("SOURCE_DATE_EPOCH", "5"),
                 Input::value("CompressLevel", "3"),
+                Input::value("zstd", zstd::zstd_safe::version_string()),
             ]
         );
     }
