@@ -532,3 +532,144 @@ fn every_entry_kind_has_the_header_the_kernel_reads() {
         assert_eq!(modes["dev/loop0"], "brw-rw----");
     }
 }
+
+/// A kernel to boot: `KILN_TEST_KERNEL`, else the newest `/boot/vmlinuz-*`.
+fn test_kernel() -> Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("KILN_TEST_KERNEL") {
+        return Ok(path.into());
+    }
+    let mut kernels: Vec<_> = fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    kernels
+        .pop()
+        .ok_or_else(|| "no kernel in /boot: set KILN_TEST_KERNEL=/path/to/vmlinuz".to_owned())
+}
+
+fn missing_for_boot() -> Option<String> {
+    if let Some(missing) = missing_tools() {
+        return Some(missing);
+    }
+    if !is_root() {
+        return Some("the initrd needs /dev/console, a device node: root only".to_owned());
+    }
+    if let Err(reason) = test_kernel() {
+        return Some(reason);
+    }
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed (package {package})"));
+        }
+    }
+    None
+}
+
+#[test]
+fn the_kernel_unpacks_every_segment() {
+    if !require(missing_for_boot()) {
+        return;
+    }
+    let kernel = test_kernel().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for dir in ["bin", "dev", "a", "data", "z"] {
+        fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    fs::copy(busybox.trim(), src.join("bin/busybox")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("dev/console"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(5, 1),
+    )
+    .unwrap();
+    fs::write(src.join("a/first"), "linked\n").unwrap();
+    for i in 0..120 {
+        fs::write(src.join(format!("data/f{i:04}")), content(i, 3000)).unwrap();
+    }
+    fs::hard_link(src.join("a/first"), src.join("z/last")).unwrap();
+    symlink("a/first", src.join("l")).unwrap();
+    let init = "#!/bin/busybox sh\n\
+        B=/bin/busybox\n\
+        echo KILN-COUNT $($B find / -xdev ! -path '/proc*' ! -path '/root*' | $B wc -l)\n\
+        echo KILN-LINK $($B stat -c '%i %h' /a/first) $($B stat -c '%i %h' /z/last) $($B cat /z/last)\n\
+        echo KILN-DATA $($B md5sum /data/f0099)\n\
+        echo KILN-SYMLINK $($B readlink /l)\n\
+        $B poweroff -f\n";
+    fs::write(src.join("init"), init).unwrap();
+    fs::set_permissions(src.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let store = Store::open(&work.path().join("store")).unwrap();
+    let manifest = ingest(&store, &src);
+    let (report, initrd) = write(&store, &manifest);
+    assert!(report.segments.len() > 5, "{}", report.summary());
+    let initrd_path = work.path().join("initrd");
+    fs::write(&initrd_path, &initrd).unwrap();
+
+    let mut qemu = Command::new("timeout");
+    qemu.args([
+        "120",
+        "qemu-system-x86_64",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initrd_path)
+    .args(["-append", "console=ttyS0 rdinit=/init panic=-1 loglevel=3"]);
+    // Emulated, not KVM: a few seconds to boot, and it works inside VMs where nested KVM hangs.
+    qemu.args(["-cpu", "max"]);
+    let output = qemu.stdin(Stdio::null()).output().unwrap();
+    let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    let line = |tag: &str| {
+        console
+            .lines()
+            .find_map(|l| l.find(tag).map(|at| &l[at + tag.len()..]))
+            .unwrap_or_else(|| panic!("no `{tag}` line; console:\n{console}"))
+            .trim()
+            .to_owned()
+    };
+    // Every entry of the tree, the root included (`find` lists `/`), is there.
+    let entries = manifest.len();
+    let count: usize = line("KILN-COUNT").parse().unwrap();
+    assert_eq!(count, entries, "console:\n{console}");
+    let link: Vec<&str> = line("KILN-LINK").leak().split(' ').collect();
+    assert_eq!(link[0], link[2], "one inode");
+    assert_eq!((link[1], link[3], link[4]), ("2", "2", "linked"));
+    let md5 = String::from_utf8(pipe("md5sum", &[], &content(99, 3000), None)).unwrap();
+    let expected = md5.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        line("KILN-DATA").starts_with(&expected),
+        "console:\n{console}"
+    );
+    assert_eq!(line("KILN-SYMLINK"), "a/first");
+}

@@ -565,6 +565,26 @@ mod tests {
     }
 
     #[test]
+    fn files_of_4_gib_are_refused_before_anything_is_read() {
+        let huge = Entry::new(
+            "big",
+            EntryKind::File {
+                blob: Digest::of_bytes(b"never read"),
+                size: 1 << 32,
+            },
+            0o644,
+        );
+        let manifest = Manifest::from_entries([dir(""), huge]).unwrap();
+        assert!(matches!(
+            plan(&manifest, 1, 1 << 20),
+            Err(InitrdError::FileTooLarge {
+                size: 4294967296,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn mtimes_past_2106_are_refused() {
         let manifest = Manifest::from_entries([dir("")]).unwrap();
         assert!(matches!(
