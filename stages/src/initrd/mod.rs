@@ -165,48 +165,46 @@ pub fn write_initrd(
     }
 
     // Compress what the cache lacks, in parallel; each worker stores its own blobs.
-    let fresh: Vec<(usize, BlobId)> = segments
+    let outcomes: Vec<(BlobId, bool)> = segments
         .par_iter()
-        .enumerate()
-        .filter(|(i, _)| cached[*i].is_none())
+        .zip(&cached)
         .map_init(
             || Compressor::new(opts.level),
-            |compressor, (i, segment)| {
-                let bytes = compressor.compress(store, segment)?;
-                let blob = store.put_bytes(&bytes)?;
-                Ok((i, blob))
+            |compressor, (segment, cached)| match cached {
+                Some(blob) => Ok((*blob, true)),
+                None => {
+                    let bytes = compressor.compress(store, segment)?;
+                    Ok((store.put_bytes(&bytes)?, false))
+                }
             },
         )
         .collect::<Result<_, InitrdError>>()?;
     // The blobs are stored: now the cache may name them.
-    for (i, blob) in &fresh {
-        index.record_action(
-            &keys[*i],
-            ActionResult {
+    for (key, (blob, reused)) in keys.iter().zip(&outcomes) {
+        if !reused {
+            let result = ActionResult {
                 output: *blob,
                 kind: OutputKind::Blob,
-            },
-        )?;
+            };
+            index.record_action(key, result)?;
+        }
     }
 
     let mut reports: Vec<SegmentReport> = segments
         .iter()
-        .zip(&keys)
-        .zip(&cached)
-        .map(|((segment, key), cached)| SegmentReport {
-            key: *key,
-            blob: cached.unwrap_or(*key),
+        .zip(keys)
+        .zip(outcomes)
+        .map(|((segment, key), (blob, reused))| SegmentReport {
+            key,
+            blob,
             first_path: segment.first_path.clone(),
             entries: segment.entries,
             uncompressed: segment.len,
             // Filled in by `concatenate`.
             compressed: 0,
-            reused: cached.is_some(),
+            reused,
         })
         .collect();
-    for (i, blob) in fresh {
-        reports[i].blob = blob;
-    }
 
     let path = scratch.join("initrd.cpio.zst");
     let size = concatenate(store, &mut reports, &path)?;

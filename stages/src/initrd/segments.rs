@@ -240,14 +240,15 @@ pub fn plan(manifest: &Manifest, mtime: u64, target: u64) -> Result<Vec<Segment>
         if matches!(entry.kind, EntryKind::Socket) {
             continue;
         }
+        let group_size = |group: &u32| group_sizes.get(group).copied().unwrap_or(1) as usize;
         let members = match entry
             .hardlink
-            .filter(|g| linkable(entry) && group_sizes[g] > 1)
+            .filter(|group| linkable(entry) && group_size(group) > 1)
         {
             Some(group) => {
                 let waiting = pending.entry(group).or_default();
                 waiting.push(entry);
-                if waiting.len() < group_sizes[&group] as usize {
+                if waiting.len() < group_size(&group) {
                     continue;
                 }
                 pending.remove(&group).unwrap_or_default()
