@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod host;
+pub mod initrd;
 pub mod log;
 pub mod modules;
 pub mod namespace;
