@@ -7,7 +7,7 @@ use kiln_cache::Store;
 use kiln_engine::paths::absolute;
 use kiln_engine::recipe::Loaded;
 use kiln_stages::host::RealHost;
-use kiln_stages::pipeline::{Pipeline, PipelineError, PipelineOptions, pipeline_with};
+use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};
 
 use crate::report::{CliError, Renderer, SettingSource};
 use crate::settings::Settings;
@@ -63,13 +63,10 @@ impl Project {
             self.options,
         )
         .map_err(|error| {
-            let setting = match &error {
-                PipelineError::UnsupportedFormat { .. } => "Format",
-                PipelineError::UnsupportedDistribution { .. } => "Distribution",
-                PipelineError::PackagesWithoutDistribution => "Packages",
-                _ => return CliError::from(error),
-            };
-            match SettingSource::find(&self.loaded, setting) {
+            match error
+                .setting()
+                .and_then(|setting| SettingSource::find(&self.loaded, setting))
+            {
                 Some(source) => CliError::Setting(Box::new(source.report(error))),
                 None => CliError::from(error),
             }

@@ -77,6 +77,7 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
             "base-trees",
             "extra-trees",
             "finalize",
+            "os-release",
             "output",
             "postinst",
             "remove-files"
@@ -85,7 +86,7 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
     let before = tree_listing(&project.output_dir());
     let second = project.build(&[]);
     assert!(ran(&second).is_empty(), "{second:?}");
-    assert_eq!(second.len(), 6);
+    assert_eq!(second.len(), 7);
     assert_eq!(tree_listing(&project.output_dir()), before);
     // -f rewrites the output, still bit-identical.
     let forced = project.build(&["-f"]);
@@ -93,7 +94,7 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
     assert_eq!(tree_listing(&project.output_dir()), before);
     // -ff re-runs every stage and gets the same image.
     let rerun = project.build(&["-ff"]);
-    assert_eq!(ran(&rerun).len(), 6);
+    assert_eq!(ran(&rerun).len(), 7);
     assert_eq!(tree_listing(&project.output_dir()), before);
 }
 
@@ -189,9 +190,21 @@ fn an_image_version_change_is_explained_and_reruns_only_what_reads_it() {
     let project = tiny();
     project.build(&["--image-version", "1"]);
     assert!(project.root.join("mkosi.output/tiny_1").is_dir());
+    // IMAGE_VERSION= in os-release, as mkosi writes it, and the finalize script that reads
+    // $IMAGE_VERSION: those stages and what follows them.
     let outcomes = project.build(&["--image-version", "2"]);
-    assert_eq!(ran(&outcomes), vec!["finalize", "output"]);
+    assert_eq!(
+        ran(&outcomes),
+        vec!["finalize", "os-release", "output", "remove-files"]
+    );
     let explanation = project.explain();
+    let os_release = stage(&explanation, "os-release");
+    assert_eq!(os_release["reasons"][0]["input"], "ImageVersion");
+    assert!(
+        std::fs::read_to_string(project.root.join("mkosi.output/tiny_2/etc/os-release"))
+            .unwrap()
+            .contains("IMAGE_VERSION=\"2\"")
+    );
     let finalize = stage(&explanation, "finalize");
     assert_eq!(finalize["reasons"][0]["input"], "IMAGE_VERSION");
     assert_eq!(finalize["reasons"][0]["before"], "1");
@@ -458,10 +471,10 @@ fn explain_names_stages_that_appear_and_disappear() {
     let after = stage(&explanation, "remove-files");
     assert_eq!(after["status"], "ran");
     let reason = &after["reasons"][0];
-    assert_eq!(reason["upstream"], "postinst", "{after:#}");
+    assert_eq!(reason["upstream"], "os-release", "{after:#}");
     let summary = reason["summary"].as_str().unwrap();
     assert_eq!(
-        summary, "upstream stage `hostname` removed: now reads `postinst`",
+        summary, "upstream stage `hostname` removed: now reads `os-release`",
         "{after:#}"
     );
     assert!(!summary.contains("changed its output"));

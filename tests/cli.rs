@@ -77,7 +77,7 @@ fn a_format_kiln_cannot_build_yet_is_shown_at_its_line() {
     let project = tempfile::tempdir().unwrap();
     std::fs::write(
         project.path().join("mkosi.conf"),
-        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=uki\n",
+        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=disk\n",
     )
     .unwrap();
     let output = kiln(&[
@@ -90,7 +90,7 @@ fn a_format_kiln_cannot_build_yet_is_shown_at_its_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("`Format=uki` is not supported by `kiln build` yet"),
+        stderr.contains("`Format=disk` is not supported by `kiln build` yet"),
         "{stderr}"
     );
     assert!(stderr.contains("[mkosi.conf:5:8]"), "{stderr}");

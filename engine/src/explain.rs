@@ -71,11 +71,45 @@ fn build_number<S: serde::Serializer>(build: &BuildId, serializer: S) -> Result<
     serializer.serialize_i64(build.0)
 }
 
+/// What a stage kind can add to the explanation of one of its runs, from the two recorded runs
+/// and their outputs (the modules stage counts the modules a rule change added or removed).
+/// Implementations live with the stage kinds; explain calls the one of the run's kind.
+pub trait KindExplainer {
+    /// Extra sentences for `current`, a run of a stage of `kind` that ran, compared with
+    /// `previous`, the stage's run before it.
+    fn explain(
+        &self,
+        store: &Store,
+        kind: &str,
+        previous: &StageRun,
+        current: &StageRun,
+    ) -> Vec<String>;
+}
+
+/// Adds nothing.
+pub struct NoKindExplainer;
+
+impl KindExplainer for NoKindExplainer {
+    fn explain(&self, _: &Store, _: &str, _: &StageRun, _: &StageRun) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// Explain the last build of `recipe`, or only its stage `only`.
 pub fn explain(
     store: &Store,
     recipe: &str,
     only: Option<&str>,
+) -> Result<Explanation, ExplainError> {
+    explain_with(store, recipe, only, &NoKindExplainer)
+}
+
+/// [`explain`], with what stage kinds add about their own runs.
+pub fn explain_with(
+    store: &Store,
+    recipe: &str,
+    only: Option<&str>,
+    kinds: &dyn KindExplainer,
 ) -> Result<Explanation, ExplainError> {
     let index = store.index()?;
     let build = index
@@ -112,7 +146,22 @@ pub fn explain(
                 first_build,
                 stages: &stage_names,
             };
-            reasons(&context, run, previous.as_ref())
+            let mut reasons = reasons(&context, run, previous.as_ref());
+            if let Some(previous) = &previous {
+                reasons.extend(
+                    kinds
+                        .explain(store, &run.kind, previous, run)
+                        .into_iter()
+                        .map(|summary| Reason {
+                            input: format!("({})", run.kind),
+                            before: None,
+                            after: None,
+                            upstream: None,
+                            summary,
+                        }),
+                );
+            }
+            reasons
         } else {
             Vec::new()
         };

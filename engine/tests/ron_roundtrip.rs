@@ -132,7 +132,15 @@ fn content() -> impl Strategy<Value = ContentSettings> {
         prop::option::of(any::<u64>()),
         any::<bool>(),
     );
-    (lists, scalars, trees(), trees(), paths()).prop_map(
+    let firstboot = (
+        feature(),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::option::of(text()),
+    );
+    (lists, scalars, trees(), trees(), paths(), firstboot).prop_map(
         |(
             (
                 packages,
@@ -159,6 +167,7 @@ fn content() -> impl Strategy<Value = ContentSettings> {
             skeleton_trees,
             extra_trees,
             base_trees,
+            (clean_package_metadata, locale, locale_messages, keymap, timezone, root_shell),
         )| ContentSettings {
             packages,
             remove_packages,
@@ -181,6 +190,12 @@ fn content() -> impl Strategy<Value = ContentSettings> {
             base_trees,
             source_date_epoch,
             with_docs,
+            clean_package_metadata,
+            locale,
+            locale_messages,
+            keymap,
+            timezone,
+            root_shell,
         },
     )
 }

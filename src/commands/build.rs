@@ -34,25 +34,29 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let reporter = TerminalReporter::new(settings.verbose);
     let report = execute(&pipeline.graph, &plan, &store, &options, &reporter)?;
     timings.lap("stages");
-    let output = report
-        .stage(&pipeline.final_stage)
-        .map(|stage| stage.output)
-        .expect("every build runs its output stage");
-    let exported = export(
-        &store,
-        &pipeline.export.with_digest(output),
-        settings.force >= 1,
-    )?;
+    let mut exported = Vec::new();
+    for artifact in &pipeline.export.artifacts {
+        let output = report
+            .stage(&artifact.stage)
+            .map(|stage| stage.output)
+            .expect("every build runs the stages of its artifacts");
+        exported.push(export(
+            &store,
+            &pipeline.export.with_digest(artifact, output),
+            settings.force >= 1,
+        )?);
+    }
+    let main = exported.first().expect("every format has a main artifact");
     timings.lap("export");
     timings.print();
-    let verb = if exported.written {
+    let verb = if exported.iter().any(|artifact| artifact.written) {
         "wrote"
     } else {
         "up to date:"
     };
     eprintln!(
         "{verb} {} (build {}, {} of {} stages ran, {})",
-        exported.path.display(),
+        main.path.display(),
         report.build,
         report.ran().len(),
         report.stages.len(),

@@ -1,6 +1,6 @@
 //! `kiln graph explain`: why each stage of the last build ran, read from the build index.
 
-use kiln_engine::explain::{ExplainError, explain, render_text};
+use kiln_engine::explain::{ExplainError, explain_with, render_text};
 
 use crate::project::Project;
 use crate::report::{CliError, Renderer};
@@ -18,7 +18,12 @@ pub fn run(
             recipe: project.recipe_key.clone(),
         }));
     };
-    let explanation = explain(&store, &project.recipe_key, stage)?;
+    let explanation = explain_with(
+        &store,
+        &project.recipe_key,
+        stage,
+        &kiln_stages::modules::ModulesExplainer,
+    )?;
     if json {
         let text = serde_json::to_string_pretty(&explanation).map_err(|source| CliError::Io {
             what: "Cannot print the explanation as JSON".to_string(),

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use kiln_cache::{CheckoutMode, CheckoutOptions, Digest, Store};
 
 use crate::error::OutputError;
-use crate::output::ArtifactFormat;
 
 const MARKER: &str = "user.kiln.output";
 
@@ -24,11 +23,12 @@ const MARKER: &str = "user.kiln.output";
 #[derive(Debug, Clone)]
 pub struct Export {
     pub output_dir: PathBuf,
-    /// The output's file name without suffix (`archlinux-rescue_20240128`).
+    /// The output's file name (`archlinux-rescue_20240128.efi`).
     pub name: String,
     /// The unversioned name to link from, when it differs from `name`.
     pub link: Option<String>,
-    pub format: ArtifactFormat,
+    /// A tree written as a directory, or a blob written as a file.
+    pub directory: bool,
     pub digest: Digest,
     pub source_date_epoch: u64,
 }
@@ -41,16 +41,9 @@ pub struct Exported {
     pub written: bool,
 }
 
-fn suffix(format: ArtifactFormat) -> &'static str {
-    match format {
-        ArtifactFormat::Directory => "",
-        ArtifactFormat::Tar => ".tar",
-    }
-}
-
 /// Write the output (or leave it, when it is current and `force` is false).
 pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
-    let file_name = format!("{}{}", export.name, suffix(export.format));
+    let file_name = export.name.clone();
     let path = export.output_dir.join(&file_name);
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
@@ -74,8 +67,8 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         .output_dir
         .join(format!(".{file_name}.kiln-old-{pid}"));
     remove_any(&staging);
-    match export.format {
-        ArtifactFormat::Directory => {
+    match export.directory {
+        true => {
             let manifest =
                 store
                     .manifest(&export.digest)
@@ -142,9 +135,15 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
                     })?;
             }
         }
-        ArtifactFormat::Tar => {
+        false => {
             std::fs::copy(store.blob_path(&export.digest), &staging)
                 .map_err(write_error(&staging))?;
+            // The store's objects are read-only; an output is the user's file.
+            std::fs::set_permissions(
+                &staging,
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+            .map_err(write_error(&staging))?;
             set_mtime(&staging, export.source_date_epoch);
         }
     }
@@ -174,9 +173,7 @@ fn link(export: &Export, file_name: &str) -> Result<(), OutputError> {
     let Some(link) = &export.link else {
         return Ok(());
     };
-    let link_path = export
-        .output_dir
-        .join(format!("{link}{}", suffix(export.format)));
+    let link_path = export.output_dir.join(link);
     if link_path == export.output_dir.join(file_name) {
         return Ok(());
     }

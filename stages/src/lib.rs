@@ -21,12 +21,12 @@
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod formats;
 pub mod host;
 pub mod initrd;
 pub mod log;
 pub mod modules;
 pub mod namespace;
-pub mod output;
 pub mod packages;
 pub mod pipeline;
 pub mod remove_files;

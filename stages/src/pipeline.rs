@@ -1,9 +1,11 @@
-//! From a recipe to its stage graph, in mkosi's build order.
+//! From a recipe to its stage graph, in mkosi's build order (mkosi's `build_image`).
 //!
 //! base trees -> skeleton trees -> packages -> prepare scripts -> extra trees -> postinst scripts
-//! -> autologin -> /init -> hostname -> root password -> presets -> machine-id -> RemoveFiles ->
-//! finalize scripts -> output. A step with nothing to do is left out of the graph, except the
-//! base (the root every image starts from) and the output; presets and machine-id belong to
+//! -> autologin -> os-release -> /init -> presets -> kernel modules -> first-boot settings ->
+//! hostname -> root password -> machine-id -> (the kernel and stub are taken here) -> package
+//! metadata -> RemoveFiles -> finalize scripts -> the format's stages (a directory, a tar
+//! archive, a cpio archive, or initrd + UKI). A step with nothing to do is left out of the
+//! graph, except the base (the root every image starts from); presets and machine-id belong to
 //! images installed from packages.
 
 use std::collections::BTreeMap;
@@ -16,45 +18,62 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use crate::config::{
-    AutologinStage, HostnameStage, InitStage, MachineIdStage, PresetsStage, RootPasswordStage,
+    AutologinStage, CleanMetadata, EditStage, Firstboot, HostnameStage, InitStage, MachineIdStage,
+    OsRelease, PresetsStage, RootPasswordStage,
 };
 use crate::export::Export;
+use crate::formats::{Artifact, FormatContext, for_format};
 use crate::host::Host;
-use crate::output::{ArtifactFormat, OutputStage};
+use crate::modules::{ModuleRules, ModulesStage};
 use crate::packages::{Installer, LOCK_FILE, LockFile, Locked, PackagesError, PackagesStage};
 use crate::remove_files::RemoveFilesStage;
 use crate::scripts::{ScriptPhase, ScriptsStage};
 use crate::trees::{TreeLayer, TreesStage};
 
-/// A recipe's stages, and where its output goes.
+/// A recipe's stages, and where its outputs go.
 pub struct Pipeline {
     pub graph: Graph,
-    /// The stage whose output is exported.
-    pub final_stage: String,
-    /// Where and how the result is written (its digest is filled in after the build).
+    /// Where and how the results are written (the digests are filled in after the build).
     pub export: ExportPlan,
 }
 
-/// The export of a pipeline, before the digest is known.
+/// The export of a pipeline, before the digests are known.
 #[derive(Debug, Clone)]
 pub struct ExportPlan {
     pub output_dir: PathBuf,
+    /// The output name (`<ImageId>_<ImageVersion>`).
     pub name: String,
+    /// The unversioned name to link from, when it differs from `name`.
     pub link: Option<String>,
-    pub format: ArtifactFormat,
+    /// What is written: the main artifact first.
+    pub artifacts: Vec<Artifact>,
     pub source_date_epoch: u64,
 }
 
 impl ExportPlan {
-    pub fn with_digest(&self, digest: kiln_cache::Digest) -> Export {
+    /// The export of `artifact`, whose stage produced `digest`.
+    pub fn with_digest(&self, artifact: &Artifact, digest: kiln_cache::Digest) -> Export {
         Export {
             output_dir: self.output_dir.clone(),
-            name: self.name.clone(),
-            link: self.link.clone(),
-            format: self.format,
+            name: format!("{}{}", self.name, artifact.suffix),
+            link: self
+                .link
+                .as_ref()
+                .map(|link| format!("{link}{}", artifact.suffix)),
+            directory: artifact.directory,
             digest,
             source_date_epoch: self.source_date_epoch,
         }
+    }
+
+    /// The main artifact's path.
+    pub fn main_path(&self) -> PathBuf {
+        let suffix = self
+            .artifacts
+            .first()
+            .map(|artifact| artifact.suffix.as_str())
+            .unwrap_or_default();
+        self.output_dir.join(format!("{}{suffix}", self.name))
     }
 }
 
@@ -62,7 +81,7 @@ impl ExportPlan {
 #[derive(Debug, Error, Diagnostic)]
 pub enum PipelineError {
     #[error("`Format={format}` is not supported by `kiln build` yet")]
-    #[diagnostic(help("Supported today: Format=directory and Format=tar"))]
+    #[diagnostic(help("Supported today: Format=uki, cpio, directory and tar"))]
     UnsupportedFormat { format: String },
 
     #[error(
@@ -87,7 +106,24 @@ pub enum PipelineError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Modules(#[from] crate::modules::RuleError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Graph(#[from] kiln_engine::GraphError),
+}
+
+impl PipelineError {
+    /// The setting whose line the error points at, when one caused it.
+    pub fn setting(&self) -> Option<&str> {
+        Some(match self {
+            PipelineError::UnsupportedFormat { .. } => "Format",
+            PipelineError::UnsupportedDistribution { .. } => "Distribution",
+            PipelineError::PackagesWithoutDistribution => "Packages",
+            PipelineError::Modules(error) => error.setting(),
+            _ => return None,
+        })
+    }
 }
 
 /// How a pipeline is planned beyond what the recipe says.
@@ -112,6 +148,42 @@ pub fn pipeline(
     pipeline_with(recipe, project_dir, host, PipelineOptions::default())
 }
 
+/// The stages being laid out, each reading the tree of the one before.
+struct Chain {
+    stages: Vec<Box<dyn Stage>>,
+    last: String,
+}
+
+impl Chain {
+    /// Add the stage `make` builds over the current tree.
+    fn then(&mut self, make: impl FnOnce(String) -> Box<dyn Stage>) {
+        let stage = make(self.last.clone());
+        self.last = stage.name().to_string();
+        self.stages.push(stage);
+    }
+
+    fn trees(&mut self, name: &str, trees: &[TreeSource]) {
+        if trees.is_empty() {
+            return;
+        }
+        let layers = trees
+            .iter()
+            .map(|tree| TreeLayer {
+                source: tree.source.clone(),
+                target: tree.target.clone(),
+                owned_by_root: true,
+            })
+            .collect();
+        self.then(|base| {
+            Box::new(TreesStage {
+                name: name.to_string(),
+                base: Some(base),
+                layers,
+            })
+        });
+    }
+}
+
 /// [`pipeline`] with options.
 pub fn pipeline_with(
     recipe: &Recipe,
@@ -119,15 +191,10 @@ pub fn pipeline_with(
     host: Arc<dyn Host>,
     options: PipelineOptions,
 ) -> Result<Pipeline, PipelineError> {
-    let format = match recipe.output.format {
-        OutputFormat::Directory => ArtifactFormat::Directory,
-        OutputFormat::Tar => ArtifactFormat::Tar,
-        other => {
-            return Err(PipelineError::UnsupportedFormat {
-                format: serde_name(&other),
-            });
-        }
-    };
+    let format =
+        for_format(recipe.output.format).ok_or_else(|| PipelineError::UnsupportedFormat {
+            format: serde_name(&recipe.output.format),
+        })?;
     if !Installer::supports(recipe.distribution.distribution) {
         return Err(PipelineError::UnsupportedDistribution {
             distribution: serde_name(&recipe.distribution.distribution),
@@ -148,143 +215,145 @@ pub fn pipeline_with(
     } else {
         None
     };
+    let content = &recipe.content;
+    let module_rules = ModuleRules {
+        kernel_modules_include: content.kernel_modules_include.clone(),
+        kernel_modules_exclude: content.kernel_modules_exclude.clone(),
+        kernel_modules_include_host: content.kernel_modules_include_host,
+        kernel_modules: content.kernel_modules.clone(),
+        firmware_include: content.firmware_include.clone(),
+        firmware_exclude: content.firmware_exclude.clone(),
+        firmware_files: content.firmware_files.clone(),
+        architecture: recipe.distribution.architecture.clone(),
+    };
+    // A rule that cannot compile is the recipe's error, found before anything runs.
+    module_rules.compile(&[])?;
     let epoch = source_date_epoch(recipe);
     let variables = script_variables(recipe, epoch);
-    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-    let mut last = "base-trees".to_string();
-    stages.push(Box::new(TreesStage {
-        name: last.clone(),
-        base: None,
-        layers: recipe
-            .content
-            .base_trees
-            .iter()
-            .map(|source| TreeLayer {
-                source: source.clone(),
-                target: None,
-                owned_by_root: false,
-            })
-            .collect(),
-    }));
-    let add_trees =
-        |stages: &mut Vec<Box<dyn Stage>>, last: &mut String, name: &str, trees: &[TreeSource]| {
-            if trees.is_empty() {
-                return;
-            }
-            stages.push(Box::new(TreesStage {
-                name: name.to_string(),
-                base: Some(last.clone()),
-                layers: trees
-                    .iter()
-                    .map(|tree| TreeLayer {
-                        source: tree.source.clone(),
-                        target: tree.target.clone(),
-                        owned_by_root: true,
-                    })
-                    .collect(),
-            }));
-            *last = name.to_string();
-        };
-    let add_scripts = |stages: &mut Vec<Box<dyn Stage>>,
-                       last: &mut String,
-                       phase: ScriptPhase,
-                       scripts: &[PathBuf]| {
+    let scripts = |phase: ScriptPhase, scripts: &[PathBuf], chain: &mut Chain| {
         if scripts.is_empty() {
             return;
         }
-        stages.push(Box::new(ScriptsStage {
+        let stage = ScriptsStage {
             phase,
-            base: last.clone(),
+            base: chain.last.clone(),
             scripts: scripts.to_vec(),
             variables: variables.clone(),
             project_dir: project_dir.to_path_buf(),
             host: Arc::clone(&host),
-        }));
-        *last = phase.stage_name().to_string();
+        };
+        chain.then(|_| Box::new(stage));
     };
-    add_trees(
-        &mut stages,
-        &mut last,
-        "skeleton-trees",
-        &recipe.content.skeleton_trees,
-    );
+
+    let mut chain = Chain {
+        stages: vec![Box::new(TreesStage {
+            name: "base-trees".to_string(),
+            base: None,
+            layers: content
+                .base_trees
+                .iter()
+                .map(|source| TreeLayer {
+                    source: source.clone(),
+                    target: None,
+                    owned_by_root: false,
+                })
+                .collect(),
+        })],
+        last: "base-trees".to_string(),
+    };
+    chain.trees("skeleton-trees", &content.skeleton_trees);
     if let Some(installer) = installer.clone() {
-        let stage = PackagesStage::new(last.clone(), installer, locked);
-        last = stage.name().to_string();
-        stages.push(Box::new(stage));
+        chain.then(|base| Box::new(PackagesStage::new(base, installer, locked)));
     }
-    add_scripts(
-        &mut stages,
-        &mut last,
-        ScriptPhase::Prepare,
-        &recipe.scripts.prepare,
-    );
-    add_trees(
-        &mut stages,
-        &mut last,
-        "extra-trees",
-        &recipe.content.extra_trees,
-    );
-    add_scripts(
-        &mut stages,
-        &mut last,
-        ScriptPhase::Postinst,
-        &recipe.scripts.postinst,
-    );
-    // Each configuration stage works on the tree of the stage before it.
-    let mut then = |stage: &dyn Fn(String) -> Box<dyn Stage>| {
-        let next = stage(last.clone());
-        last = next.name().to_string();
-        stages.push(next);
+    scripts(ScriptPhase::Prepare, &recipe.scripts.prepare, &mut chain);
+    chain.trees("extra-trees", &content.extra_trees);
+    scripts(ScriptPhase::Postinst, &recipe.scripts.postinst, &mut chain);
+    if content.autologin {
+        chain.then(|base| Box::new(AutologinStage { base }));
+    }
+    let os_release = OsRelease {
+        image_id: recipe.output.image_id.clone(),
+        image_version: recipe.output.image_version.clone(),
+        hostname: content.hostname.clone(),
     };
-    if recipe.content.autologin {
-        then(&|base| Box::new(AutologinStage { base }));
+    if !os_release.is_empty() {
+        chain.then(|base| {
+            Box::new(EditStage {
+                base,
+                edit: os_release,
+            })
+        });
     }
     if matches!(recipe.output.format, OutputFormat::Uki | OutputFormat::Cpio) {
-        then(&|base| Box::new(InitStage { base }));
-    }
-    if let Some(hostname) = &recipe.content.hostname {
-        then(&|base| {
-            Box::new(HostnameStage {
-                base,
-                hostname: hostname.clone(),
-            })
-        });
-    }
-    if let Some(password) = &recipe.content.root_password {
-        let image = recipe.image_name();
-        then(&|base| Box::new(RootPasswordStage::new(base, password, &image)));
+        chain.then(|base| Box::new(InitStage { base }));
     }
     if installer.is_some() {
-        then(&|base| {
-            Box::new(PresetsStage {
+        let host = Arc::clone(&host);
+        chain.then(|base| Box::new(PresetsStage { base, host }));
+    }
+    if !module_rules.is_empty() {
+        let host = Arc::clone(&host);
+        chain.then(|base| Box::new(ModulesStage::new(base, module_rules, host)));
+    }
+    let firstboot = Firstboot {
+        locale: content.locale.clone(),
+        locale_messages: content.locale_messages.clone(),
+        keymap: content.keymap.clone(),
+        timezone: content.timezone.clone(),
+        root_shell: content.root_shell.clone(),
+    };
+    if !firstboot.is_empty() {
+        chain.then(|base| {
+            Box::new(EditStage {
                 base,
-                host: Arc::clone(&host),
+                edit: firstboot,
             })
         });
-        then(&|base| Box::new(MachineIdStage { base }));
     }
-    if !recipe.content.remove_files.is_empty() {
-        stages.push(Box::new(RemoveFilesStage {
-            name: "remove-files".to_string(),
-            base: last.clone(),
-            globs: recipe.content.remove_files.clone(),
-        }));
-        last = "remove-files".to_string();
+    if let Some(hostname) = &content.hostname {
+        let hostname = hostname.clone();
+        chain.then(|base| Box::new(HostnameStage { base, hostname }));
     }
-    add_scripts(
-        &mut stages,
-        &mut last,
-        ScriptPhase::Finalize,
-        &recipe.scripts.finalize,
-    );
-    let final_stage = "output".to_string();
-    stages.push(Box::new(OutputStage {
-        name: final_stage.clone(),
-        base: last,
-        format,
+    if let Some(password) = &content.root_password {
+        let image = recipe.image_name();
+        chain.then(|base| Box::new(RootPasswordStage::new(base, password, &image)));
+    }
+    if installer.is_some() {
+        chain.then(|base| Box::new(MachineIdStage { base }));
+    }
+    // mkosi takes the kernel and the EFI stub here, before anything is removed.
+    let esp_tree = chain.last.clone();
+    let clean = CleanMetadata {
+        setting: content.clean_package_metadata,
+        keeps_by_default: matches!(
+            recipe.output.format,
+            OutputFormat::Directory | OutputFormat::Tar
+        ),
+    };
+    if !clean.is_noop() {
+        chain.then(|base| Box::new(EditStage { base, edit: clean }));
+    }
+    if !content.remove_files.is_empty() {
+        let globs = content.remove_files.clone();
+        chain.then(|base| {
+            Box::new(RemoveFilesStage {
+                name: "remove-files".to_string(),
+                base,
+                globs,
+            })
+        });
+    }
+    scripts(ScriptPhase::Finalize, &recipe.scripts.finalize, &mut chain);
+
+    let formatted = format.stages(&FormatContext {
+        recipe,
+        tree: chain.last.clone(),
+        esp_tree,
         source_date_epoch: epoch,
-    }));
+        compress_level: None,
+    });
+    let mut stages = chain.stages;
+    stages.extend(formatted.stages);
 
     let output_dir = kiln_engine::paths::absolute(
         project_dir,
@@ -298,12 +367,11 @@ pub fn pipeline_with(
     let unversioned = recipe.image_name();
     Ok(Pipeline {
         graph: Graph::new(stages)?,
-        final_stage,
         export: ExportPlan {
             output_dir,
             link: (unversioned != name).then_some(unversioned),
             name,
-            format,
+            artifacts: formatted.artifacts,
             source_date_epoch: epoch,
         },
     })

@@ -44,7 +44,7 @@ impl Stage for TreesStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn inputs(&self) -> Vec<Input> {
@@ -121,6 +121,23 @@ pub fn lay_over(tree: &mut Manifest, overlay: &Manifest, target: &Path) -> Resul
         placed.path = path.clone();
         if path.is_empty() {
             // The overlay's root directory: mkosi keeps the image root's metadata.
+            continue;
+        }
+        // A file copied onto a symlink to a file is written through the link, as `cp` (and so
+        // mkosi) does: `mkosi.extra/etc/os-release` over the image's
+        // `etc/os-release -> ../usr/lib/os-release` changes `usr/lib/os-release`.
+        if matches!(placed.kind, EntryKind::File { .. })
+            && tree
+                .get(&path)
+                .is_some_and(|existing| matches!(existing.kind, EntryKind::Symlink { .. }))
+            && let Ok(through) = resolve_in_tree(tree, &path)
+            && tree
+                .get(&through)
+                .is_some_and(|target| matches!(target.kind, EntryKind::File { .. }))
+        {
+            placed.path = through.clone();
+            tree.remove_path_recursive(&through);
+            tree.insert_or_replace(placed)?;
             continue;
         }
         match tree.get(&path) {

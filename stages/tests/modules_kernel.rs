@@ -311,7 +311,13 @@ impl Bench {
         };
         let ran = report.ran().iter().map(|name| name.to_string()).collect();
         let output = report.stage("modules").unwrap().output;
-        let lines = lines.0.into_inner().unwrap();
+        let mut lines = lines.0.into_inner().unwrap();
+        // What resolution noted (a host without /proc/modules) is recorded with the run.
+        lines.extend(
+            plan.stages
+                .iter()
+                .flat_map(|stage| stage.notes.iter().map(|note| format!("note: {note}"))),
+        );
         (ran, self.store.manifest(&output).unwrap(), lines)
     }
 
@@ -452,10 +458,27 @@ fn reference_selection(kernel: &Kernel) -> BTreeSet<String> {
         includes.iter().any(|needle| legacy.contains(needle))
     });
 
+    let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
+    for line in std::fs::read_to_string(kdir.join("modules.alias"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let ["alias", alias, module] = line.split_whitespace().collect::<Vec<_>>()[..] {
+            aliases
+                .entry(normalize(alias))
+                .or_default()
+                .push(normalize(module));
+        }
+    }
     let builtin_soft = modinfo_fields(kernel, &builtin, "softdep");
     let mut kept: BTreeSet<String> = BTreeSet::new();
     let mut todo: Vec<String> = selected.map(|rel| name_of(rel)).collect();
-    todo.extend(builtin_soft.values().flatten().map(|name| normalize(name)));
+    for word in builtin_soft.values().flatten().map(|name| normalize(name)) {
+        match aliases.get(&word) {
+            Some(modules) if !files.contains_key(&word) => todo.extend(modules.clone()),
+            _ => todo.push(word),
+        }
+    }
     while !todo.is_empty() {
         let batch: Vec<String> = todo
             .drain(..)
@@ -470,8 +493,15 @@ fn reference_selection(kernel: &Kernel) -> BTreeSet<String> {
             .collect();
         let depends = modinfo_fields(kernel, &paths, "depends");
         let softdeps = modinfo_fields(kernel, &paths, "softdep");
-        for words in depends.values().chain(softdeps.values()) {
+        for words in depends.values() {
             todo.extend(words.iter().map(|word| normalize(word)));
+        }
+        // A soft dependency names a module or one of kmod's aliases (as modprobe reads them).
+        for word in softdeps.values().flatten().map(|word| normalize(word)) {
+            match aliases.get(&word) {
+                Some(modules) if !files.contains_key(&word) => todo.extend(modules.clone()),
+                _ => todo.push(word),
+            }
         }
     }
     kept.iter().map(|name| files[name].clone()).collect()

@@ -110,7 +110,7 @@ fn hostname_writes_etc_hostname_and_a_change_reruns_only_what_follows() {
     assert_eq!(fixture.text(&tree, "etc/hostname"), "rescue\n");
     let hostname = tree.get("etc/hostname").unwrap();
     assert_eq!((hostname.mode, hostname.uid, hostname.gid), (0o644, 0, 0));
-    assert_eq!(fixture.text(&tree, "etc/machine-id"), "");
+    assert_eq!(fixture.text(&tree, "etc/machine-id"), "uninitialized\n");
     assert_eq!(tree.get("etc/machine-id").unwrap().mode, 0o444);
 
     let (ran, _) = fixture.build(stages("rescue"));
@@ -305,9 +305,10 @@ fn a_distribution_gets_packages_then_configuration_stages_in_mkosis_order() {
             "packages",
             "postinst",
             "autologin",
+            "os-release",
+            "presets",
             "hostname",
             "root-password",
-            "presets",
             "machine-id",
             "output"
         ]
@@ -329,13 +330,49 @@ fn a_distribution_gets_packages_then_configuration_stages_in_mkosis_order() {
     let built = pipeline(&arch, dir.path(), Arc::new(RealHost::default())).unwrap();
     assert_eq!(
         stage_names(&built.graph),
-        vec!["base-trees", "packages", "presets", "machine-id", "output"]
+        vec![
+            "base-trees",
+            "packages",
+            "os-release",
+            "presets",
+            "machine-id",
+            "output"
+        ]
     );
 
-    // Format=uki is not built yet, and other distributions are refused.
+    // A UKI: the initrd and the UKI after the tree, the kernel taken before RemoveFiles=; the
+    // package managers' metadata goes.
+    let mut uki = recipe(Distribution::Debian, OutputFormat::Uki);
+    uki.content.remove_files = vec!["/usr/share/doc".to_string()];
+    let built = pipeline(&uki, dir.path(), Arc::new(RealHost::default())).unwrap();
+    assert_eq!(
+        stage_names(&built.graph),
+        vec![
+            "base-trees",
+            "packages",
+            "os-release",
+            "init",
+            "presets",
+            "machine-id",
+            "kernel",
+            "clean-metadata",
+            "remove-files",
+            "initrd",
+            "uki"
+        ]
+    );
+    let suffixes: Vec<&str> = built
+        .export
+        .artifacts
+        .iter()
+        .map(|artifact| artifact.suffix.as_str())
+        .collect();
+    assert_eq!(suffixes, vec![".efi", ".vmlinuz", ".initrd"]);
+
+    // Formats kiln cannot build yet, and other distributions, are refused.
     assert!(matches!(
         pipeline(
-            &recipe(Distribution::Debian, OutputFormat::Uki),
+            &recipe(Distribution::Debian, OutputFormat::Disk),
             dir.path(),
             Arc::new(RealHost::default())
         ),

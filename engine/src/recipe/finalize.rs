@@ -522,6 +522,15 @@ fn to_recipe(shared: &mut Shared<'_>, f: &Finalized) -> Recipe {
                 _ => None,
             },
             with_docs: flag(f, "WithDocs"),
+            clean_package_metadata: match f.get("CleanPackageMetadata") {
+                Some(Some(Val::Feature(feature))) => *feature,
+                _ => Feature::Auto,
+            },
+            locale: text(f, "Locale"),
+            locale_messages: text(f, "LocaleMessages"),
+            keymap: text(f, "Keymap"),
+            timezone: text(f, "Timezone"),
+            root_shell: text(f, "RootShell"),
         },
         validation: ValidationSettings {
             secure_boot: flag(f, "SecureBoot"),

@@ -320,6 +320,18 @@ pub struct ContentSettings {
     pub source_date_epoch: Option<u64>,
     /// `WithDocs=` (mkosi's default: yes).
     pub with_docs: bool,
+    /// `CleanPackageMetadata=`.
+    pub clean_package_metadata: Feature,
+    /// `Locale=`.
+    pub locale: Option<String>,
+    /// `LocaleMessages=`.
+    pub locale_messages: Option<String>,
+    /// `Keymap=`.
+    pub keymap: Option<String>,
+    /// `Timezone=`.
+    pub timezone: Option<String>,
+    /// `RootShell=`.
+    pub root_shell: Option<String>,
 }
 
 impl Default for ContentSettings {
@@ -346,6 +358,12 @@ impl Default for ContentSettings {
             base_trees: Vec::new(),
             source_date_epoch: None,
             with_docs: true,
+            clean_package_metadata: Feature::Auto,
+            locale: None,
+            locale_messages: None,
+            keymap: None,
+            timezone: None,
+            root_shell: None,
         }
     }
 }

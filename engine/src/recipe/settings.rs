@@ -451,7 +451,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .suffixes(&["extra", "extra.tar"]),
     s("RemovePackages", "Content").kind(list(',')),
     s("RemoveFiles", "Content").kind(list(',')),
-    s("CleanPackageMetadata", "Content"),
+    s("CleanPackageMetadata", "Content").kind(Kind::Feature),
     s("SourceDateEpoch", "Content")
         .scope(Multiversal)
         .kind(Kind::Epoch),
@@ -509,16 +509,16 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("FirmwareInclude", "Content").kind(list(',')),
     s("FirmwareExclude", "Content").kind(list(',')),
     s("FirmwareFiles", "Content").kind(list(',')),
-    s("Locale", "Content"),
-    s("LocaleMessages", "Content"),
-    s("Keymap", "Content"),
-    s("Timezone", "Content"),
+    s("Locale", "Content").kind(Kind::Text),
+    s("LocaleMessages", "Content").kind(Kind::Text),
+    s("Keymap", "Content").kind(Kind::Text),
+    s("Timezone", "Content").kind(Kind::Text),
     s("Hostname", "Content").kind(Kind::Text),
     s("RootPassword", "Content")
         .kind(Kind::Password)
         .suffixes(&["rootpw"])
         .read_text(),
-    s("RootShell", "Content"),
+    s("RootShell", "Content").kind(Kind::Text),
     s("MachineId", "Content")
         .suffixes(&["machine-id"])
         .read_text(),

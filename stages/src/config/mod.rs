@@ -1,6 +1,7 @@
-//! Image configuration after the packages, as mkosi does it: autologin drop-ins, the `/init`
-//! link of a UKI or cpio image, the hostname, the root password, systemd presets and an empty
-//! `/etc/machine-id`.
+//! Image configuration after the packages, as mkosi does it: autologin drop-ins, the
+//! os-release lines, the `/init` link of a UKI or cpio image, systemd presets, the first-boot
+//! settings, the hostname, the root password, `/etc/machine-id`, and the package managers'
+//! metadata cleaned away.
 //!
 //! Each is a stage of its own with its own key, so changing the hostname re-runs only the
 //! hostname stage and the stages after it. All but presets are edits of the manifest (a blob
@@ -8,11 +9,15 @@
 //! disk. Presets need `systemctl preset-all`, which runs against an overlay of the tree.
 
 pub mod autologin;
+pub mod clean_metadata;
 pub mod crypt;
+pub mod edit;
 pub mod error;
+pub mod firstboot;
 pub mod hostname;
 pub mod init;
 pub mod machine_id;
+pub mod os_release;
 pub mod presets;
 pub mod root_password;
 
@@ -22,10 +27,14 @@ use kiln_cache::{Entry, EntryKind, Manifest, Store};
 use kiln_engine::StageError;
 
 pub use autologin::AutologinStage;
+pub use clean_metadata::CleanMetadata;
+pub use edit::{EditStage, TreeEdit};
 pub use error::ConfigError;
+pub use firstboot::Firstboot;
 pub use hostname::HostnameStage;
 pub use init::InitStage;
 pub use machine_id::MachineIdStage;
+pub use os_release::OsRelease;
 pub use presets::PresetsStage;
 pub use root_password::RootPasswordStage;
 

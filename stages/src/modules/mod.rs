@@ -48,7 +48,9 @@ use kiln_cache::{Digest, EntryKind, Manifest, OutputKind, Store};
 use kiln_engine::{Input, Resolution, ResolveContext, Stage, StageContext, StageError};
 
 pub use error::ModulesError;
-pub use explain::{RuleChange, count_module_changes, explain_change, rule_changes};
+pub use explain::{
+    ModulesExplainer, RuleChange, count_module_changes, explain_change, rule_changes,
+};
 pub use rules::{CompiledRules, ModuleRules, RuleError, Setting};
 pub use select::{KernelInventory, MissingDependency, Selection};
 
@@ -308,6 +310,9 @@ pub fn inventory(
     }
     if let Some(bytes) = read("modules.builtin.modinfo")? {
         inventory.set_builtin_info(&bytes);
+    }
+    if let Some(bytes) = read("modules.alias")? {
+        inventory.set_aliases(&String::from_utf8_lossy(&bytes));
     }
     Ok(inventory)
 }

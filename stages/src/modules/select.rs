@@ -10,8 +10,9 @@
 //!
 //! One difference from mkosi is deliberate: mkosi parses `modinfo --null`'s `softdep=pre: x`
 //! at its first `:`, so it never sees a soft dependency; kiln follows them, as kmod's own
-//! `modprobe` does. Soft dependencies that name an alias (`crypto-crc32c`) rather than a
-//! module are not resolved, as in mkosi, and are reported as missing.
+//! `modprobe` does, resolving the aliases they often name (`crypto-crc32c`) through the
+//! kernel's `modules.alias`. A soft dependency nothing provides is skipped silently, as modprobe
+//! skips it; a missing `depends=` is reported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -33,9 +34,33 @@ pub struct KernelInventory {
     /// Whether anything lies in `/usr/lib/firmware`: then mkosi resolves dependencies even
     /// without module rules, to learn which firmware the modules need.
     pub has_firmware: bool,
+    /// `modules.alias` of the kernel as installed: alias -> module names (normalized). Soft
+    /// dependencies often name an alias (`crypto-crc32c`).
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 impl KernelInventory {
+    /// Reads `modules.alias` (`alias NAME MODULE` lines; wildcard aliases are skipped: soft
+    /// dependencies name plain aliases).
+    pub fn set_aliases(&mut self, modules_alias: &str) {
+        for line in modules_alias.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("alias") {
+                continue;
+            }
+            let (Some(alias), Some(module)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if alias.contains(['*', '?', '[']) {
+                continue;
+            }
+            self.aliases
+                .entry(normalize_module_name(alias))
+                .or_default()
+                .push(normalize_module_name(module));
+        }
+    }
+
     /// Reads `modules.builtin` (module paths, one a line).
     pub fn set_builtin(&mut self, modules_builtin: &str) {
         self.builtin = modules_builtin
@@ -150,7 +175,7 @@ where
         let mut next = BTreeSet::new();
         for (name, info) in infos {
             firmware.extend(info.firmware.iter().cloned());
-            for dependency in info.dependencies().map(normalize_module_name) {
+            for dependency in info.depends.iter().map(|name| normalize_module_name(name)) {
                 if files.contains_key(dependency.as_str()) {
                     if !visited.contains(&dependency) {
                         next.insert(dependency);
@@ -160,6 +185,27 @@ where
                         module: name.clone(),
                         dependency,
                     });
+                }
+            }
+            // Soft dependencies are optional (modprobe goes on without them): followed when a
+            // module or an alias provides them, never reported missing.
+            for dependency in info.softdeps.iter().map(|name| normalize_module_name(name)) {
+                let provided: Vec<String> = if files.contains_key(dependency.as_str()) {
+                    vec![dependency]
+                } else {
+                    inventory
+                        .aliases
+                        .get(&dependency)
+                        .into_iter()
+                        .flatten()
+                        .filter(|module| files.contains_key(module.as_str()))
+                        .cloned()
+                        .collect()
+                };
+                for module in provided {
+                    if !visited.contains(&module) {
+                        next.insert(module);
+                    }
                 }
             }
         }
@@ -218,9 +264,11 @@ mod tests {
                 "kernel/b/soft.ko.zst".to_string(),
                 "kernel/b/unused.ko".to_string(),
                 "kernel/c/from-builtin.ko".to_string(),
+                "kernel/d/aliased.ko".to_string(),
             ],
             ..KernelInventory::default()
         };
+        inv.set_aliases("alias crypto-alias aliased\nalias pci:v*d* unused\n");
         inv.set_builtin("kernel/core/core_thing.ko\n");
         inv.set_builtin_info(
             b"core_thing.softdep=pre: from_builtin\0core_thing.firmware=core.bin\0",
@@ -229,11 +277,16 @@ mod tests {
             ("kernel/a/leaf_one.ko", info(&[], &[], &["leaf.bin"])),
             (
                 "kernel/a/needs.ko",
-                info(&["leaf_one", "core_thing"], &["soft", "crypto-alias"], &[]),
+                info(
+                    &["leaf_one", "core_thing", "gone"],
+                    &["soft", "crypto-alias", "optional-nothing"],
+                    &[],
+                ),
             ),
             ("kernel/b/soft.ko.zst", info(&[], &[], &[])),
             ("kernel/b/unused.ko", info(&["needs"], &[], &[])),
             ("kernel/c/from-builtin.ko", info(&[], &[], &[])),
+            ("kernel/d/aliased.ko", info(&[], &[], &[])),
         ]);
         (inv, infos)
     }
@@ -260,6 +313,7 @@ mod tests {
                 "kernel/a/needs.ko",
                 "kernel/b/soft.ko.zst",
                 "kernel/c/from-builtin.ko",
+                "kernel/d/aliased.ko",
             ]
         );
         assert_eq!(
@@ -274,7 +328,7 @@ mod tests {
             selection.missing,
             vec![MissingDependency {
                 module: "needs".into(),
-                dependency: "crypto-alias".into()
+                dependency: "gone".into()
             }]
         );
     }

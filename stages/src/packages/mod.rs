@@ -276,7 +276,7 @@ impl PackagesStage {
         }
         .map_err(StageError::failed)?;
         drop(snapshot);
-        let tree = match stored {
+        let mut tree = match stored {
             Some(tree) => tree,
             None => ctx.store.ingest_dir(
                 &target,
@@ -286,7 +286,21 @@ impl PackagesStage {
                 },
             )?,
         };
+        remove_device_nodes(&mut tree);
         Ok(ctx.store.put_manifest(&tree)?)
+    }
+}
+
+/// What the package manager left in `/dev` (mmdebstrap makes the nodes its chroot needs):
+/// mkosi's images have an empty `/dev`, which the booted system mounts over.
+fn remove_device_nodes(tree: &mut Manifest) {
+    let nodes: Vec<String> = tree
+        .entries()
+        .filter(|entry| entry.path.starts_with("dev/"))
+        .map(|entry| entry.path.clone())
+        .collect();
+    for path in nodes.iter().rev() {
+        tree.remove_path_recursive(path);
     }
 }
 
@@ -303,7 +317,7 @@ impl Stage for PackagesStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn inputs(&self) -> Vec<Input> {

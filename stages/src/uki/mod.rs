@@ -30,4 +30,4 @@ pub use assemble::{PlacedSection, Placement, SectionContent, UkiLayout, UkiSecti
 pub use error::UkiError;
 pub use inspect::{InspectError, InspectedSection, Inspection, inspect, inspect_file};
 pub use pe::{PeError, PeHeaders};
-pub use stage::{UkiInputs, UkiStage, ukify_sections};
+pub use stage::{KernelStage, UkiInputs, UkiStage, ukify_sections};

@@ -113,8 +113,11 @@ fn pe_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, super::pe::PeE
 pub struct UkiStage {
     /// The node's name, `uki` unless several images need one each.
     pub name: String,
-    /// The stage whose output is the image tree.
+    /// The stage whose output is the finished image tree: `.osrel` comes from it.
     pub tree: String,
+    /// The stage whose tree the kernel and the stub come from, when not `tree` (mkosi takes
+    /// them before RemoveFiles= and the finalize scripts run).
+    pub esp: Option<String>,
     /// The stage whose output is the initrd.
     pub initrd: String,
     /// `Architecture=`, in mkosi's spelling (`x86-64`): chooses the stub.
@@ -133,6 +136,7 @@ impl UkiStage {
         UkiStage {
             name: "uki".to_string(),
             tree: tree.into(),
+            esp: None,
             initrd: initrd.into(),
             architecture: architecture.into(),
             kernel_command_line,
@@ -144,11 +148,13 @@ impl UkiStage {
         self.kernel_command_line.join(" ")
     }
 
-    /// Finds the parts in the tree and assembles the UKI at `out`.
+    /// Finds the parts in the trees and assembles the UKI at `out`: the stub and the kernel in
+    /// `esp`, the os-release in `tree`.
     pub fn build(
         &self,
         store: &Store,
         tree: &Digest,
+        esp: &Digest,
         initrd: &Digest,
         out: &Path,
     ) -> Result<(), UkiError> {
@@ -156,14 +162,19 @@ impl UkiStage {
             architecture: self.architecture.clone(),
         })?;
         let manifest = store.manifest(tree)?;
+        let esp_manifest = if esp == tree {
+            manifest.clone()
+        } else {
+            store.manifest(esp)?
+        };
         let os_release = find_os_release(&manifest)?;
         let os_release_text = os_release
             .as_ref()
             .and_then(|file| store.read_blob(&file.blob).ok())
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         let hints = PackageHints::for_os_release(os_release_text.as_deref(), &self.architecture);
-        let stub = find_stub(&manifest, efi_arch, &hints)?;
-        let kernel = find_kernel(store, &manifest, &hints)?;
+        let stub = find_stub(&esp_manifest, efi_arch, &hints)?;
+        let kernel = find_kernel(store, &esp_manifest, &hints)?;
         let os_release = os_release.ok_or(UkiError::MissingOsRelease)?;
         let inputs = UkiInputs {
             stub: store.blob_path(&stub.blob),
@@ -192,12 +203,16 @@ impl Stage for UkiStage {
     }
 
     fn inputs(&self) -> Vec<Input> {
-        vec![
+        let mut inputs = vec![
             Input::stage("tree", &self.tree),
             Input::stage("initrd", &self.initrd),
             Input::value("Architecture", &self.architecture),
             Input::value("KernelCommandLine", self.cmdline()),
-        ]
+        ];
+        if let Some(esp) = &self.esp {
+            inputs.push(Input::stage("esp", esp));
+        }
+        inputs
     }
 
     fn output_kind(&self) -> OutputKind {
@@ -206,10 +221,60 @@ impl Stage for UkiStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
         let tree = ctx.input("tree")?;
+        let esp = match &self.esp {
+            Some(_) => ctx.input("esp")?,
+            None => tree,
+        };
         let initrd = ctx.input("initrd")?;
         let out = ctx.scratch.join("image.efi");
-        self.build(ctx.store, &tree, &initrd, &out)
+        self.build(ctx.store, &tree, &esp, &initrd, &out)
             .map_err(StageError::failed)?;
         Ok(ctx.store.put_file(&out, PutMode::Move)?)
+    }
+}
+
+/// The kernel image of a tree, found as the uki stage finds it: mkosi's `<Output>.vmlinuz`
+/// split artifact.
+pub struct KernelStage {
+    pub name: String,
+    /// The stage whose tree holds the kernel.
+    pub tree: String,
+    /// `Architecture=`, for the package the error names when there is no kernel.
+    pub architecture: String,
+}
+
+impl Stage for KernelStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "kernel"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        vec![
+            Input::stage("tree", &self.tree),
+            Input::value("Architecture", &self.architecture),
+        ]
+    }
+
+    fn output_kind(&self) -> OutputKind {
+        OutputKind::Blob
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
+        let manifest = ctx.store.manifest(&ctx.input("tree")?)?;
+        let os_release = find_os_release(&manifest)
+            .map_err(StageError::failed)?
+            .and_then(|file| ctx.store.read_blob(&file.blob).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        let hints = PackageHints::for_os_release(os_release.as_deref(), &self.architecture);
+        let kernel = find_kernel(ctx.store, &manifest, &hints).map_err(StageError::failed)?;
+        Ok(kernel.file.blob)
     }
 }

@@ -1,8 +1,9 @@
-//! The output stage: the finished tree in the format the recipe asks for.
+//! `Format=tar`: the finished tree as a deterministic archive written from the manifest: entries
+//! in path order, numeric owners, every mtime set to SOURCE_DATE_EPOCH, hardlinks as links to
+//! their first path, xattrs as PAX records.
 //!
-//! `Format=directory` keeps the tree as it is (its export is a checkout); `Format=tar` writes a
-//! deterministic archive from the manifest: entries in path order, numeric owners, every mtime set
-//! to SOURCE_DATE_EPOCH, hardlinks as links to their first path, xattrs as PAX records.
+//! mkosi compresses a tar output with `CompressOutput=` (zstd by default, `.tar.zst`); kiln
+//! writes it uncompressed (`.tar`) for now.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,30 +12,42 @@ use kiln_cache::{Digest, EntryKind, Manifest, OutputKind, PutMode, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 use tar::{EntryType, Header};
 
-/// Which artifact the output stage makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArtifactFormat {
-    Directory,
-    Tar,
+use super::{Artifact, Format, FormatContext, FormatStages};
+
+/// `Format=tar`.
+pub struct Tar;
+
+impl Format for Tar {
+    fn name(&self) -> &'static str {
+        "tar"
+    }
+
+    fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages {
+        FormatStages {
+            stages: vec![Box::new(TarStage {
+                name: "output".to_string(),
+                base: ctx.tree.clone(),
+                source_date_epoch: ctx.source_date_epoch,
+            })],
+            artifacts: vec![Artifact::file("output", ".tar")],
+        }
+    }
 }
 
-pub struct OutputStage {
+/// Writes the tree of `base` as a tar archive.
+pub struct TarStage {
     pub name: String,
     pub base: String,
-    pub format: ArtifactFormat,
     pub source_date_epoch: u64,
 }
 
-impl Stage for OutputStage {
+impl Stage for TarStage {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn kind(&self) -> &'static str {
-        match self.format {
-            ArtifactFormat::Directory => "directory",
-            ArtifactFormat::Tar => "tar",
-        }
+        "tar"
     }
 
     fn version(&self) -> u32 {
@@ -42,41 +55,26 @@ impl Stage for OutputStage {
     }
 
     fn inputs(&self) -> Vec<Input> {
-        let mut inputs = vec![Input::stage("tree", &self.base)];
-        if self.format == ArtifactFormat::Tar {
-            inputs.push(Input::value(
-                "SOURCE_DATE_EPOCH",
-                self.source_date_epoch.to_string(),
-            ));
-        }
-        inputs
+        vec![
+            Input::stage("tree", &self.base),
+            Input::value("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string()),
+        ]
     }
 
     fn output_kind(&self) -> OutputKind {
-        match self.format {
-            ArtifactFormat::Directory => OutputKind::Tree,
-            ArtifactFormat::Tar => OutputKind::Blob,
-        }
+        OutputKind::Blob
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let tree = ctx.input("tree")?;
-        match self.format {
-            ArtifactFormat::Directory => Ok(tree),
-            ArtifactFormat::Tar => {
-                let manifest = ctx.store.manifest(&tree)?;
-                let path = ctx.scratch.join("image.tar");
-                write_tar(ctx.store, &manifest, self.source_date_epoch, &path).map_err(
-                    |source| {
-                        StageError::failed(crate::error::OutputError::Write {
-                            path: path.clone(),
-                            source,
-                        })
-                    },
-                )?;
-                Ok(ctx.store.put_file(&path, PutMode::Move)?)
-            }
-        }
+        let manifest = ctx.store.manifest(&ctx.input("tree")?)?;
+        let path = ctx.scratch.join("image.tar");
+        write_tar(ctx.store, &manifest, self.source_date_epoch, &path).map_err(|source| {
+            StageError::failed(crate::error::OutputError::Write {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        Ok(ctx.store.put_file(&path, PutMode::Move)?)
     }
 }
 
