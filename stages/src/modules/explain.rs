@@ -127,6 +127,38 @@ pub fn explain_change(
     ))
 }
 
+/// The modules stage's part of `graph explain`: the changed rule and the module counts.
+pub struct ModulesExplainer;
+
+impl kiln_engine::explain::KindExplainer for ModulesExplainer {
+    fn explain(
+        &self,
+        store: &kiln_cache::Store,
+        kind: &str,
+        previous: &kiln_cache::StageRun,
+        current: &kiln_cache::StageRun,
+    ) -> Vec<String> {
+        if kind != "modules" {
+            return Vec::new();
+        }
+        let values = |run: &kiln_cache::StageRun| -> BTreeMap<String, String> {
+            run.inputs
+                .iter()
+                .filter_map(|input| Some((input.name.clone(), input.value.clone()?)))
+                .collect()
+        };
+        let (Ok(old), Ok(new)) = (
+            store.manifest(&previous.output.output),
+            store.manifest(&current.output.output),
+        ) else {
+            return Vec::new();
+        };
+        explain_change(&values(previous), &values(current), &old, &new)
+            .into_iter()
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,34 +202,3 @@ mod tests {
     }
 }
 
-/// The modules stage's part of `graph explain`: the changed rule and the module counts.
-pub struct ModulesExplainer;
-
-impl kiln_engine::explain::KindExplainer for ModulesExplainer {
-    fn explain(
-        &self,
-        store: &kiln_cache::Store,
-        kind: &str,
-        previous: &kiln_cache::StageRun,
-        current: &kiln_cache::StageRun,
-    ) -> Vec<String> {
-        if kind != "modules" {
-            return Vec::new();
-        }
-        let values = |run: &kiln_cache::StageRun| -> BTreeMap<String, String> {
-            run.inputs
-                .iter()
-                .filter_map(|input| Some((input.name.clone(), input.value.clone()?)))
-                .collect()
-        };
-        let (Ok(old), Ok(new)) = (
-            store.manifest(&previous.output.output),
-            store.manifest(&current.output.output),
-        ) else {
-            return Vec::new();
-        };
-        explain_change(&values(previous), &values(current), &old, &new)
-            .into_iter()
-            .collect()
-    }
-}
