@@ -80,8 +80,8 @@ pub enum Verb {
     Lock,
     /// Show the sections of a PE/UKI file, like `ukify inspect`
     Inspect(InspectArgs),
-    /// Boot the built image in qemu
-    Qemu,
+    /// Boot the built UKI in qemu under OVMF, its serial console on the terminal
+    Qemu(QemuArgs),
     /// Look after the local store
     #[command(subcommand)]
     Cache(CacheVerb),
@@ -123,6 +123,83 @@ pub struct InspectArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kiln qemu`: mkosi's `qemu`/`vm` options, under mkosi's names and their old `--qemu-*` ones.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With -f, the image is built first. Extra kernel arguments follow `--`: \
+    `kiln qemu -- systemd.unit=rescue.target`. In the console, Ctrl-A X leaves qemu."
+)]
+pub struct QemuArgs {
+    /// Guest memory: bytes, or a number with K, M or G (mkosi's RAM=)
+    #[arg(
+        long = "ram",
+        visible_alias = "qemu-mem",
+        value_name = "BYTES",
+        default_value = "2G",
+        value_parser = parse_ram
+    )]
+    pub ram: u64,
+
+    /// Virtual CPUs; 0: as many as the host has (mkosi's CPUs=)
+    #[arg(
+        long = "cpus",
+        visible_alias = "qemu-smp",
+        value_name = "N",
+        default_value_t = kiln_stages::vm::DEFAULT_CPUS
+    )]
+    pub cpus: u32,
+
+    /// The accelerator; auto uses KVM only when a guest really runs under it, else TCG
+    #[arg(long, value_enum, value_name = "ACCEL", conflicts_with = "kvm")]
+    pub accel: Option<AccelArg>,
+
+    /// mkosi's KVM=: yes (KVM), no (TCG) or auto
+    #[arg(
+        long = "kvm",
+        visible_alias = "qemu-kvm",
+        value_name = "FEATURE",
+        value_parser = parse_feature
+    )]
+    pub kvm: Option<AccelArg>,
+
+    /// More qemu arguments, separated by spaces (mkosi's QemuArgs=); may be repeated
+    #[arg(long = "qemu-args", value_name = "ARGS", allow_hyphen_values = true)]
+    pub qemu_args: Vec<String>,
+
+    /// Kernel arguments appended to the UKI's, separated by spaces (as after `--`); may be repeated
+    #[arg(
+        long = "kernel-command-line-extra",
+        value_name = "ARGS",
+        allow_hyphen_values = true
+    )]
+    pub kernel_command_line_extra: Vec<String>,
+
+    /// Kernel arguments appended to the UKI's command line
+    #[arg(last = true, value_name = "KERNEL_ARGS")]
+    pub kernel_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn parse_ram(text: &str) -> Result<u64, String> {
+    kiln_stages::vm::command_line::parse_bytes(text)
+}
+
+/// mkosi's feature values: a boolean or `auto`.
+fn parse_feature(text: &str) -> Result<AccelArg, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "auto" => Ok(AccelArg::Auto),
+        "yes" | "y" | "true" | "t" | "on" | "1" | "enabled" => Ok(AccelArg::Kvm),
+        "no" | "n" | "false" | "f" | "off" | "0" | "disabled" => Ok(AccelArg::Tcg),
+        _ => Err(format!("`{text}` is not yes, no or auto")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

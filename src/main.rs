@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     kiln_stages::namespace::enter_private_mount_namespace();
     let renderer = Renderer::for_stderr();
     match run(cli, &renderer) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             renderer.eprint(&error);
             ExitCode::from(error.exit_code())
@@ -30,13 +30,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, renderer: &Renderer) -> Result<(), CliError> {
+/// Runs the verb; its exit code is 0 unless it says otherwise (`qemu` exits with qemu's code).
+fn run(cli: Cli, renderer: &Renderer) -> Result<ExitCode, CliError> {
     let verb = cli.verb.unwrap_or(Verb::Build);
     // `inspect` reads a file, not a project: it needs no project directory.
     if let Verb::Inspect(args) = &verb {
-        return commands::inspect::run(args);
+        return commands::inspect::run(args).map(|()| ExitCode::SUCCESS);
     }
     let settings = Settings::resolve(&cli.global)?;
+    if let Verb::Qemu(args) = &verb {
+        return commands::qemu::run(&settings, renderer, args).map(ExitCode::from);
+    }
     match verb {
         Verb::Build => commands::build::run(&settings, renderer),
         Verb::Recipe(cli::RecipeVerb::Show) => commands::recipe_show::run(&settings, renderer),
@@ -47,8 +51,8 @@ fn run(cli: Cli, renderer: &Renderer) -> Result<(), CliError> {
             commands::graph_explain::run(&settings, renderer, stage.as_deref(), json)
         }
         Verb::Lock => commands::lock::run(&settings, renderer),
-        Verb::Inspect(_) => unreachable!("handled above"),
-        Verb::Qemu => commands::qemu::run(&settings),
+        Verb::Inspect(_) | Verb::Qemu(_) => unreachable!("handled above"),
         Verb::Cache(verb) => commands::cache::run(&settings, renderer, verb),
     }
+    .map(|()| ExitCode::SUCCESS)
 }

@@ -64,6 +64,18 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Inspect(#[from] kiln_stages::uki::InspectError),
 
+    #[error("kiln qemu boots UKIs, and this recipe builds Format={format}")]
+    #[diagnostic(help("Set Format=uki in the recipe's [Output] section, then run `kiln build`"))]
+    NotUki { format: &'static str },
+
+    #[error("The image has not been built yet: there is no `{}`", path.display())]
+    #[diagnostic(help("Run `kiln build` first, or `kiln qemu -f` to build and boot"))]
+    NotBuilt { path: PathBuf },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Vm(#[from] kiln_stages::vm::VmError),
+
     #[error("{what}")]
     Io {
         what: String,

@@ -30,7 +30,6 @@ fn usage_errors_exit_with_2() {
 fn verbs_not_implemented_yet_say_so_and_exit_with_2() {
     let dir = tiny();
     for args in [
-        vec!["-C", dir.as_str(), "qemu"],
         vec!["-C", dir.as_str(), "cache", "push"],
         vec!["-C", dir.as_str(), "cache", "pull"],
     ] {

@@ -24,6 +24,7 @@
 
 mod copy;
 mod error;
+mod foreground;
 mod overlay;
 pub(crate) mod process;
 mod sandbox;
@@ -64,6 +65,12 @@ pub trait Host: Send + Sync {
         invocation: &ToolInvocation,
         sink: &mut dyn FnMut(&str),
     ) -> Result<ToolOutcome, HostError>;
+
+    /// Runs a program in the foreground on kiln's terminal (a virtual machine the user talks
+    /// to) and waits for it: it inherits kiln's stdin, stdout, stderr and environment, dies with
+    /// kiln, and receives the termination signals kiln receives meanwhile. Returns its exit code
+    /// (`128 + n` for signal `n`).
+    fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError>;
 }
 
 /// The host as it is: overlayfs (a copy when unavailable), host scripts in their own PID
@@ -119,6 +126,10 @@ impl Host for RealHost {
     ) -> Result<ToolOutcome, HostError> {
         tool::run_tool(invocation, sink)
     }
+
+    fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError> {
+        foreground::run_foreground(invocation)
+    }
 }
 
 /// One call made to a [`RecordingHost`].
@@ -127,12 +138,13 @@ pub enum HostCall {
     MutableTree { lower: PathBuf, scratch: PathBuf },
     RunScript(ScriptInvocation),
     RunTool(ToolInvocation),
+    RunForeground(ToolInvocation),
 }
 
 /// A host for tests without root: records every call, always copies trees (never mounts),
 /// runs host scripts for real (directly, without a PID namespace), and never enters a chroot:
 /// a chroot script is recorded and reported as succeeded with no output. Host tools (depmod)
-/// need no privileges: they are recorded, then run for real.
+/// and foreground programs need no privileges: they are recorded, then run for real.
 #[derive(Debug, Default)]
 pub struct RecordingHost {
     calls: Mutex<Vec<HostCall>>,
@@ -149,7 +161,9 @@ impl RecordingHost {
             .iter()
             .filter_map(|call| match call {
                 HostCall::RunTool(inv) => Some(inv.clone()),
-                HostCall::MutableTree { .. } | HostCall::RunScript(_) => None,
+                HostCall::MutableTree { .. }
+                | HostCall::RunScript(_)
+                | HostCall::RunForeground(_) => None,
             })
             .collect()
     }
@@ -165,7 +179,9 @@ impl RecordingHost {
             .iter()
             .filter_map(|call| match call {
                 HostCall::RunScript(inv) => Some(inv.clone()),
-                HostCall::MutableTree { .. } | HostCall::RunTool(_) => None,
+                HostCall::MutableTree { .. }
+                | HostCall::RunTool(_)
+                | HostCall::RunForeground(_) => None,
             })
             .collect()
     }
@@ -208,5 +224,11 @@ impl Host for RecordingHost {
     ) -> Result<ToolOutcome, HostError> {
         self.lock().push(HostCall::RunTool(invocation.clone()));
         tool::run_tool(invocation, sink)
+    }
+
+    fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError> {
+        self.lock()
+            .push(HostCall::RunForeground(invocation.clone()));
+        foreground::run_foreground(invocation)
     }
 }
