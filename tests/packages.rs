@@ -658,6 +658,104 @@ fn debian_offline_builds_and_reading_verbs_never_touch_the_network() {
     assert!(shown.contains("packages [packages-apt]: cached"), "{shown}");
 }
 
+/// A unit the boot test adds through an extra tree of its own: once root is logged in on the
+/// serial console, it prints a marker with the image's PRETTY_NAME and IMAGE_VERSION and powers
+/// the machine off.
+const BOOT_MARKER_UNIT: &str = "[Unit]
+Description=kiln's boot test marker
+After=getty.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'for i in $(seq 120); do who | grep -q ttyS0 && break; sleep 1; done; . /etc/os-release; echo \"KILN-BOOTED pretty=$PRETTY_NAME version=$IMAGE_VERSION\" > /dev/ttyS0; systemctl poweroff'
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Network: needs the Debian mirror; and qemu with OVMF. Boots with TCG (this machine's KVM
+/// cannot run OVMF), a few minutes at most.
+#[test]
+fn debian_rescue_uki_boots_to_an_autologin_root_shell() {
+    kiln_test_support::require!(
+        Need::Root,
+        Need::Mirror,
+        Need::Tool("mmdebstrap"),
+        Need::Tool("qemu-system-x86_64"),
+        Need::File("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    );
+    let debian = debian();
+    let project = &debian.project;
+    let extra = project.root.parent().unwrap().join("boot-test-tree");
+    let unit = extra.join("etc/systemd/system/kiln-boot-marker.service");
+    std::fs::create_dir_all(unit.parent().unwrap().join("multi-user.target.wants")).unwrap();
+    std::fs::write(&unit, BOOT_MARKER_UNIT).unwrap();
+    std::os::unix::fs::symlink(
+        "../kiln-boot-marker.service",
+        unit.parent()
+            .unwrap()
+            .join("multi-user.target.wants/kiln-boot-marker.service"),
+    )
+    .unwrap();
+    project.write(
+        "mkosi.local.conf",
+        &format!(
+            "[Output]\nFormat=uki\n[Content]\nExtraTrees={}\n",
+            extra.display()
+        ),
+    );
+    let built = project.build(&["--autologin", "--image-version", "e2e.7"]);
+    let efi = project.root.join("mkosi.output/debian-rescue_e2e.7.efi");
+    assert!(efi.is_file(), "{built:?}");
+    // The UKI holds the os-release mkosi writes, and the kernel mkosi splits out beside it.
+    let inspect = project.kiln(&["inspect", efi.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("IMAGE_ID=\"debian-rescue\""), "{text}");
+    assert!(text.contains("IMAGE_VERSION=\"e2e.7\""), "{text}");
+    assert!(
+        text.contains("PRETTY_NAME=\"Debian GNU/Linux (Rescue Image e2e.7)\""),
+        "{text}"
+    );
+    assert!(
+        project
+            .root
+            .join("mkosi.output/debian-rescue_e2e.7.vmlinuz")
+            .is_file()
+    );
+    assert!(
+        project
+            .root
+            .join("mkosi.output/debian-rescue_e2e.7.initrd")
+            .is_file()
+    );
+
+    let mut command = project.command(&[
+        "--image-version",
+        "e2e.7",
+        "qemu",
+        "--accel",
+        "tcg",
+        "--qemu-mem",
+        "2G",
+    ]);
+    command.env_remove("NO_COLOR");
+    let mut console = common::Console::start(command, std::time::Duration::from_secs(420));
+    console.wait_for("debian-rescue login: root (automatic login)");
+    console.wait_for("KILN-BOOTED pretty=Debian GNU/Linux (Rescue Image e2e.7) version=e2e.7");
+    assert_eq!(console.exit_code(), Some(0), "{}", console.text);
+    drop(console);
+
+    project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
+    std::fs::remove_dir_all(&extra).unwrap();
+    for suffix in [".efi", ".vmlinuz", ".initrd"] {
+        let _ = std::fs::remove_file(
+            project
+                .root
+                .join(format!("mkosi.output/debian-rescue_e2e.7{suffix}")),
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Arch: a local pacman repository served by file://.
 

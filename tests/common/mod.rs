@@ -180,3 +180,98 @@ pub fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
         .find(|stage| stage["name"] == name)
         .unwrap_or_else(|| panic!("no stage {name} in {explanation:#}"))
 }
+
+/// A `kiln` run that leads its own process group (kiln and the qemu it starts), killed whole
+/// when dropped; its stdout (a guest's serial console) is read as it comes.
+pub struct Console {
+    child: std::process::Child,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    deadline: std::time::Instant,
+    /// Everything read so far.
+    pub text: String,
+}
+
+impl Console {
+    pub fn start(mut command: Command, within: std::time::Duration) -> Console {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (send, chunks) = std::sync::mpsc::channel();
+        let send_err = send.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buffer) {
+                if n == 0 || send.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buffer) {
+                if n == 0 || send_err.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Console {
+            child,
+            chunks,
+            deadline: std::time::Instant::now() + within,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until `text` appears; panics with what was read at the deadline or when the
+    /// output ends first.
+    pub fn wait_for(&mut self, text: &str) {
+        while !self.text.contains(text) {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.text.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(error) => panic!(
+                    "`{text}` did not appear ({error:?}); the console said:\n{}",
+                    self.text
+                ),
+            }
+        }
+    }
+
+    /// Waits for kiln to exit and returns its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < self.deadline,
+                "kiln did not exit in time; the console said:\n{}",
+                self.text
+            );
+            while let Ok(chunk) = self.chunks.try_recv() {
+                self.text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        // SAFETY: a plain system call on the process group this test created.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
