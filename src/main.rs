@@ -7,6 +7,7 @@ mod progress;
 mod project;
 mod report;
 mod settings;
+mod stdout;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use kiln_cache::Store;
 use kiln_engine::paths::absolute;
 use kiln_engine::recipe::Loaded;
 use kiln_stages::host::RealHost;
+use kiln_stages::packages::PackagesError;
 use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};
 
 use crate::report::{CliError, Renderer, SettingSource};
@@ -88,4 +89,53 @@ pub fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     absolute(&settings.cwd, &PathBuf::from(home).join(".cache/kiln"))
+}
+
+impl Project {
+    /// `error` shown at the line of the setting that caused it, when one did: an unknown
+    /// package at its `Packages=` entry, a missing tree at its `*Trees=` entry.
+    pub fn locate(&self, error: CliError) -> CliError {
+        use kiln_engine::inputs::InputError;
+        use kiln_engine::plan::PlanError;
+        match error {
+            CliError::Plan(PlanError::Resolve {
+                stage,
+                source: kiln_engine::StageError::Failed(inner),
+            }) => {
+                let unknown = (inner.as_ref() as &(dyn std::error::Error + 'static))
+                    .downcast_ref::<PackagesError>()
+                    .and_then(|error| match error {
+                        PackagesError::UnknownPackage { names, .. } => names.first().cloned(),
+                        _ => None,
+                    });
+                match unknown
+                    .and_then(|name| SettingSource::find_item(&self.loaded, "Packages", &name))
+                {
+                    Some(source) => CliError::Setting(Box::new(source.report_boxed(inner))),
+                    None => CliError::Plan(PlanError::Resolve {
+                        stage,
+                        source: kiln_engine::StageError::Failed(inner),
+                    }),
+                }
+            }
+            CliError::Plan(PlanError::Input(InputError::Missing {
+                ref stage,
+                ref path,
+                ..
+            })) => {
+                let setting = match stage.as_str() {
+                    "base-trees" => "BaseTrees",
+                    "skeleton-trees" => "SkeletonTrees",
+                    "extra-trees" => "ExtraTrees",
+                    _ => "",
+                };
+                let path = path.display().to_string();
+                match SettingSource::find_item(&self.loaded, setting, &path) {
+                    Some(source) => CliError::Setting(Box::new(source.report(error))),
+                    None => error,
+                }
+            }
+            other => other,
+        }
+    }
 }

@@ -104,7 +104,7 @@ pub struct SettingReport {
     span: SourceSpan,
     #[help]
     help: Option<String>,
-    error: kiln_stages::pipeline::PipelineError,
+    error: Box<dyn Diagnostic + Send + Sync>,
 }
 
 /// Where the value of a setting was written: its file and the span of its value.
@@ -142,7 +142,42 @@ impl SettingSource {
         })
     }
 
-    pub fn report(self, error: kiln_stages::pipeline::PipelineError) -> SettingReport {
+    /// The line of `setting`'s value that holds `item` (a package, a path), when one does.
+    pub fn find_item(
+        loaded: &kiln_engine::recipe::Loaded,
+        setting: &str,
+        item: &str,
+    ) -> Option<SettingSource> {
+        let assignment = loaded.assignments.iter().rev().find(|assignment| {
+            assignment.setting == setting
+                && assignment.image == "main"
+                && assignment.location.line > 0
+                && assignment
+                    .value
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .any(|word| word == item || word.split(':').next() == Some(item))
+        })?;
+        let location = &assignment.location;
+        let text = std::fs::read_to_string(loaded.dir.join(&location.file)).ok()?;
+        let line_start: usize = text
+            .split_inclusive('\n')
+            .take(location.line - 1)
+            .map(str::len)
+            .sum();
+        // The item's first appearance from the assignment on.
+        let offset = text[line_start..].find(item)? + line_start;
+        Some(SettingSource {
+            name: location.file.clone(),
+            span: (offset, item.len()).into(),
+            text,
+        })
+    }
+
+    pub fn report(self, error: impl Diagnostic + Send + Sync + 'static) -> SettingReport {
+        self.report_boxed(Box::new(error))
+    }
+
+    pub fn report_boxed(self, error: Box<dyn Diagnostic + Send + Sync>) -> SettingReport {
         SettingReport {
             help: error.help().map(|help| help.to_string()),
             source_code: NamedSource::new(self.name, self.text),

@@ -491,3 +491,39 @@ fn explain_names_stages_that_appear_and_disappear() {
     let text = project.kiln(&["graph", "explain", "autologin"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("new stage"));
 }
+
+#[test]
+fn every_verb_ends_quietly_when_its_reader_stops_early() {
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
+    let project = tiny();
+    project.build(&[]);
+    let efi = project.root.join("not-a-pe.efi");
+    std::fs::write(&efi, "MZ").unwrap();
+    let verbs: &[&[&str]] = &[
+        &["recipe", "show"],
+        &["graph", "show"],
+        &["graph", "show", "--format", "dot"],
+        &["graph", "explain"],
+        &["graph", "explain", "--json"],
+        &["cache", "stats"],
+        &["cache", "verify"],
+        &["--help"],
+        &["--version"],
+    ];
+    for verb in verbs {
+        // As `kiln … | head -c1` once head has exited: the pipe's reading end is closed before
+        // kiln writes anything, so its first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let kiln = project
+            .command(verb)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = kiln.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{verb:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{verb:?}: {stderr}");
+    }
+}

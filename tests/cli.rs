@@ -95,3 +95,71 @@ fn a_format_kiln_cannot_build_yet_is_shown_at_its_line() {
     assert!(stderr.contains("[mkosi.conf:5:8]"), "{stderr}");
     assert!(stderr.contains("set here"), "{stderr}");
 }
+
+#[test]
+fn a_missing_tree_is_shown_at_the_entry_that_names_it() {
+    let store = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("mkosi.conf"),
+        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=directory\n\n[Content]\nExtraTrees=\n    nowhere\n",
+    )
+    .unwrap();
+    let output = kiln(&[
+        "-C",
+        project.path().to_str().unwrap(),
+        "--cache-dir",
+        store.path().to_str().unwrap(),
+        "build",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`nowhere` does not exist"), "{stderr}");
+    assert!(stderr.contains("[mkosi.conf:9:5]"), "{stderr}");
+    assert!(stderr.contains("set here"), "{stderr}");
+}
+
+#[test]
+fn a_script_that_is_not_executable_is_refused_before_anything_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("mkosi.conf"),
+        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=directory\n",
+    )
+    .unwrap();
+    let finalize = project.path().join("mkosi.finalize");
+    std::fs::write(&finalize, "#!/bin/sh\ntrue\n").unwrap();
+    std::fs::set_permissions(&finalize, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let args = [
+        "-C",
+        project.path().to_str().unwrap(),
+        "--cache-dir",
+        store.path().to_str().unwrap(),
+        "graph",
+        "show",
+    ];
+    let output = kiln(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mkosi.finalize` is not executable"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("chmod +x"), "{stderr}");
+    assert!(stderr.contains("MakeScriptsExecutable=yes"), "{stderr}");
+    // As mkosi, MakeScriptsExecutable=yes lets it run.
+    std::fs::write(
+        project.path().join("mkosi.conf"),
+        "[Distribution]\nDistribution=custom\n\n[Output]\nFormat=directory\n\n[Build]\nMakeScriptsExecutable=yes\n",
+    )
+    .unwrap();
+    let output = kiln(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -181,7 +181,9 @@ static DEBIAN: OnceLock<Mutex<Debian>> = OnceLock::new();
 /// The debian-rescue project, built once (cold) for the whole test binary.
 fn debian() -> MutexGuard<'static, Debian> {
     let debian = DEBIAN.get_or_init(|| {
-        let project = Project::copy_of("debian-rescue", "debian-rescue");
+        // In a folder of its own, emptied by the next run: a static is never dropped.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-rescue-suite");
+        let project = Project::copy_of_in(&dir, "debian-rescue", "debian-rescue");
         project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
         let outcomes = project.build(&[]);
         assert_eq!(
@@ -399,6 +401,9 @@ fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_store
         unknown.contains("Unable to locate package kiln-no-such-package"),
         "{unknown}"
     );
+    // At the entry that asked for it.
+    assert!(unknown.contains("[mkosi.local.conf:4:10]"), "{unknown}");
+    assert!(unknown.contains("set here"), "{unknown}");
 
     project.write(
         "mkosi.local.conf",

@@ -824,19 +824,20 @@ fn local_configuration_overrides_files_but_not_the_command_line() {
 }
 
 #[test]
-fn a_readable_root_password_file_is_refused() {
+fn a_root_password_file_others_can_read_is_refused() {
     let dir = project(&[
         ("mkosi.conf", "[Content]\nHostname=h\n"),
         ("mkosi.rootpw", "hashed:$6$x\n"),
     ]);
     let rootpw = dir.path().join("mkosi.rootpw");
-    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o604)).expect("chmod");
     let found = errors(dir.path());
     assert_eq!(
         messages(&found),
-        strings(&["`mkosi.rootpw` is accessible by its group or others (mode 0640)"])
+        strings(&["`mkosi.rootpw` is accessible by others (mode 0604)"])
     );
-    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // As strict as mkosi (`mode & 0o007`), no stricter: its group may read it.
+    std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let loaded = load(dir.path());
     assert_eq!(
         loaded.recipe.content.root_password,

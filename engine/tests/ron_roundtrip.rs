@@ -216,11 +216,14 @@ fn validation() -> impl Strategy<Value = ValidationSettings> {
 }
 
 fn scripts() -> impl Strategy<Value = Scripts> {
-    (paths(), paths(), paths()).prop_map(|(prepare, postinst, finalize)| Scripts {
-        prepare,
-        postinst,
-        finalize,
-    })
+    (paths(), paths(), paths(), any::<bool>()).prop_map(
+        |(prepare, postinst, finalize, make_executable)| Scripts {
+            prepare,
+            postinst,
+            finalize,
+            make_executable,
+        },
+    )
 }
 
 fn image() -> impl Strategy<Value = Recipe> {

@@ -23,7 +23,8 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         Some(&store),
         &project.loaded.dir,
         PlanOptions::build(force_rerun, settings.offline),
-    )?;
+    )
+    .map_err(|error| project.locate(error.into()))?;
     let options = BuildOptions {
         recipe: project.recipe_key.clone(),
         project_dir: project.loaded.dir.clone(),

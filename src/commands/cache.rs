@@ -6,6 +6,7 @@ use crate::cli::CacheVerb;
 use crate::project::store_dir;
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
+use crate::stdout::outln;
 
 pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<(), CliError> {
     let store = open_store(settings, renderer)?;
@@ -16,8 +17,8 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
     match verb {
         CacheVerb::Stats => {
             let stats = store.stats().map_err(store_error)?;
-            println!("store       {}", store.root().display());
-            println!("{}", stats.to_string().trim_end());
+            outln!("store       {}", store.root().display());
+            outln!("{}", stats.to_string().trim_end());
             Ok(())
         }
         CacheVerb::Gc { keep, max_size } => {
@@ -28,15 +29,15 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
                     ..GcPolicy::default()
                 })
                 .map_err(store_error)?;
-            println!("{}", report.to_string().trim_end());
+            outln!("{}", report.to_string().trim_end());
             Ok(())
         }
         CacheVerb::Verify => {
             let report = store.verify().map_err(store_error)?;
-            println!("{}", report.to_string().trim_end());
+            outln!("{}", report.to_string().trim_end());
             let corrupt =
                 report.removed.len() + report.incomplete_trees.len() + report.actions_removed.len();
-            println!("corrupt: {corrupt}");
+            outln!("corrupt: {corrupt}");
             if report.is_clean() {
                 Ok(())
             } else {

@@ -5,6 +5,7 @@ use kiln_engine::explain::{ExplainError, explain_with, render_text};
 use crate::project::Project;
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
+use crate::stdout::{out, outln};
 
 pub fn run(
     settings: &Settings,
@@ -29,9 +30,9 @@ pub fn run(
             what: "Cannot print the explanation as JSON".to_string(),
             source: source.into(),
         })?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{}", render_text(&explanation));
+        out!("{}", render_text(&explanation));
     }
     Ok(())
 }

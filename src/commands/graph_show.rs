@@ -9,6 +9,7 @@ use crate::cli::GraphFormat;
 use crate::project::Project;
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
+use crate::stdout::out;
 
 pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Result<(), CliError> {
     let project = Project::load(settings, renderer)?;
@@ -26,7 +27,7 @@ pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Res
         GraphFormat::Text => text(&plan),
         GraphFormat::Dot => dot(&plan),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 

@@ -7,13 +7,14 @@
 
 use crate::cli::InspectArgs;
 use crate::report::CliError;
+use crate::stdout::{out, outln};
 
 pub fn run(args: &InspectArgs) -> Result<(), CliError> {
     let inspection = kiln_stages::uki::inspect_file(&args.file)?;
     if args.json {
-        println!("{}", inspection.to_json());
+        outln!("{}", inspection.to_json());
     } else {
-        print!("{}", inspection.to_text());
+        out!("{}", inspection.to_text());
     }
     Ok(())
 }

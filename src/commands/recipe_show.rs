@@ -4,9 +4,10 @@ use kiln_engine::recipe::to_ron;
 
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
+use crate::stdout::out;
 
 pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let loaded = super::load_recipe(settings, renderer)?;
-    print!("{}", to_ron(&loaded.recipe));
+    out!("{}", to_ron(&loaded.recipe));
     Ok(())
 }

@@ -100,6 +100,23 @@ pub enum PipelineError {
     #[diagnostic(help("Run `kiln lock` to write it"))]
     NoLockFile { path: PathBuf },
 
+    #[error("Script `{}` is not executable", script.display())]
+    #[diagnostic(help(
+        "Make it executable (`chmod +x {}`), or set `MakeScriptsExecutable=yes`",
+        script.display()
+    ))]
+    ScriptNotExecutable {
+        script: PathBuf,
+        setting: &'static str,
+    },
+
+    #[error("Script `{}` does not exist", script.display())]
+    #[diagnostic(help("Create it, or remove it from `{setting}=`"))]
+    ScriptMissing {
+        script: PathBuf,
+        setting: &'static str,
+    },
+
     #[error(transparent)]
     #[diagnostic(transparent)]
     Packages(#[from] PackagesError),
@@ -121,6 +138,8 @@ impl PipelineError {
             PipelineError::UnsupportedDistribution { .. } => "Distribution",
             PipelineError::PackagesWithoutDistribution => "Packages",
             PipelineError::Modules(error) => error.setting(),
+            PipelineError::ScriptNotExecutable { setting, .. }
+            | PipelineError::ScriptMissing { setting, .. } => setting,
             _ => return None,
         })
     }
@@ -228,6 +247,7 @@ pub fn pipeline_with(
     };
     // A rule that cannot compile is the recipe's error, found before anything runs.
     module_rules.compile(&[])?;
+    check_scripts(recipe, project_dir)?;
     let epoch = source_date_epoch(recipe);
     let variables = script_variables(recipe, epoch);
     let scripts = |phase: ScriptPhase, scripts: &[PathBuf], chain: &mut Chain| {
@@ -375,6 +395,35 @@ pub fn pipeline_with(
             source_date_epoch: epoch,
         },
     })
+}
+
+/// Every script exists and is executable (mkosi refuses one that is not, unless
+/// `MakeScriptsExecutable=yes`: then it runs anyway).
+fn check_scripts(recipe: &Recipe, project_dir: &Path) -> Result<(), PipelineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let phases = [
+        ("PrepareScripts", &recipe.scripts.prepare),
+        ("PostInstallationScripts", &recipe.scripts.postinst),
+        ("FinalizeScripts", &recipe.scripts.finalize),
+    ];
+    for (setting, scripts) in phases {
+        for script in scripts {
+            let path = project_dir.join(script);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                return Err(PipelineError::ScriptMissing {
+                    script: path,
+                    setting,
+                });
+            };
+            if meta.permissions().mode() & 0o111 == 0 && !recipe.scripts.make_executable {
+                return Err(PipelineError::ScriptNotExecutable {
+                    script: path,
+                    setting,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The variables mkosi gives scripts, by name. A script's key includes only those its text names.

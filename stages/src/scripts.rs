@@ -109,6 +109,14 @@ impl Stage for ScriptsStage {
         let mut inputs = vec![Input::stage("base", &self.base)];
         for script in &self.scripts {
             inputs.push(Input::file(script.display().to_string(), script));
+            // Whether it may run at all depends on its executable bit (see the pipeline).
+            let executable = std::fs::metadata(self.project_dir.join(script)).is_ok_and(|meta| {
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0
+            });
+            inputs.push(Input::value(
+                format!("{} executable", script.display()),
+                if executable { "yes" } else { "no" },
+            ));
         }
         for (name, value) in self.named_variables() {
             inputs.push(Input::value(

@@ -297,6 +297,9 @@ fn a_distribution_gets_packages_then_configuration_stages_in_mkosis_order() {
         hashed: false,
     });
     debian.scripts.postinst = vec!["mkosi.postinst".into()];
+    let script = dir.path().join("mkosi.postinst");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let built = pipeline(&debian, dir.path(), Arc::new(RealHost::default())).unwrap();
     assert_eq!(
         stage_names(&built.graph),

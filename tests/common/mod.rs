@@ -18,7 +18,8 @@ pub fn is_root() -> bool {
 
 /// A project directory and a store of its own.
 pub struct Project {
-    _dir: tempfile::TempDir,
+    /// Removed with the project, unless it lives in a folder of its own that outlives it.
+    _dir: Option<tempfile::TempDir>,
     pub root: PathBuf,
     pub store: PathBuf,
     /// The image's output name under `mkosi.output/`.
@@ -28,7 +29,25 @@ pub struct Project {
 impl Project {
     /// A copy of `recipes/<name>` without its outputs, caches or lock file.
     pub fn copy_of(name: &str, image: &str) -> Project {
-        let project = Project::empty(name, image);
+        Project::copy_into(Project::empty(name, image), name)
+    }
+
+    /// [`Project::copy_of`] in `dir`, emptied first and left in place afterwards: for a
+    /// project a whole test binary shares from a static, which is never dropped.
+    pub fn copy_of_in(dir: &Path, name: &str, image: &str) -> Project {
+        let _ = std::fs::remove_dir_all(dir);
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let project = Project {
+            _dir: None,
+            root,
+            store: dir.join("store"),
+            image: image.to_string(),
+        };
+        Project::copy_into(project, name)
+    }
+
+    fn copy_into(project: Project, name: &str) -> Project {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("recipes")
             .join(name);
@@ -53,7 +72,7 @@ impl Project {
         std::fs::create_dir_all(&root).unwrap();
         let store = dir.path().join("store");
         Project {
-            _dir: dir,
+            _dir: Some(dir),
             root,
             store,
             image: image.to_string(),

@@ -99,7 +99,7 @@ impl Context<'_, '_> {
             line: 0,
             column: 0,
         };
-        if matches!(setting.kind, Kind::Password) && !self.secret_ok(path, 0o077) {
+        if matches!(setting.kind, Kind::Password) && !self.secret_ok(path, 0o007) {
             return;
         }
         let text = if setting.read_text {
@@ -130,7 +130,6 @@ impl Context<'_, '_> {
         } else {
             "others"
         };
-        let chmod = if mask & 0o070 != 0 { "600" } else { "640" };
         self.issue(
             ConfigIssue::new(
                 Severity::Error,
@@ -138,7 +137,7 @@ impl Context<'_, '_> {
                 format!("`{name}` is accessible by {who} (mode {mode:04o})"),
             )
             .with_help(format!(
-                "It holds a secret: restrict it to its owner with `chmod {chmod} {name}` (mkosi refuses it too)"
+                "It holds a secret: restrict it to its owner with `chmod 600 {name}` (mkosi refuses it too)"
             ))
             .in_file(name),
         );

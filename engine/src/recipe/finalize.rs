@@ -258,6 +258,23 @@ pub(crate) fn load_mkosi(shared: &mut Shared<'_>, configdir: &Path, opts: &LoadO
     let order = resolve_dependencies(shared, &images, &dependencies);
 
     let mut recipe = to_recipe(shared, &main_final);
+    if !order.is_empty() {
+        let names: Vec<String> = order.iter().map(|name| format!("`{name}`")).collect();
+        shared.push(
+            ConfigIssue::new(
+                Severity::Warning,
+                "kiln::config::not_built",
+                format!(
+                    "The subimages {} of `mkosi.images/` are read, but kiln builds only the main image",
+                    names.join(", ")
+                ),
+            )
+            .with_help(
+                "Build the subimages with mkosi, or make each one a project of its own for kiln",
+            )
+            .in_file("mkosi.images"),
+        );
+    }
     for name in order {
         if let Some((_, finalized)) = images.iter().find(|(n, _)| *n == name) {
             recipe.subimages.push(Subimage {
@@ -541,6 +558,7 @@ fn to_recipe(shared: &mut Shared<'_>, f: &Finalized) -> Recipe {
             prepare: paths(shared, f, "PrepareScripts"),
             postinst: paths(shared, f, "PostInstallationScripts"),
             finalize: paths(shared, f, "FinalizeScripts"),
+            make_executable: flag(f, "MakeScriptsExecutable"),
         },
         subimages: Vec::new(),
     }

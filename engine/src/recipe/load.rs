@@ -586,6 +586,27 @@ impl<'s, 'e> Context<'s, 'e> {
             );
             return;
         }
+        if let settings::Built::Not { differs, same } = setting.built {
+            let value = entry.value();
+            let value = value.trim();
+            if !value.is_empty() && !same.contains(&value.to_ascii_lowercase().as_str()) {
+                self.issue(
+                    ConfigIssue::new(
+                        Severity::Warning,
+                        "kiln::config::not_built",
+                        format!(
+                            "`{}=` is read, but no stage of kiln builds it yet: {differs}",
+                            setting.name
+                        ),
+                    )
+                    .with_help(
+                        "The image kiln builds differs from mkosi's here; remove the setting to \
+                         silence this, or build with mkosi",
+                    )
+                    .at(source, span.offset, span.len, "not built by kiln"),
+                );
+            }
+        }
         let input = self.expand_entry(source, entry);
         let location = source.location(entry.value_span().offset);
         self.assign(setting, input, Some(location));

@@ -39,6 +39,7 @@ pub use self::diagnostics::{
 pub use self::load::Assignment;
 pub use self::model::*;
 pub use self::ron::{from_ron, to_ron};
+pub use self::settings::{Built, SettingInfo, settings_table};
 pub use self::values::compare_versions;
 
 /// How a project is read: the command line's overrides and how strict to be.

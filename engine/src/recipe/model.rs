@@ -473,6 +473,9 @@ pub struct Scripts {
     pub postinst: Vec<PathBuf>,
     /// `mkosi.finalize[.chroot]`, `mkosi.finalize.d/*` and `FinalizeScripts=`.
     pub finalize: Vec<PathBuf>,
+    /// `MakeScriptsExecutable=`: run scripts that are not executable (mkosi would chmod them).
+    #[serde(default)]
+    pub make_executable: bool,
 }
 
 impl Recipe {

@@ -168,6 +168,29 @@ pub(crate) enum Matcher {
     Unsupported,
 }
 
+/// What builds a setting kiln reads: the stages whose keys hold it, or why none needs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// Not read: a mkosi setting kiln does not implement (it warns where it is set).
+    Unread,
+    /// Read by the configuration reader itself (`Include=`, `Profiles=`).
+    Reader,
+    /// Shapes the plan rather than a stage's work: which stages exist, and where the outputs
+    /// and the store go.
+    Plan,
+    /// A value input of these stages' keys (script stages: when the script names it).
+    Stages(&'static [&'static str]),
+    /// Read, but no stage builds it yet: a recipe setting it gets an image unlike mkosi's, and a
+    /// warning at its line saying how, unless the value is one of `same` (which changes
+    /// nothing).
+    Not {
+        differs: &'static str,
+        same: &'static [&'static str],
+    },
+    /// Read, and without effect on any format kiln builds (the reason says why).
+    NoEffect(&'static str),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Setting {
     pub name: &'static str,
@@ -184,6 +207,8 @@ pub(crate) struct Setting {
     pub recursive: &'static [&'static str],
     /// Whether a default file's content (or, when executable, its output) is the value.
     pub read_text: bool,
+    /// What builds it.
+    pub built: Built,
 }
 
 const fn s(name: &'static str, section: SectionName) -> Setting {
@@ -198,6 +223,7 @@ const fn s(name: &'static str, section: SectionName) -> Setting {
         suffixes: &[],
         recursive: &[],
         read_text: false,
+        built: Built::Unread,
     }
 }
 
@@ -233,6 +259,13 @@ impl Setting {
     const fn read_text(mut self) -> Setting {
         self.read_text = true;
         self
+    }
+    const fn built(mut self, built: Built) -> Setting {
+        self.built = built;
+        self
+    }
+    const fn by(self, stages: &'static [&'static str]) -> Setting {
+        self.built(Built::Stages(stages))
     }
 
     pub fn implemented(&self) -> bool {
@@ -347,7 +380,8 @@ use Scope::{Inherit, Main, Multiversal, Tools, Universal};
 /// Every mkosi setting, in mkosi's order.
 pub(crate) static SETTINGS: &[Setting] = &[
     // [Include]
-    s("Include", "Include").kind(Kind::Include),
+    s("Include", "Include").kind(Kind::Include)
+        .built(Built::Reader),
     // [Config]
     s("Profiles", "Config")
         .scope(Inherit)
@@ -357,30 +391,37 @@ pub(crate) static SETTINGS: &[Setting] = &[
             item: Item::Profile,
             sort: false,
         })
-        .matcher(Matcher::List),
-    s("Dependencies", "Config").kind(list(',')),
+        .matcher(Matcher::List)
+        .built(Built::Reader),
+    s("Dependencies", "Config").kind(list(','))
+        .built(Built::Not { differs: "kiln builds only the main image: the subimages of mkosi.images/ are not built", same: &[] }),
     s("MinimumVersion", "Config").scope(Main),
     s("ConfigureScripts", "Config").suffixes(&["configure"]),
-    s("PassEnvironment", "Config").scope(Main).kind(list(' ')),
+    s("PassEnvironment", "Config").scope(Main).kind(list(' '))
+        .built(Built::Reader),
     // [Distribution]
     s("Distribution", "Distribution")
         .scope(Universal)
         .specifier('d')
         .kind(Kind::Enum(DISTRIBUTIONS))
-        .matcher(Matcher::Enum),
+        .matcher(Matcher::Enum)
+        .by(&["packages"]),
     s("Release", "Distribution")
         .scope(Universal)
         .specifier('r')
         .kind(Kind::Text)
-        .matcher(Matcher::Text),
+        .matcher(Matcher::Text)
+        .by(&["packages"]),
     s("Architecture", "Distribution")
         .scope(Universal)
         .specifier('a')
         .kind(Kind::Enum(ARCHITECTURES))
-        .matcher(Matcher::Architecture),
+        .matcher(Matcher::Architecture)
+        .by(&["packages", "uki"]),
     s("Mirror", "Distribution")
         .scope(Universal)
-        .kind(Kind::Text),
+        .kind(Kind::Text)
+        .by(&["packages"]),
     s("Snapshot", "Distribution")
         .scope(Universal)
         .suffixes(&["snapshot"])
@@ -391,14 +432,17 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("Repositories", "Distribution")
         .scope(Universal)
         .kind(list(','))
-        .matcher(Matcher::List),
+        .matcher(Matcher::List)
+        .by(&["packages"]),
     // [Output]
     s("Format", "Output")
         .specifier('t')
         .kind(Kind::Enum(FORMATS))
-        .matcher(Matcher::Enum),
+        .matcher(Matcher::Enum)
+        .built(Built::Plan),
     s("ManifestFormat", "Output"),
-    s("Output", "Output").specifier('o').kind(Kind::Filename),
+    s("Output", "Output").specifier('o').kind(Kind::Filename)
+        .built(Built::Plan),
     s("OutputExtension", "Output"),
     s("CompressOutput", "Output"),
     s("CompressLevel", "Output").scope(Inherit),
@@ -406,7 +450,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .scope(Universal)
         .specifier('O')
         .kind(Kind::Path)
-        .suffixes(&["output"]),
+        .suffixes(&["output"])
+        .built(Built::Plan),
     s("OutputMode", "Output").scope(Universal),
     s("ImageVersion", "Output")
         .scope(Inherit)
@@ -414,17 +459,26 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .kind(Kind::Text)
         .matcher(Matcher::Version)
         .suffixes(&["version"])
-        .read_text(),
+        .read_text()
+        .by(&["os-release"]),
     s("ImageId", "Output")
         .scope(Inherit)
         .specifier('i')
         .kind(Kind::Text)
-        .matcher(Matcher::Glob),
+        .matcher(Matcher::Glob)
+        .by(&["os-release"]),
+    s("OutputSize", "Output"),
+    s("OciLabels", "Output"),
+    s("OciAnnotations", "Output"),
     s("SplitArtifacts", "Output"),
     s("RepartDirectories", "Output").suffixes(&["repart"]),
     s("SectorSize", "Output").scope(Inherit),
     s("Overlay", "Output"),
     s("Seed", "Output").suffixes(&["seed"]).read_text(),
+    s("ElTorito", "Output"),
+    s("ElToritoSystem", "Output"),
+    s("ElToritoVolume", "Output"),
+    s("ElToritoPublisher", "Output"),
     s("CleanScripts", "Output")
         .suffixes(&["clean"])
         .recursive(&["clean.d/*"]),
@@ -433,7 +487,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         delimiter: ',',
         item: Item::Text,
         sort: true,
-    }),
+    })
+        .by(&["packages"]),
     s("BuildPackages", "Content"),
     s("VolatilePackages", "Content"),
     s("PackageDirectories", "Content")
@@ -441,20 +496,28 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .suffixes(&["packages"]),
     s("VolatilePackageDirectories", "Content").scope(Universal),
     s("WithRecommends", "Content"),
-    s("WithDocs", "Content").kind(Kind::Bool),
-    s("BaseTrees", "Content").kind(paths(false)),
+    s("WithDocs", "Content").kind(Kind::Bool)
+        .by(&["packages"]),
+    s("BaseTrees", "Content").kind(paths(false))
+        .by(&["base-trees"]),
     s("SkeletonTrees", "Content")
         .kind(trees(true))
-        .suffixes(&["skeleton", "skeleton.tar"]),
+        .suffixes(&["skeleton", "skeleton.tar"])
+        .by(&["skeleton-trees"]),
     s("ExtraTrees", "Content")
         .kind(trees(false))
-        .suffixes(&["extra", "extra.tar"]),
-    s("RemovePackages", "Content").kind(list(',')),
-    s("RemoveFiles", "Content").kind(list(',')),
-    s("CleanPackageMetadata", "Content").kind(Kind::Feature),
+        .suffixes(&["extra", "extra.tar"])
+        .by(&["extra-trees"]),
+    s("RemovePackages", "Content").kind(list(','))
+        .built(Built::Not { differs: "the packages stay installed in the image", same: &[] }),
+    s("RemoveFiles", "Content").kind(list(','))
+        .by(&["remove-files"]),
+    s("CleanPackageMetadata", "Content").kind(Kind::Feature)
+        .by(&["clean-metadata"]),
     s("SourceDateEpoch", "Content")
         .scope(Multiversal)
-        .kind(Kind::Epoch),
+        .kind(Kind::Epoch)
+        .by(&["initrd"]),
     s("SyncScripts", "Content")
         .suffixes(&["sync"])
         .recursive(&["sync.d/*"]),
@@ -462,7 +525,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .compat(&["PrepareScript"])
         .kind(paths(true))
         .suffixes(&["prepare", "prepare.chroot"])
-        .recursive(&["prepare.d/*"]),
+        .recursive(&["prepare.d/*"])
+        .by(&["prepare"]),
     s("BuildScripts", "Content")
         .compat(&["BuildScript"])
         .suffixes(&["build", "build.chroot"])
@@ -471,19 +535,23 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .compat(&["PostInstallationScript"])
         .kind(paths(true))
         .suffixes(&["postinst", "postinst.chroot"])
-        .recursive(&["postinst.d/*"]),
+        .recursive(&["postinst.d/*"])
+        .by(&["postinst"]),
     s("FinalizeScripts", "Content")
         .compat(&["FinalizeScript"])
         .kind(paths(true))
         .suffixes(&["finalize", "finalize.chroot"])
-        .recursive(&["finalize.d/*"]),
+        .recursive(&["finalize.d/*"])
+        .by(&["finalize"]),
     s("PostOutputScripts", "Content")
         .suffixes(&["postoutput"])
         .recursive(&["postoutput.d/*"]),
     s("Bootable", "Content")
         .kind(Kind::Feature)
-        .matcher(Matcher::Feature),
-    s("Bootloader", "Content").kind(Kind::Enum(BOOTLOADERS)),
+        .matcher(Matcher::Feature)
+        .built(Built::NoEffect("only disk and esp images get a boot loader, and kiln builds neither")),
+    s("Bootloader", "Content").kind(Kind::Enum(BOOTLOADERS))
+        .built(Built::NoEffect("only disk and esp images get a boot loader, and kiln builds neither")),
     s("BiosBootloader", "Content"),
     s("ShimBootloader", "Content"),
     s("UnifiedKernelImages", "Content"),
@@ -496,48 +564,67 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("InitrdVolatilePackages", "Content").scope(Scope::Initrd),
     s("Devicetrees", "Content").compat(&["Devicetree"]),
     s("Splash", "Content"),
-    s("KernelCommandLine", "Content").kind(list(' ')),
-    s("KernelModulesInclude", "Content").kind(list(',')),
-    s("KernelModulesExclude", "Content").kind(list(',')),
-    s("KernelModules", "Content").kind(list(',')),
-    s("KernelModulesIncludeHost", "Content").kind(Kind::Bool),
+    s("KernelCommandLine", "Content").kind(list(' '))
+        .by(&["uki"]),
+    s("KernelModulesInclude", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("KernelModulesExclude", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("KernelModules", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("KernelModulesIncludeHost", "Content").kind(Kind::Bool)
+        .by(&["modules"]),
     s("KernelModulesInitrd", "Content"),
     s("KernelModulesInitrdInclude", "Content"),
     s("KernelModulesInitrdExclude", "Content"),
     s("KernelInitrdModules", "Content"),
     s("KernelModulesInitrdIncludeHost", "Content"),
-    s("FirmwareInclude", "Content").kind(list(',')),
-    s("FirmwareExclude", "Content").kind(list(',')),
-    s("FirmwareFiles", "Content").kind(list(',')),
-    s("Locale", "Content").kind(Kind::Text),
-    s("LocaleMessages", "Content").kind(Kind::Text),
-    s("Keymap", "Content").kind(Kind::Text),
-    s("Timezone", "Content").kind(Kind::Text),
-    s("Hostname", "Content").kind(Kind::Text),
+    s("FirmwareInclude", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("FirmwareExclude", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("FirmwareFiles", "Content").kind(list(','))
+        .by(&["modules"]),
+    s("Locale", "Content").kind(Kind::Text)
+        .by(&["firstboot"]),
+    s("LocaleMessages", "Content").kind(Kind::Text)
+        .by(&["firstboot"]),
+    s("Keymap", "Content").kind(Kind::Text)
+        .by(&["firstboot"]),
+    s("Timezone", "Content").kind(Kind::Text)
+        .by(&["firstboot"]),
+    s("Hostname", "Content").kind(Kind::Text)
+        .by(&["hostname", "os-release"]),
     s("RootPassword", "Content")
         .kind(Kind::Password)
         .suffixes(&["rootpw"])
-        .read_text(),
-    s("RootShell", "Content").kind(Kind::Text),
+        .read_text()
+        .by(&["root-password"]),
+    s("RootShell", "Content").kind(Kind::Text)
+        .by(&["firstboot"]),
     s("MachineId", "Content")
         .suffixes(&["machine-id"])
         .read_text(),
-    s("Autologin", "Content").kind(Kind::Bool),
+    s("Autologin", "Content").kind(Kind::Bool)
+        .by(&["autologin"]),
     s("MakeInitrd", "Content"),
     s("Ssh", "Content"),
     s("SELinuxRelabel", "Content"),
     // [Validation]
-    s("SecureBoot", "Validation").kind(Kind::Bool),
+    s("SecureBoot", "Validation").kind(Kind::Bool)
+        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &["no", "false", "0", "off"] }),
     s("SecureBootAutoEnroll", "Validation"),
     s("SecureBootKey", "Validation")
         .scope(Universal)
         .kind(Kind::Key { secret: true })
-        .suffixes(&["key"]),
+        .suffixes(&["key"])
+        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &[] }),
     s("SecureBootKeySource", "Validation").scope(Universal),
     s("SecureBootCertificate", "Validation")
         .scope(Universal)
         .kind(Kind::Key { secret: false })
-        .suffixes(&["crt"]),
+        .suffixes(&["crt"])
+        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &[] }),
     s("SecureBootCertificateSource", "Validation").scope(Universal),
     s("SecureBootSignTool", "Validation"),
     s("Verity", "Validation"),
@@ -584,7 +671,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("ToolsTreeCertificates", "Build").scope(Universal),
     s("ExtraSearchPaths", "Build").scope(Universal),
     s("Incremental", "Build").scope(Universal),
-    s("CacheOnly", "Build").scope(Multiversal),
+    s("CacheOnly", "Build").scope(Inherit),
     s("SandboxTrees", "Build")
         .scope(Universal)
         .compat(&["PackageManagerTrees"])
@@ -593,7 +680,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("CacheDirectory", "Build")
         .scope(Universal)
         .kind(Kind::Path)
-        .suffixes(&["cache"]),
+        .suffixes(&["cache"])
+        .built(Built::Plan),
     s("CacheKey", "Build").scope(Inherit),
     s("PackageCacheDirectory", "Build")
         .scope(Multiversal)
@@ -611,7 +699,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("BuildSourcesEphemeral", "Build").scope(Multiversal),
     s("Environment", "Build")
         .kind(Kind::Environment)
-        .matcher(Matcher::KeyValue),
+        .matcher(Matcher::KeyValue)
+        .by(&["prepare", "postinst", "finalize"]),
     s("EnvironmentFiles", "Build").suffixes(&["env"]),
     s("WithTests", "Build").scope(Universal),
     s("WithNetwork", "Build").scope(Universal),
@@ -620,6 +709,11 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("ProxyPeerCertificate", "Build").scope(Multiversal),
     s("ProxyClientCertificate", "Build").scope(Multiversal),
     s("ProxyClientKey", "Build").scope(Multiversal),
+    s("MakeScriptsExecutable", "Build")
+        .scope(Multiversal)
+        .kind(Kind::Bool)
+        .built(Built::Plan),
+    s("ForeignUIDRange", "Build").scope(Main),
     // [Runtime]
     s("NSpawnSettings", "Runtime")
         .scope(Main)
@@ -634,7 +728,6 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("RuntimeNetwork", "Runtime").scope(Main),
     s("RuntimeBuildSources", "Runtime").scope(Main),
     s("BindUser", "Runtime").scope(Main),
-    s("UnitProperties", "Runtime").scope(Main),
     s("SshKey", "Runtime").scope(Main).suffixes(&["key"]),
     s("SshCertificate", "Runtime")
         .scope(Main)
@@ -656,6 +749,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .scope(Main)
         .compat(&["QemuVsockConnectionId"]),
     s("TPM", "Runtime").scope(Main).compat(&["QemuSwtpm"]),
+    s("DiskType", "Runtime").scope(Main),
     s("Removable", "Runtime")
         .scope(Main)
         .compat(&["QemuRemovable"]),
@@ -671,6 +765,33 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("Register", "Runtime").scope(Main),
     s("StorageTargetMode", "Runtime").scope(Main),
 ];
+
+/// One row of the settings table, as the README and the tests read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingInfo {
+    pub name: &'static str,
+    pub section: &'static str,
+    /// Whether kiln reads it.
+    pub read: bool,
+    pub built: Built,
+}
+
+/// Every mkosi setting kiln knows, in mkosi's order, with what builds it.
+pub fn settings_table() -> Vec<SettingInfo> {
+    SETTINGS
+        .iter()
+        .map(|setting| SettingInfo {
+            name: setting.name,
+            section: setting.section,
+            read: setting.implemented(),
+            built: if setting.implemented() {
+                setting.built
+            } else {
+                Built::Unread
+            },
+        })
+        .collect()
+}
 
 /// Conditions of `[Match]` that are not settings.
 pub(crate) const MATCH_ONLY: &[&str] =
@@ -742,6 +863,57 @@ mod tests {
                 setting.name
             );
         }
+    }
+
+    /// mkosi's scope names, as kiln models them.
+    fn mkosi_scope(name: &str) -> Scope {
+        match name {
+            "local" => Scope::Local,
+            "universal" => Scope::Universal,
+            "multiversal" => Scope::Multiversal,
+            // Inherited by subimages (and the default initrd), configurable everywhere.
+            "inherit" | "initrd_inherit" => Scope::Inherit,
+            "main" => Scope::Main,
+            "tools" => Scope::Tools,
+            "initrd" => Scope::Initrd,
+            other => panic!("unknown mkosi scope `{other}`"),
+        }
+    }
+
+    #[test]
+    fn every_setting_has_mkosis_name_section_and_scope() {
+        let fixture = include_str!("../../tests/fixtures/mkosi-settings.txt");
+        let mut differences = Vec::new();
+        let mut seen = 0;
+        for line in fixture.lines().filter(|line| !line.starts_with('#')) {
+            let [name, section, scope] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+                panic!("bad fixture line `{line}`");
+            };
+            seen += 1;
+            let Some(setting) = SETTINGS.iter().find(|setting| setting.name == name) else {
+                differences.push(format!("{name}: missing from kiln's table"));
+                continue;
+            };
+            if setting.section != section {
+                differences.push(format!(
+                    "{name}: section {} (mkosi: {section})",
+                    setting.section
+                ));
+            }
+            let expected = mkosi_scope(scope);
+            // Subimages may set what they inherit; what kiln cannot tell apart (the tools and
+            // initrd images it does not build) must agree on those two questions.
+            if setting.scope.main_only() != expected.main_only()
+                || setting.scope.passed_down_fixed() != expected.passed_down_fixed()
+            {
+                differences.push(format!(
+                    "{name}: scope {:?} (mkosi: {scope})",
+                    setting.scope
+                ));
+            }
+        }
+        assert!(differences.is_empty(), "{differences:#?}");
+        assert_eq!(seen, SETTINGS.len(), "kiln knows settings mkosi does not");
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Stage for InitrdStage {
         };
         let report =
             write_initrd(ctx.store, &manifest, &opts, ctx.scratch).map_err(StageError::failed)?;
-        ctx.log.line(&report.summary());
+        ctx.log.note(&report.summary());
         Ok(report.blob)
     }
 }
