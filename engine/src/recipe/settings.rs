@@ -112,6 +112,9 @@ pub(crate) enum Kind {
     Key {
         secret: bool,
     },
+    /// Where a key or certificate comes from: `TYPE[:SOURCE]`, `TYPE` one of the listed values
+    /// (`SecureBootKeySource=engine:pkcs11`).
+    Source(&'static [&'static str]),
     /// A list split at newlines and `delimiter`; empty resets it. `sort` sorts like mkosi sorts
     /// packages.
     List {
@@ -239,6 +242,15 @@ impl Setting {
         !matches!(self.kind, Kind::Unsupported)
     }
 }
+
+/// `SecureBootSignTool=`'s values.
+pub(crate) const SIGN_TOOLS: &[&str] = &["auto", "sbsign", "systemd-sbsign"];
+
+/// The types of `SecureBootKeySource=` (mkosi's `KeySourceType`).
+pub(crate) const KEY_SOURCES: &[&str] = &["file", "engine", "provider"];
+
+/// The types of `SecureBootCertificateSource=` (mkosi's `CertificateSourceType`).
+pub(crate) const CERTIFICATE_SOURCES: &[&str] = &["file", "provider"];
 
 pub(crate) const DISTRIBUTIONS: &[&str] = &[
     "fedora",
@@ -533,13 +545,17 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .scope(Universal)
         .kind(Kind::Key { secret: true })
         .suffixes(&["key"]),
-    s("SecureBootKeySource", "Validation").scope(Universal),
+    s("SecureBootKeySource", "Validation")
+        .scope(Universal)
+        .kind(Kind::Source(KEY_SOURCES)),
     s("SecureBootCertificate", "Validation")
         .scope(Universal)
         .kind(Kind::Key { secret: false })
         .suffixes(&["crt"]),
-    s("SecureBootCertificateSource", "Validation").scope(Universal),
-    s("SecureBootSignTool", "Validation"),
+    s("SecureBootCertificateSource", "Validation")
+        .scope(Universal)
+        .kind(Kind::Source(CERTIFICATE_SOURCES)),
+    s("SecureBootSignTool", "Validation").kind(Kind::Enum(SIGN_TOOLS)),
     s("Verity", "Validation"),
     s("VerityKey", "Validation")
         .scope(Universal)
