@@ -48,6 +48,7 @@ fn run(cli: Cli, renderer: &Renderer) -> Result<(), CliError> {
         }
         Verb::Lock => commands::lock::run(&settings, renderer),
         Verb::Inspect(_) => unreachable!("handled above"),
+        Verb::Genkey(args) => commands::genkey::run(&settings, &args),
         Verb::Qemu => commands::qemu::run(&settings),
         Verb::Cache(verb) => commands::cache::run(&settings, renderer, verb),
     }

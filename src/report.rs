@@ -64,6 +64,10 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Inspect(#[from] kiln_stages::uki::InspectError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Genkey(#[from] kiln_stages::sign::genkey::GenkeyError),
+
     #[error("{what}")]
     Io {
         what: String,

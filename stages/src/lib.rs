@@ -31,5 +31,6 @@ pub mod packages;
 pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;
+pub mod sign;
 pub mod trees;
 pub mod uki;
