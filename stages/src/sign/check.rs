@@ -200,14 +200,14 @@ fn check_dates(certificate: &Certificate, shown: &Path, now: SystemTime) -> Resu
         return Err(SignError::CertificateNotYetValid {
             path: shown.to_path_buf(),
             subject: keys::subject(certificate),
-            not_before: validity.not_before.to_string(),
+            not_before: keys::readable_time(&validity.not_before),
         });
     }
     if now > validity.not_after.to_unix_duration() {
         return Err(SignError::CertificateExpired {
             path: shown.to_path_buf(),
             subject: keys::subject(certificate),
-            not_after: validity.not_after.to_string(),
+            not_after: keys::readable_time(&validity.not_after),
         });
     }
     Ok(())

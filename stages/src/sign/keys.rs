@@ -268,6 +268,20 @@ pub fn parse_certificate(bytes: &[u8]) -> Result<Certificate, String> {
     }
 }
 
+/// A certificate's time as people read it: `2028-11-30 15:28:28 UTC`.
+pub fn readable_time(time: &x509_cert::time::Time) -> String {
+    let date = time.to_date_time();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        date.year(),
+        date.month(),
+        date.day(),
+        date.hour(),
+        date.minutes(),
+        date.seconds()
+    )
+}
+
 /// The certificate's subject as RFC 4514 text (`CN=mkosi of root`).
 pub fn subject(certificate: &Certificate) -> String {
     certificate.tbs_certificate.subject.to_string()
