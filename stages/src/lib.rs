@@ -5,7 +5,8 @@
 //! kernel modules and firmware on the manifest and runs depmod on a checkout of just the kept
 //! modules; mutable stages ([`scripts`]) run on an overlay over a read-only checkout and record
 //! what changed. Host effects (mounts, sandboxes, scripts, host tools) sit behind
-//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images.
+//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images; [`sign`] signs them
+//! for Secure Boot.
 //!
 //! ```no_run
 //! # use std::sync::Arc;

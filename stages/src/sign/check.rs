@@ -63,8 +63,9 @@ pub struct SigningPlan {
     pub certificate_source: CertificateSource,
     pub method: SigningMethod,
     /// What stands for the key in the stage key and the build index: `sha256:` and the digest
-    /// of its public key, or, for a key an engine or provider holds, `reference sha256:` and
-    /// the digest of the reference (which may hold a PIN).
+    /// of its public key (read from the key, or, when only a signing tool can read the key,
+    /// from the certificate), or, for a key an engine or provider holds and a certificate kiln
+    /// cannot read, `reference sha256:` and the digest of the reference (which may hold a PIN).
     pub key_identity: String,
     /// The certificate's subject, when kiln read the certificate.
     pub subject: Option<String>,
@@ -136,7 +137,12 @@ pub fn plan_signing_at(
     }
     let private_key = if key_is_file {
         check_permissions(&key_path, &key)?;
-        Some(PrivateKey::read(&key_path, &key)?)
+        match PrivateKey::read(&key_path, &key) {
+            Ok(private_key) => Some(private_key),
+            // A tool may read keys kiln cannot (other algorithms, other formats).
+            Err(SignError::KeyInvalid { .. }) if method != SigningMethod::Kiln => None,
+            Err(error) => return Err(error),
+        }
     } else {
         None
     };
@@ -156,9 +162,11 @@ pub fn plan_signing_at(
             subject: keys::subject(parsed),
         });
     }
-    let key_identity = match &private_key {
-        Some(private_key) => private_key.identity(),
-        None => format!(
+    let key_identity = match (&private_key, &parsed_certificate) {
+        (Some(private_key), _) => private_key.identity(),
+        // The certificate holds the key's public half.
+        (None, Some(certificate)) => keys::certificate_key_identity(certificate),
+        (None, None) => format!(
             "reference sha256:{:x}",
             Sha256::digest(key.as_os_str().as_encoded_bytes())
         ),

@@ -171,7 +171,6 @@ pub fn sign_image(
         .map_err(write_error)?;
     out.write_all_at(&check_sum.to_le_bytes(), layout.check_sum_offset)
         .map_err(write_error)?;
-    out.sync_all().map_err(write_error)?;
     Ok(SignedImage {
         digest,
         certificate_table: padded..table_end,

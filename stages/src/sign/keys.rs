@@ -287,6 +287,18 @@ pub fn subject(certificate: &Certificate) -> String {
     certificate.tbs_certificate.subject.to_string()
 }
 
+/// What stands for the key of a certificate (see [`PrivateKey::identity`]); for a key kiln
+/// cannot use, the digest of the SubjectPublicKeyInfo as the certificate encodes it.
+pub fn certificate_key_identity(certificate: &Certificate) -> String {
+    match PublicKey::of_certificate(certificate) {
+        Some(public_key) => public_key.identity(),
+        None => match certificate.tbs_certificate.subject_public_key_info.to_der() {
+            Ok(der) => format!("sha256:{:x}", Sha256::digest(der)),
+            Err(_) => "sha256:unknown".to_string(),
+        },
+    }
+}
+
 /// Whether `key` is the private half of the certificate's public key.
 pub fn key_matches(key: &PrivateKey, certificate: &Certificate) -> bool {
     PublicKey::of_certificate(certificate).is_some_and(|public| public == key.public_key())

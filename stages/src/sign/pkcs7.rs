@@ -358,3 +358,78 @@ impl ParsedSignature {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use p256::ecdsa::{DerSignature, SigningKey};
+    use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+    use x509_cert::name::Name;
+    use x509_cert::serial_number::SerialNumber;
+    use x509_cert::spki::SubjectPublicKeyInfoOwned;
+    use x509_cert::time::Validity;
+
+    use super::*;
+
+    /// A P-256 key from fixed bytes and a certificate made from fixed values: everything
+    /// below is deterministic (ECDSA with RFC 6979 nonces).
+    fn fixed_signer() -> (PrivateKey, Certificate) {
+        let key = SigningKey::from_slice(&[7; 32]).unwrap();
+        let spki = SubjectPublicKeyInfoOwned::from_key(*key.verifying_key()).unwrap();
+        let validity = Validity {
+            not_before: Time::UtcTime(
+                UtcTime::from_unix_duration(Duration::from_secs(1_700_000_000)).unwrap(),
+            ),
+            not_after: Time::UtcTime(
+                UtcTime::from_unix_duration(Duration::from_secs(1_900_000_000)).unwrap(),
+            ),
+        };
+        let certificate = CertificateBuilder::new(
+            Profile::Root,
+            SerialNumber::from(42u32),
+            validity,
+            Name::from_str("CN=kiln test").unwrap(),
+            spki,
+            &key,
+        )
+        .unwrap()
+        .build::<DerSignature>()
+        .unwrap();
+        (PrivateKey::P256(key), certificate)
+    }
+
+    #[test]
+    fn a_signature_reads_back_and_its_bytes_are_pinned() {
+        let (key, certificate) = fixed_signer();
+        let digest = [0x42; 32];
+        let der = authenticode_signature(&digest, &key, &certificate, Some(1_798_859_045)).unwrap();
+        let parsed = parse_signature(&der).unwrap();
+        assert_eq!(parsed.signed_digest, digest);
+        assert_eq!(parsed.integrity, Ok(()));
+        assert_eq!(parsed.signer.as_ref(), Some(&certificate));
+        assert_eq!(
+            parsed
+                .signing_time
+                .map(|time| time.to_unix_duration().as_secs()),
+            Some(1_798_859_045)
+        );
+        assert_eq!(parsed.chains_to(&certificate), Ok(()));
+        // A change in what kiln signs, or how, must not slip in unnoticed.
+        assert_eq!(
+            format!("{:x}", Sha256::digest(&der)),
+            "7f3c36bf219af214c18ff16423fb31228ea72d4798e225de31632305aae294d7"
+        );
+    }
+
+    #[test]
+    fn a_signature_over_another_digest_or_by_another_key_does_not_hold() {
+        let (key, certificate) = fixed_signer();
+        let mut der = authenticode_signature(&[1; 32], &key, &certificate, None).unwrap();
+        // The last bytes are the signature's: damage one.
+        let last = der.len() - 3;
+        der[last] ^= 1;
+        let parsed = parse_signature(&der).unwrap();
+        assert!(parsed.integrity.is_err(), "{:?}", parsed.integrity);
+    }
+}

@@ -365,6 +365,10 @@ impl PeHeaders {
     /// Where the optional header's CheckSum field is in the file (the same place in PE32 and
     /// PE32+).
     pub fn check_sum_offset(&self) -> u64 {
+        const _: () = assert!(
+            std::mem::offset_of!(ImageOptionalHeader32, check_sum)
+                == std::mem::offset_of!(ImageOptionalHeader64, check_sum)
+        );
         self.optional_offset + std::mem::offset_of!(ImageOptionalHeader64, check_sum) as u64
     }
 
