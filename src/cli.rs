@@ -78,8 +78,10 @@ pub enum Verb {
     Graph(GraphVerb),
     /// Resolve the packages against the mirror and write them to kiln.lock
     Lock,
-    /// Show the sections of a PE/UKI file, like `ukify inspect`
+    /// Show the sections of a PE/UKI file, like `ukify inspect`, and check its signature
     Inspect(InspectArgs),
+    /// Write a Secure Boot key and certificate (mkosi.key, mkosi.crt) into the project
+    Genkey(GenkeyArgs),
     /// Boot the built UKI in qemu under OVMF, its serial console on the terminal
     Qemu(QemuArgs),
     /// Look after the local store
@@ -123,6 +125,20 @@ pub struct InspectArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// Check that the signature verifies with this certificate (PEM or DER); exit 1 if not
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+}
+
+/// `kiln genkey`, spelled as `mkosi genkey`'s options are.
+#[derive(Debug, Args)]
+pub struct GenkeyArgs {
+    /// How many days the certificate is valid
+    #[arg(long = "genkey-valid-days", value_name = "DAYS", default_value_t = kiln_stages::sign::genkey::DEFAULT_VALID_DAYS)]
+    pub valid_days: u32,
+    /// The certificate's common name (default: `mkosi of <user>`)
+    #[arg(long = "genkey-common-name", value_name = "CN")]
+    pub common_name: Option<String>,
 }
 
 /// `kiln qemu`: mkosi's `qemu`/`vm` options, under mkosi's names and their old `--qemu-*` ones.

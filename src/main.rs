@@ -53,6 +53,7 @@ fn run(cli: Cli, renderer: &Renderer) -> Result<ExitCode, CliError> {
         }
         Verb::Lock => commands::lock::run(&settings, renderer),
         Verb::Inspect(_) | Verb::Qemu(_) => unreachable!("handled above"),
+        Verb::Genkey(args) => commands::genkey::run(&settings, &args),
         Verb::Cache(verb) => commands::cache::run(&settings, renderer, verb),
     }
     .map(|()| ExitCode::SUCCESS)

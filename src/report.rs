@@ -76,6 +76,10 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Vm(#[from] kiln_stages::vm::VmError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Genkey(#[from] kiln_stages::sign::genkey::GenkeyError),
+
     #[error("{what}")]
     Io {
         what: String,

@@ -48,7 +48,9 @@ fn help_lists_every_verb() {
     let output = kiln(&["--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for verb in ["build", "recipe", "graph", "inspect", "qemu", "cache"] {
+    for verb in [
+        "build", "recipe", "graph", "inspect", "genkey", "qemu", "cache",
+    ] {
         assert!(help.contains(verb), "{verb} missing from:\n{help}");
     }
 }

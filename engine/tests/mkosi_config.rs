@@ -7,8 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_engine::recipe::{
-    Bootloader, ConfigIssue, Distribution, Feature, LoadError, LoadOptions, Loaded, OutputFormat,
-    Recipe, RecipeOrigin, RootPassword, TreeSource, from_ron, load_project, to_ron,
+    Bootloader, CertificateSource, ConfigIssue, Distribution, Feature, KeySource, LoadError,
+    LoadOptions, Loaded, OutputFormat, Recipe, RecipeOrigin, RootPassword, SecureBootSignTool,
+    TreeSource, from_ron, load_project, to_ron,
 };
 
 /// The environment every test loads with: a Debian host, so defaults do not depend on the machine.
@@ -900,6 +901,58 @@ fn environment_paths_and_expansions() {
     assert_eq!(
         loaded.recipe.validation.secure_boot_certificate,
         Some(PathBuf::from("db.crt"))
+    );
+}
+
+#[test]
+fn secure_boot_sources_and_sign_tool_read_as_mkosi_spells_them() {
+    let dir = project(&[(
+        "mkosi.conf",
+        "[Validation]\nSecureBoot=yes\nSecureBootKey=pkcs11:token=kiln\nSecureBootKeySource=engine:pkcs11\nSecureBootCertificate=db.crt\nSecureBootCertificateSource=provider:pkcs11\nSecureBootSignTool=systemd-sbsign\n",
+    )]);
+    let validation = load(dir.path()).recipe.validation;
+    assert!(validation.secure_boot);
+    assert_eq!(
+        validation.secure_boot_key_source,
+        KeySource::Engine("pkcs11".to_string())
+    );
+    assert_eq!(
+        validation.secure_boot_certificate_source,
+        CertificateSource::Provider("pkcs11".to_string())
+    );
+    assert_eq!(
+        validation.secure_boot_sign_tool,
+        SecureBootSignTool::SystemdSbsign
+    );
+    assert_eq!(
+        validation.secure_boot_key_source.to_mkosi(),
+        "engine:pkcs11"
+    );
+
+    // mkosi's defaults; an empty assignment is the default again.
+    let dir = project(&[(
+        "mkosi.conf",
+        "[Validation]\nSecureBootKeySource=engine:x\nSecureBootKeySource=\n",
+    )]);
+    let validation = load(dir.path()).recipe.validation;
+    assert_eq!(validation.secure_boot_key_source, KeySource::File);
+    assert_eq!(
+        validation.secure_boot_certificate_source,
+        CertificateSource::File
+    );
+    assert_eq!(validation.secure_boot_sign_tool, SecureBootSignTool::Auto);
+
+    let dir = project(&[(
+        "mkosi.conf",
+        "[Validation]\nSecureBootKeySource=token:x\nSecureBootCertificateSource=engine:x\nSecureBootSignTool=pesign\n",
+    )]);
+    assert_eq!(
+        messages(&errors(dir.path())),
+        vec![
+            "`token:x` is not a valid source for `SecureBootKeySource=`",
+            "`engine:x` is not a valid source for `SecureBootCertificateSource=`",
+            "`pesign` is not a valid value for `SecureBootSignTool=`",
+        ]
     );
 }
 

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_engine::recipe::{
-    Bootloader, ConfigSettings, ContentSettings, Distribution, DistributionSettings, Feature,
-    OutputFormat, OutputSettings, Recipe, RootPassword, Scripts, Subimage, TreeSource,
-    ValidationSettings, from_ron, to_ron,
+    Bootloader, CertificateSource, ConfigSettings, ContentSettings, Distribution,
+    DistributionSettings, Feature, KeySource, OutputFormat, OutputSettings, Recipe, RootPassword,
+    Scripts, SecureBootSignTool, Subimage, TreeSource, ValidationSettings, from_ron, to_ron,
 };
 use proptest::prelude::*;
 
@@ -200,19 +200,49 @@ fn content() -> impl Strategy<Value = ContentSettings> {
     )
 }
 
+fn key_source() -> impl Strategy<Value = KeySource> {
+    prop_oneof![
+        Just(KeySource::File),
+        text().prop_map(KeySource::Engine),
+        text().prop_map(KeySource::Provider),
+    ]
+}
+
+fn certificate_source() -> impl Strategy<Value = CertificateSource> {
+    prop_oneof![
+        Just(CertificateSource::File),
+        text().prop_map(CertificateSource::Provider),
+    ]
+}
+
 fn validation() -> impl Strategy<Value = ValidationSettings> {
     (
         any::<bool>(),
         prop::option::of(path()),
+        key_source(),
         prop::option::of(path()),
+        certificate_source(),
+        prop::sample::select(SecureBootSignTool::ALL.to_vec()),
     )
-        .prop_map(|(secure_boot, secure_boot_key, secure_boot_certificate)| {
-            ValidationSettings {
+        .prop_map(
+            |(
                 secure_boot,
                 secure_boot_key,
+                secure_boot_key_source,
                 secure_boot_certificate,
-            }
-        })
+                secure_boot_certificate_source,
+                secure_boot_sign_tool,
+            )| {
+                ValidationSettings {
+                    secure_boot,
+                    secure_boot_key,
+                    secure_boot_key_source,
+                    secure_boot_certificate,
+                    secure_boot_certificate_source,
+                    secure_boot_sign_tool,
+                }
+            },
+        )
 }
 
 fn scripts() -> impl Strategy<Value = Scripts> {

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod genkey;
 pub mod graph_explain;
 pub mod graph_show;
 pub mod inspect;

@@ -5,8 +5,8 @@
 //! kernel modules and firmware on the manifest and runs depmod on a checkout of just the kept
 //! modules; mutable stages ([`scripts`]) run on an overlay over a read-only checkout and record
 //! what changed. Host effects (mounts, sandboxes, scripts, host tools) sit behind
-//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images; [`vm`] boots them in
-//! qemu.
+//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images, [`sign`] signs them
+//! for Secure Boot and [`vm`] boots them in qemu.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -32,6 +32,7 @@ pub mod packages;
 pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;
+pub mod sign;
 pub mod trees;
 pub mod uki;
 pub mod vm;

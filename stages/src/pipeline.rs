@@ -119,6 +119,10 @@ pub enum PipelineError {
 
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Sign(#[from] crate::sign::SignError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Packages(#[from] PackagesError),
 
     #[error(transparent)]
@@ -140,6 +144,7 @@ impl PipelineError {
             PipelineError::Modules(error) => error.setting(),
             PipelineError::ScriptNotExecutable { setting, .. }
             | PipelineError::ScriptMissing { setting, .. } => setting,
+            PipelineError::Sign(error) => return error.setting().map(|setting| setting.name()),
             _ => return None,
         })
     }
@@ -374,6 +379,20 @@ pub fn pipeline_with(
     });
     let mut stages = chain.stages;
     stages.extend(formatted.stages);
+    let mut artifacts = formatted.artifacts;
+    // SecureBoot=yes: the UKI is signed, and the signed one is the output.
+    if recipe.output.format == OutputFormat::Uki
+        && let Some(sign) =
+            crate::sign::SignStage::for_recipe(recipe, project_dir, "uki", Arc::clone(&host))?
+    {
+        for artifact in artifacts
+            .iter_mut()
+            .filter(|artifact| artifact.stage == "uki")
+        {
+            artifact.stage = sign.name().to_string();
+        }
+        stages.push(Box::new(sign));
+    }
 
     let output_dir = kiln_engine::paths::absolute(
         project_dir,
@@ -391,7 +410,7 @@ pub fn pipeline_with(
             output_dir,
             link: (unversioned != name).then_some(unversioned),
             name,
-            artifacts: formatted.artifacts,
+            artifacts,
             source_date_epoch: epoch,
         },
     })

@@ -62,6 +62,14 @@ RootPassword=hashed:$6$a$b
 Autologin=yes
 Environment=KILN_TEST=1
 
+[Validation]
+SecureBoot=yes
+SecureBootKey=mkosi.key
+SecureBootCertificate=mkosi.crt
+SecureBootKeySource=file
+SecureBootCertificateSource=file
+SecureBootSignTool=auto
+
 [Build]
 MakeScriptsExecutable=yes
 ";
@@ -109,6 +117,12 @@ fn changed_value(name: &str) -> &'static str {
         "Autologin" => "no",
         "Environment" => "KILN_TEST=2",
         "MakeScriptsExecutable" => "no",
+        "SecureBoot" => "no",
+        "SecureBootKey" => "other.key",
+        "SecureBootCertificate" => "other.crt",
+        "SecureBootKeySource" => "engine:pkcs11",
+        "SecureBootCertificateSource" => "provider:pkcs11",
+        "SecureBootSignTool" => "sbsign",
         other => panic!("no changed value for `{other}=`: add one to this test"),
     }
 }
@@ -133,10 +147,33 @@ fn project(drop_in: Option<&str>) -> tempfile::TempDir {
         write(dir.path(), name, script, 0o755);
     }
     write(dir.path(), "finalize.sh", script, 0o644);
+    let (key, other) = key_pairs();
+    write(dir.path(), "mkosi.key", &key.0, 0o600);
+    write(dir.path(), "mkosi.crt", &key.1, 0o644);
+    write(dir.path(), "other.key", &other.0, 0o600);
+    write(dir.path(), "other.crt", &other.1, 0o644);
     if let Some(text) = drop_in {
         write(dir.path(), "mkosi.conf.d/99-changed.conf", text, 0o644);
     }
     dir
+}
+
+/// Two Secure Boot key pairs (key, certificate), made once.
+fn key_pairs() -> &'static ((String, String), (String, String)) {
+    static PAIRS: std::sync::OnceLock<((String, String), (String, String))> =
+        std::sync::OnceLock::new();
+    PAIRS.get_or_init(|| {
+        let pair = |name: &str| {
+            let pair = kiln_stages::sign::genkey::generate_key_pair(
+                name,
+                std::time::SystemTime::now(),
+                30,
+            )
+            .unwrap();
+            (pair.key_pem.to_string(), pair.certificate_pem.clone())
+        };
+        (pair("kiln test"), pair("kiln other"))
+    })
 }
 
 /// What a stage's key is made of, short of its upstream stages' outputs: its kind, version and

@@ -215,6 +215,31 @@ impl Context<'_, '_> {
                 self.issue(input.locate(issue, "invalid value"));
                 None
             }
+            Kind::Source(types) => {
+                if joined.is_empty() {
+                    return Some(None);
+                }
+                let kind = joined
+                    .split_once(':')
+                    .map_or(joined.as_str(), |(kind, _)| kind);
+                if types.contains(&kind) {
+                    return Some(Some(Val::Text(joined)));
+                }
+                let listed = types
+                    .iter()
+                    .map(|t| match *t {
+                        "file" => "`file`".to_string(),
+                        other => format!("`{other}:NAME`"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let issue = invalid(
+                    format!("`{joined}` is not a valid source for `{name}=`"),
+                    format!("Valid sources are {listed}"),
+                );
+                self.issue(input.locate(issue, "invalid source"));
+                None
+            }
             Kind::Epoch => {
                 if joined.is_empty() {
                     return Some(None);

@@ -12,8 +12,9 @@ use super::diagnostics::ConfigIssue;
 use super::host::native_architecture;
 use super::load::{Context, Input, Layer, Shared, Val};
 use super::model::{
-    Bootloader, ConfigSettings, ContentSettings, Distribution, DistributionSettings, Feature,
-    OutputFormat, OutputSettings, Recipe, Scripts, Subimage, TreeSource, ValidationSettings,
+    Bootloader, CertificateSource, ConfigSettings, ContentSettings, Distribution,
+    DistributionSettings, Feature, KeySource, OutputFormat, OutputSettings, Recipe, Scripts,
+    SecureBootSignTool, Subimage, TreeSource, ValidationSettings,
 };
 use super::settings::{self, Kind, Scope, Setting};
 
@@ -552,7 +553,16 @@ fn to_recipe(shared: &mut Shared<'_>, f: &Finalized) -> Recipe {
         validation: ValidationSettings {
             secure_boot: flag(f, "SecureBoot"),
             secure_boot_key: path(shared, f, "SecureBootKey"),
+            secure_boot_key_source: text(f, "SecureBootKeySource")
+                .and_then(|source| KeySource::from_mkosi(&source))
+                .unwrap_or_default(),
             secure_boot_certificate: path(shared, f, "SecureBootCertificate"),
+            secure_boot_certificate_source: text(f, "SecureBootCertificateSource")
+                .and_then(|source| CertificateSource::from_mkosi(&source))
+                .unwrap_or_default(),
+            secure_boot_sign_tool: text(f, "SecureBootSignTool")
+                .and_then(|tool| SecureBootSignTool::from_mkosi(&tool))
+                .unwrap_or_default(),
         },
         scripts: Scripts {
             prepare: paths(shared, f, "PrepareScripts"),

@@ -459,8 +459,125 @@ pub struct ValidationSettings {
     pub secure_boot: bool,
     /// `SecureBootKey=` (or `mkosi.key`): a path, or a key reference such as a PKCS#11 URI.
     pub secure_boot_key: Option<PathBuf>,
+    /// `SecureBootKeySource=`: where the key is read from (`file` unless an OpenSSL engine or
+    /// provider holds it).
+    pub secure_boot_key_source: KeySource,
     /// `SecureBootCertificate=` (or `mkosi.crt`).
     pub secure_boot_certificate: Option<PathBuf>,
+    /// `SecureBootCertificateSource=`.
+    pub secure_boot_certificate_source: CertificateSource,
+    /// `SecureBootSignTool=`: the program that signs PE binaries.
+    pub secure_boot_sign_tool: SecureBootSignTool,
+}
+
+/// `SecureBootKeySource=`: `file`, `engine:ENGINE` or `provider:PROVIDER`, as mkosi spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    /// The key is a file (a path, or a name the signing tool resolves).
+    #[default]
+    File,
+    /// An OpenSSL engine loads the key (`engine:pkcs11`).
+    Engine(String),
+    /// An OpenSSL provider loads the key (`provider:tpm2`).
+    Provider(String),
+}
+
+impl KeySource {
+    /// Parses mkosi's spelling (`TYPE[:SOURCE]`); `None` for an unknown type.
+    pub fn from_mkosi(value: &str) -> Option<KeySource> {
+        let (kind, source) = value.split_once(':').unwrap_or((value, ""));
+        match kind {
+            "" | "file" => Some(KeySource::File),
+            "engine" => Some(KeySource::Engine(source.to_string())),
+            "provider" => Some(KeySource::Provider(source.to_string())),
+            _ => None,
+        }
+    }
+
+    /// The value as mkosi prints it (`file`, `engine:pkcs11`).
+    pub fn to_mkosi(&self) -> String {
+        match self {
+            KeySource::File => "file".to_string(),
+            KeySource::Engine(source) => mkosi_source("engine", source),
+            KeySource::Provider(source) => mkosi_source("provider", source),
+        }
+    }
+}
+
+/// `SecureBootCertificateSource=`: `file` or `provider:PROVIDER`, as mkosi spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateSource {
+    #[default]
+    File,
+    /// An OpenSSL provider loads the certificate.
+    Provider(String),
+}
+
+impl CertificateSource {
+    /// Parses mkosi's spelling (`TYPE[:SOURCE]`); `None` for an unknown type.
+    pub fn from_mkosi(value: &str) -> Option<CertificateSource> {
+        let (kind, source) = value.split_once(':').unwrap_or((value, ""));
+        match kind {
+            "" | "file" => Some(CertificateSource::File),
+            "provider" => Some(CertificateSource::Provider(source.to_string())),
+            _ => None,
+        }
+    }
+
+    /// The value as mkosi prints it (`file`, `provider:pkcs11`).
+    pub fn to_mkosi(&self) -> String {
+        match self {
+            CertificateSource::File => "file".to_string(),
+            CertificateSource::Provider(source) => mkosi_source("provider", source),
+        }
+    }
+}
+
+fn mkosi_source(kind: &str, source: &str) -> String {
+    if source.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}:{source}")
+    }
+}
+
+/// `SecureBootSignTool=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecureBootSignTool {
+    /// mkosi: systemd-sbsign when installed, else sbsign. kiln signs keys held in files
+    /// itself and uses those tools only for keys an engine or provider holds.
+    #[default]
+    Auto,
+    Sbsign,
+    SystemdSbsign,
+}
+
+impl SecureBootSignTool {
+    /// Every value in mkosi's spelling.
+    pub const ALL: [SecureBootSignTool; 3] = [
+        SecureBootSignTool::Auto,
+        SecureBootSignTool::Sbsign,
+        SecureBootSignTool::SystemdSbsign,
+    ];
+
+    /// The value as mkosi spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecureBootSignTool::Auto => "auto",
+            SecureBootSignTool::Sbsign => "sbsign",
+            SecureBootSignTool::SystemdSbsign => "systemd-sbsign",
+        }
+    }
+
+    /// Parses mkosi's spelling.
+    pub fn from_mkosi(value: &str) -> Option<SecureBootSignTool> {
+        SecureBootSignTool::ALL
+            .into_iter()
+            .find(|tool| tool.as_str() == value)
+    }
 }
 
 /// Scripts in mkosi's order; a `.chroot` suffix means the script runs inside the image.

@@ -112,6 +112,9 @@ pub(crate) enum Kind {
     Key {
         secret: bool,
     },
+    /// Where a key or certificate comes from: `TYPE[:SOURCE]`, `TYPE` one of the listed values
+    /// (`SecureBootKeySource=engine:pkcs11`).
+    Source(&'static [&'static str]),
     /// A list split at newlines and `delimiter`; empty resets it. `sort` sorts like mkosi sorts
     /// packages.
     List {
@@ -272,6 +275,15 @@ impl Setting {
         !matches!(self.kind, Kind::Unsupported)
     }
 }
+
+/// `SecureBootSignTool=`'s values.
+pub(crate) const SIGN_TOOLS: &[&str] = &["auto", "sbsign", "systemd-sbsign"];
+
+/// The types of `SecureBootKeySource=` (mkosi's `KeySourceType`).
+pub(crate) const KEY_SOURCES: &[&str] = &["file", "engine", "provider"];
+
+/// The types of `SecureBootCertificateSource=` (mkosi's `CertificateSourceType`).
+pub(crate) const CERTIFICATE_SOURCES: &[&str] = &["file", "provider"];
 
 pub(crate) const DISTRIBUTIONS: &[&str] = &[
     "fedora",
@@ -612,21 +624,29 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("SELinuxRelabel", "Content"),
     // [Validation]
     s("SecureBoot", "Validation").kind(Kind::Bool)
-        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &["no", "false", "0", "off"] }),
+        .by(&["sign"]),
     s("SecureBootAutoEnroll", "Validation"),
     s("SecureBootKey", "Validation")
         .scope(Universal)
         .kind(Kind::Key { secret: true })
         .suffixes(&["key"])
-        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &[] }),
-    s("SecureBootKeySource", "Validation").scope(Universal),
+        .by(&["sign"]),
+    s("SecureBootKeySource", "Validation")
+        .scope(Universal)
+        .kind(Kind::Source(KEY_SOURCES))
+        .by(&["sign"]),
     s("SecureBootCertificate", "Validation")
         .scope(Universal)
         .kind(Kind::Key { secret: false })
         .suffixes(&["crt"])
-        .built(Built::Not { differs: "the UKI is not signed for Secure Boot", same: &[] }),
-    s("SecureBootCertificateSource", "Validation").scope(Universal),
-    s("SecureBootSignTool", "Validation"),
+        .by(&["sign"]),
+    s("SecureBootCertificateSource", "Validation")
+        .scope(Universal)
+        .kind(Kind::Source(CERTIFICATE_SOURCES))
+        .by(&["sign"]),
+    s("SecureBootSignTool", "Validation")
+        .kind(Kind::Enum(SIGN_TOOLS))
+        .by(&["sign"]),
     s("Verity", "Validation"),
     s("VerityKey", "Validation")
         .scope(Universal)

@@ -28,6 +28,9 @@ pub mod stage;
 
 pub use assemble::{PlacedSection, Placement, SectionContent, UkiLayout, UkiSection, assemble_uki};
 pub use error::UkiError;
-pub use inspect::{InspectError, InspectedSection, Inspection, inspect, inspect_file};
+pub use inspect::{
+    CertificateCheck, InspectError, InspectedSection, Inspection, inspect, inspect_file,
+    inspect_file_with_certificate,
+};
 pub use pe::{PeError, PeHeaders};
 pub use stage::{KernelStage, UkiInputs, UkiStage, ukify_sections};

@@ -362,6 +362,32 @@ impl PeHeaders {
         (start != 0 && size != 0).then_some(start..start + size)
     }
 
+    /// Where the optional header's CheckSum field is in the file (the same place in PE32 and
+    /// PE32+).
+    pub fn check_sum_offset(&self) -> u64 {
+        const _: () = assert!(
+            std::mem::offset_of!(ImageOptionalHeader32, check_sum)
+                == std::mem::offset_of!(ImageOptionalHeader64, check_sum)
+        );
+        self.optional_offset + std::mem::offset_of!(ImageOptionalHeader64, check_sum) as u64
+    }
+
+    /// Where the data directory entry `index` (such as [`IMAGE_DIRECTORY_ENTRY_SECURITY`], the
+    /// certificate table) is in the file, if the optional header has room for it.
+    pub fn data_directory_offset(&self, index: usize) -> Option<u64> {
+        (index < self.data_directories.len()).then(|| {
+            self.optional_offset
+                + self.optional.format.fixed_optional_header_size()
+                + index as u64 * DATA_DIRECTORY_SIZE
+        })
+    }
+
+    /// Where the certificate table's data directory entry is in the file, if there is room
+    /// for one.
+    pub fn certificate_entry_offset(&self) -> Option<u64> {
+        self.data_directory_offset(IMAGE_DIRECTORY_ENTRY_SECURITY)
+    }
+
     /// Reads the first `max` bytes of a section's content (see [`Section::content_len`]).
     pub fn read_section<R: Read + Seek>(
         &self,
