@@ -586,11 +586,36 @@ pub(crate) static SETTINGS: &[Setting] = &[
         .by(&["modules"]),
     s("KernelModulesIncludeHost", "Content").kind(Kind::Bool)
         .by(&["modules"]),
-    s("KernelModulesInitrd", "Content"),
-    s("KernelModulesInitrdInclude", "Content"),
-    s("KernelModulesInitrdExclude", "Content"),
-    s("KernelInitrdModules", "Content"),
-    s("KernelModulesInitrdIncludeHost", "Content"),
+    s("KernelModulesInitrd", "Content")
+        .kind(Kind::Bool)
+        .built(Built::Not {
+            differs: "kiln builds no separate initrd, so the modules of mkosi's default initrd are not chosen",
+            same: &[],
+        }),
+    s("KernelModulesInitrdInclude", "Content")
+        .kind(list(','))
+        .built(Built::Not {
+            differs: "kiln builds no separate initrd, so the modules of mkosi's default initrd are not chosen",
+            same: &[],
+        }),
+    s("KernelModulesInitrdExclude", "Content")
+        .kind(list(','))
+        .built(Built::Not {
+            differs: "kiln builds no separate initrd, so the modules of mkosi's default initrd are not chosen",
+            same: &[],
+        }),
+    s("KernelInitrdModules", "Content")
+        .kind(list(','))
+        .built(Built::Not {
+            differs: "kiln builds no separate initrd, so the modules of mkosi's default initrd are not chosen",
+            same: &[],
+        }),
+    s("KernelModulesInitrdIncludeHost", "Content")
+        .kind(Kind::Bool)
+        .built(Built::Not {
+            differs: "kiln builds no separate initrd, so the modules of mkosi's default initrd are not chosen",
+            same: &[],
+        }),
     s("FirmwareInclude", "Content").kind(list(','))
         .by(&["modules"]),
     s("FirmwareExclude", "Content").kind(list(','))
