@@ -69,7 +69,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     /// Build the image (the default verb)
-    Build,
+    Build(BuildArgs),
     /// Show the recipe as kiln understood it
     #[command(subcommand)]
     Recipe(RecipeVerb),
@@ -87,6 +87,14 @@ pub enum Verb {
     /// Look after the local store
     #[command(subcommand)]
     Cache(CacheVerb),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct BuildArgs {
+    /// Run every stage of the last build again from its cached inputs and fail if any output
+    /// differs (a reproducibility check, as `nix build --check`); nothing is recorded
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 /// Runs the verb; its exit code is 0 unless it says otherwise (`qemu` exits with qemu's code).
 fn run(cli: Cli, renderer: &Renderer) -> Result<ExitCode, CliError> {
-    let verb = cli.verb.unwrap_or(Verb::Build);
+    let verb = cli.verb.unwrap_or(Verb::Build(cli::BuildArgs::default()));
     // `inspect` reads a file, not a project: it needs no project directory.
     if let Verb::Inspect(args) = &verb {
         return commands::inspect::run(args).map(|()| ExitCode::SUCCESS);
@@ -43,7 +43,8 @@ fn run(cli: Cli, renderer: &Renderer) -> Result<ExitCode, CliError> {
         return commands::qemu::run(&settings, renderer, args).map(ExitCode::from);
     }
     match verb {
-        Verb::Build => commands::build::run(&settings, renderer),
+        Verb::Build(args) if args.check => commands::build::check(&settings, renderer),
+        Verb::Build(_) => commands::build::run(&settings, renderer),
         Verb::Recipe(cli::RecipeVerb::Show) => commands::recipe_show::run(&settings, renderer),
         Verb::Graph(cli::GraphVerb::Show { format }) => {
             commands::graph_show::run(&settings, renderer, format)

@@ -80,6 +80,19 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Genkey(#[from] kiln_stages::sign::genkey::GenkeyError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Check(kiln_engine::check::CheckError),
+
+    #[error(
+        "Stage `{stage}` is not reproducible: run again on the same inputs, it gave another output ({what})"
+    )]
+    #[diagnostic(help(
+        "Something the stage does depends on more than its inputs (the time, randomness, the \
+         host); `kiln graph explain {stage}` shows its inputs"
+    ))]
+    NotReproducible { stage: String, what: String },
+
     #[error("{what}")]
     Io {
         what: String,

@@ -527,3 +527,36 @@ fn every_verb_ends_quietly_when_its_reader_stops_early() {
         assert_eq!(output.status.code(), Some(0), "{verb:?}: {stderr}");
     }
 }
+
+#[test]
+fn check_reruns_every_stage_and_names_one_that_is_not_reproducible() {
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
+    let project = tiny();
+    // Before anything is built there is nothing to check.
+    let output = project.kiln(&["build", "--check"]);
+    assert_eq!(output.status.code(), Some(1));
+    project.build(&[]);
+    let output = project.kiln(&["build", "--check"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("reproducible"), "{stderr}");
+
+    // A finalize script that writes the time: the check names the stage and the path.
+    let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
+    project.write(
+        "mkosi.finalize",
+        &format!("{finalize}date +%s%N > \"$BUILDROOT/etc/stamp\"\n"),
+    );
+    project.build(&[]);
+    let explained = project.explain();
+    let output = project.kiln(&["build", "--check"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Stage `finalize` is not reproducible"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("etc/stamp"), "{stderr}");
+    // A check records nothing.
+    assert_eq!(project.explain(), explained);
+}

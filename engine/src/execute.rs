@@ -157,11 +157,11 @@ struct Scheduler<'a> {
 }
 
 /// What a worker needs to run one stage; shared by all workers, read-only.
-struct StageRunner<'a> {
-    graph: &'a Graph,
-    store: &'a Store,
-    options: &'a BuildOptions,
-    reporter: &'a dyn Reporter,
+pub(crate) struct StageRunner<'a> {
+    pub(crate) graph: &'a Graph,
+    pub(crate) store: &'a Store,
+    pub(crate) options: &'a BuildOptions,
+    pub(crate) reporter: &'a dyn Reporter,
 }
 
 impl Scheduler<'_> {
@@ -440,7 +440,7 @@ impl Scheduler<'_> {
 
 impl StageRunner<'_> {
     /// Run one stage; returns its output and what it noted.
-    fn run_stage(
+    pub(crate) fn run_stage(
         &self,
         stage_index: usize,
         inputs: &[RecordedInput],

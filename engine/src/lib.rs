@@ -13,6 +13,7 @@
 //! # Ok::<(), kiln_engine::recipe::LoadError>(())
 //! ```
 
+pub mod check;
 pub mod execute;
 pub mod explain;
 pub mod graph;

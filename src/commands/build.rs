@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use kiln_engine::check::{CheckError, Mismatch};
 use kiln_engine::{BuildOptions, PlanOptions, execute, plan};
 use kiln_stages::export::export;
 
@@ -99,4 +100,53 @@ impl Timings {
             .collect();
         eprintln!("time: {}", laps.join(", "));
     }
+}
+
+/// `kiln build --check`: every stage of the last build run again from its cached inputs; the
+/// first stage whose output differs is the error.
+pub fn check(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+    let started = Instant::now();
+    let project = Project::load(settings, renderer)?;
+    let pipeline = project.pipeline()?;
+    let store = project.open_store()?;
+    let plan = plan(
+        &pipeline.graph,
+        Some(&store),
+        &project.loaded.dir,
+        PlanOptions::build(false, settings.offline),
+    )
+    .map_err(|error| project.locate(error.into()))?;
+    let options = BuildOptions {
+        recipe: project.recipe_key.clone(),
+        project_dir: project.loaded.dir.clone(),
+        force_rerun: true,
+        jobs: 1,
+    };
+    let reporter = TerminalReporter::new(settings.verbose);
+    let mismatches = kiln_engine::check::check(&pipeline.graph, &plan, &store, &options, &reporter)
+        .map_err(|error| match error {
+            CheckError::Build(error) => CliError::Build(error),
+            other => CliError::Check(other),
+        })?;
+    if let Some(Mismatch {
+        stage,
+        first_path,
+        cached,
+        rerun,
+        ..
+    }) = mismatches.into_iter().next()
+    {
+        return Err(CliError::NotReproducible {
+            stage,
+            what: match first_path {
+                Some(path) => format!("first difference: {path}"),
+                None => format!("its output was {cached}, now {rerun}"),
+            },
+        });
+    }
+    eprintln!(
+        "reproducible: every stage gave its cached output again ({})",
+        format_duration(started.elapsed())
+    );
+    Ok(())
 }
