@@ -256,7 +256,49 @@ fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothin
             .any(|line| line.starts_with("root:$6$kilnrescue$")),
         "{shadow}"
     );
-    assert_eq!(project.read("etc/machine-id"), "");
+    // The tree's shape as mkosi leaves it: machine-id to be initialised at the first boot, an
+    // empty /dev, the os-release lines, the first-boot settings.
+    assert_eq!(project.read("etc/machine-id"), "uninitialized\n");
+    assert_eq!(std::fs::read_dir(root.join("dev")).unwrap().count(), 0);
+    let os_release = project.read("usr/lib/os-release");
+    assert!(
+        os_release.contains("IMAGE_ID=\"debian-rescue\"\n"),
+        "{os_release}"
+    );
+    assert!(
+        os_release.contains("VARIANT=\"Rescue Image\""),
+        "{os_release}"
+    );
+    assert!(
+        project
+            .read("etc/os-release")
+            .contains("PRETTY_NAME=\"Debian GNU/Linux (Rescue Image n/a)\""),
+        "{}",
+        project.read("etc/os-release")
+    );
+    assert_eq!(project.read("etc/locale.conf"), "LANG=C.UTF-8\n");
+    assert_eq!(
+        std::fs::read_link(root.join("etc/localtime")).unwrap(),
+        Path::new("../usr/share/zoneinfo/UTC")
+    );
+    assert!(
+        !root.join("var/lib/apt/lists/partial").exists()
+            || std::fs::read_dir(root.join("var/lib/apt/lists"))
+                .unwrap()
+                .filter(|entry| entry.as_ref().unwrap().path().is_file())
+                .count()
+                <= 1
+    );
+    // The modules the seed's rules keep, and no more: nothing of sound/ or drm/.
+    let kernel_dir = std::fs::read_dir(root.join("usr/lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(kernel_dir.join("modules.dep").is_file());
+    assert!(!kernel_dir.join("kernel/sound").exists());
+    assert!(kernel_dir.join("kernel/fs/ext4").exists());
     assert!(
         root.join("etc/systemd/system/multi-user.target.wants/iwd.service")
             .is_symlink()
