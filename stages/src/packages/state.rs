@@ -111,6 +111,8 @@ pub struct GpgHome {
 impl GpgHome {
     /// A short path to the gpg home `target`.
     pub fn for_dir(target: &Path) -> Result<GpgHome, PackagesError> {
+        create_dir(target)?;
+        let _ = fs::set_permissions(target, fs::Permissions::from_mode(0o700));
         let tmp = Path::new("/tmp");
         let dir = tempfile::Builder::new()
             .prefix("kiln-gpg-")
