@@ -165,3 +165,45 @@ fn a_script_that_is_not_executable_is_refused_before_anything_runs() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn the_seed_recipe_is_read_planned_and_locked_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("arch-rescue");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/arch-rescue"))
+        .arg(&project)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = |verb: &[&str]| {
+        let mut args = vec!["-C", project.to_str().unwrap()];
+        args.extend_from_slice(verb);
+        kiln(&args)
+    };
+    let shown = run(&["recipe", "show"]);
+    assert!(shown.status.success());
+    let graph = run(&["graph", "show"]);
+    let text = String::from_utf8_lossy(&graph.stdout);
+    assert!(
+        graph.status.success(),
+        "{}",
+        String::from_utf8_lossy(&graph.stderr)
+    );
+    for stage in [
+        "packages [packages-pacman]",
+        "modules [modules]",
+        "uki [uki]",
+    ] {
+        assert!(text.contains(stage), "{text}");
+    }
+    // Locking needs an Arch Linux mirror: without one, a clear error and no panic.
+    let lock = run(&["lock"]);
+    let stderr = String::from_utf8_lossy(&lock.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        lock.status.success() || stderr.contains("Cannot reach the mirror"),
+        "{stderr}"
+    );
+}

@@ -37,10 +37,7 @@ fn the_pacman_keyring_initialises_in_a_store_deep_below_a_project() {
 
     // The keyring's folder does not exist yet on a store's first use: the short path makes it.
     let home = GpgHome::for_dir(&deep).unwrap();
-    assert_eq!(
-        deep.metadata().unwrap().permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(deep.metadata().unwrap().permissions().mode() & 0o777, 0o700);
     assert!(
         home.path().as_os_str().len() < 40,
         "{}",
