@@ -79,7 +79,7 @@ for run in $(seq "$runs"); do
         echo "echo 'KILN_BENCH=$run.$i' >> \"\$BUILDROOT/etc/os-release\"" >>"$project/mkosi.finalize"
         add "finalize edit" "$(timed build)"
         add "image version" "$(timed --image-version "bench.$run.$i" build)"
-        rm -f "$project/mkosi.output/debian-rescue_bench."*
+        rm -rf "$project/mkosi.output/debian-rescue_bench."*
         timed build >/dev/null
         set_local "[Content]
 KernelModulesInclude=drivers/nvme/host/nvme.ko

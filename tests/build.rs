@@ -447,8 +447,24 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
         assert!(verify.status.success(), "round {round}: {report}");
         assert!(report.contains("corrupt: 0"), "round {round}: {report}");
     }
+    // One more killed build, and no verify: the next build reclaims its scratch itself.
+    project.write("mkosi.extra/etc/hostname", "killed\n");
+    let mut child = project
+        .command(&["build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
     project.write("mkosi.extra/etc/hostname", "tiny\n");
     project.build(&[]);
+    let left: Vec<_> = std::fs::read_dir(project.store.join("v1/tmp"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(
         tree_listing(&project.output_dir()),
         tree_listing(&reference.output_dir())

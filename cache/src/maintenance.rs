@@ -184,6 +184,32 @@ impl Store {
         Ok(objects)
     }
 
+    /// Removes what killed processes left in `v1/tmp` (a build does this as it starts, so a
+    /// killed build's scratch does not wait for `verify` or `gc`); returns how many went. A
+    /// leftover that cannot be removed is left for `gc`.
+    pub fn reclaim_scratch(&self) -> usize {
+        let Ok(paths) = read_dir_paths(&self.tmp_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for path in paths {
+            let Some(pid) = temp_owner(&file_name(&path)) else {
+                continue;
+            };
+            if pid == std::process::id() || process_alive(pid) {
+                continue;
+            }
+            let gone = if path.is_dir() {
+                make_writable(&path);
+                fs::remove_dir_all(&path).is_ok()
+            } else {
+                fs::remove_file(&path).is_ok()
+            };
+            removed += usize::from(gone);
+        }
+        removed
+    }
+
     /// Removes temp files of processes that are gone; a live process's files
     /// stay however old they are, since a stage may run for hours (a reused
     /// pid keeps a dead build's leftovers until gc). With `exclusive`, every
@@ -302,5 +328,27 @@ mod tests {
         assert_eq!(removed, vec![dead_file.clone()]);
         assert!(live_file.exists());
         assert_eq!(store.stats().unwrap().temp_files, 1);
+    }
+}
+
+/// Gives every directory below `path` its owner's write and search permission, so a tree a
+/// stage left read-only can be removed.
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            dirs.extend(entries.flatten().map(|entry| entry.path()));
+        }
     }
 }

@@ -17,6 +17,11 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;
     let store = project.open_store()?;
+    // What killed builds left behind goes now, not only with `cache verify` or `gc`.
+    let reclaimed = store.reclaim_scratch();
+    if settings.verbose && reclaimed > 0 {
+        eprintln!("reclaimed {reclaimed} scratch folders of killed builds");
+    }
     timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
     let plan = plan(
