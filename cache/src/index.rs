@@ -320,7 +320,8 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
     let conn = connect(path)?;
     // Rebuilding a table drops the old one, which would delete the rows referring to it with
     // foreign keys on. This connection only migrates; `foreign_key_check` runs before commit.
-    conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(err)?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(err)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
         row.get::<_, String>(0)
     })
@@ -968,7 +969,11 @@ mod tests {
         let index = store.index().unwrap();
         let inputs: i64 = index
             .conn
-            .query_row("SELECT count(*) FROM run_inputs WHERE run_id = 7", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM run_inputs WHERE run_id = 7",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(inputs, 1, "the rebuild of `runs` dropped its inputs");
         let notes: String = index

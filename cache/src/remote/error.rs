@@ -116,7 +116,9 @@ impl RemoteError {
                 .to_owned(),
             RemoteError::Status {
                 status: 405 | 501, ..
-            } => "The server must accept PUT to take uploads (nginx: `dav_methods PUT;`)".to_owned(),
+            } => {
+                "The server must accept PUT to take uploads (nginx: `dav_methods PUT;`)".to_owned()
+            }
             RemoteError::NoSigningKey => {
                 "Create a key with `kiln cache keygen NAME` and set `signing-key` in the [cache] \
                  section of the kiln config file, or KILN_CACHE_SIGNING_KEY"

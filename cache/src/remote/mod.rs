@@ -166,7 +166,10 @@ impl fmt::Display for Rejection {
                 write!(f, "it is the record of another key, `{}`", found.short())
             }
             Rejection::UnknownFormat(format) => {
-                write!(f, "it is written in format `{format}`, unknown to this kiln")
+                write!(
+                    f,
+                    "it is written in format `{format}`, unknown to this kiln"
+                )
             }
         }
     }
@@ -332,10 +335,7 @@ impl Remote {
             return Ok(None);
         };
         let mut bytes = Vec::new();
-        if let Err(error) = (&mut incoming)
-            .take(RECORD_LIMIT)
-            .read_to_end(&mut bytes)
-        {
+        if let Err(error) = (&mut incoming).take(RECORD_LIMIT).read_to_end(&mut bytes) {
             return Err(self.body_error(&path, incoming.connection_error, error));
         }
         String::from_utf8(bytes)

@@ -186,9 +186,10 @@ impl SignedRecord {
 
     /// Whether `key` signed the record as it is.
     pub fn signed_by(&self, key: &PublicKey) -> bool {
-        self.verify(std::slice::from_ref(key)) == Verdict::Trusted {
-            signer: key.name().to_owned(),
-        }
+        self.verify(std::slice::from_ref(key))
+            == Verdict::Trusted {
+                signer: key.name().to_owned(),
+            }
     }
 
     /// The JSON text stored at `ac/{key}`.
@@ -405,16 +406,16 @@ pub(crate) mod tests {
         );
         signed.sign(&key);
         // Every field is covered: change any one and the signature breaks.
-        let changes: Vec<Box<dyn Fn(&mut ActionRecord)>> = vec![
-            Box::new(|r| r.output.output = Digest::of_bytes(b"evil")),
-            Box::new(|r| r.output.kind = OutputKind::Blob),
-            Box::new(|r| r.key = Digest::of_bytes(b"other key")),
-            Box::new(|r| r.stage.push('x')),
-            Box::new(|r| r.kind.push('x')),
-            Box::new(|r| r.inputs[1].value = Some("3".to_owned())),
-            Box::new(|r| r.inputs[0].digest = Digest::of_bytes(b"x")),
-            Box::new(|r| r.inputs.pop().map(drop).unwrap_or_default()),
-            Box::new(|r| r.notes.clear()),
+        let changes: [fn(&mut ActionRecord); 9] = [
+            |r| r.output.output = Digest::of_bytes(b"evil"),
+            |r| r.output.kind = OutputKind::Blob,
+            |r| r.key = Digest::of_bytes(b"other key"),
+            |r| r.stage.push('x'),
+            |r| r.kind.push('x'),
+            |r| r.inputs[1].value = Some("3".to_owned()),
+            |r| r.inputs[0].digest = Digest::of_bytes(b"x"),
+            |r| drop(r.inputs.pop()),
+            |r| r.notes.clear(),
         ];
         for change in changes {
             let mut altered = signed.clone();

@@ -141,7 +141,10 @@ fn a_pushed_tree_is_fetched_whole_and_verified() {
     reader.fetch(&fixture.b, output).unwrap();
     assert_eq!(reader.stats().fetched_objects, 41);
     // Pushing again uploads nothing.
-    assert_eq!(pusher.push(&fixture.a, &record).unwrap(), Pushed::AlreadyThere);
+    assert_eq!(
+        pusher.push(&fixture.a, &record).unwrap(),
+        Pushed::AlreadyThere
+    );
     assert_eq!(pusher.stats().pushed_objects, 41);
 }
 
@@ -190,7 +193,10 @@ fn a_corrupt_object_is_rejected_and_leaves_nothing_in_the_store() {
     // Gone altogether.
     fs::remove_file(fixture.object(&blob)).unwrap();
     let error = reader.fetch(&fixture.b, output).unwrap_err();
-    assert!(matches!(error, RemoteError::MissingObject { .. }), "{error}");
+    assert!(
+        matches!(error, RemoteError::MissingObject { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -242,7 +248,10 @@ fn records_of_untrusted_keys_altered_records_and_misplaced_ones_are_rejected() {
         fixture.pusher().push(&fixture.a, &record).unwrap(),
         Pushed::Cosigned
     );
-    assert!(matches!(reader.lookup(&record.key).unwrap(), Lookup::Hit(_)));
+    assert!(matches!(
+        reader.lookup(&record.key).unwrap(),
+        Lookup::Hit(_)
+    ));
     // Altered after signing.
     let path = fixture.server.join("ac").join(record.key.to_string());
     let text = fs::read_to_string(&path).unwrap();

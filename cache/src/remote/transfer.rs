@@ -13,10 +13,10 @@ use crate::digest::{BlobId, Digest, TreeId};
 use crate::error::StoreError;
 use crate::index::{ActionResult, OutputKind};
 use crate::manifest::Manifest;
+use crate::remote::Remote;
 use crate::remote::error::{RemoteError, Result};
 use crate::remote::record::{ActionRecord, SignedRecord};
 use crate::remote::transport::Counting;
-use crate::remote::Remote;
 use crate::store::Store;
 
 /// zstd level of uploads: fast to write, and decompression speed does not depend on it.
@@ -278,7 +278,9 @@ impl Remote {
             self.transport.put(self.location(), &path, &mut body)
         })?;
         self.counters.pushed_objects.fetch_add(1, Ordering::Relaxed);
-        self.counters.pushed_bytes.fetch_add(size, Ordering::Relaxed);
+        self.counters
+            .pushed_bytes
+            .fetch_add(size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -303,10 +305,11 @@ impl Remote {
             path: tree_path.clone(),
             source,
         })?;
-        let compressed = zstd::encode_all(&bytes[..], LEVEL).map_err(|source| StoreError::Read {
-            path: tree_path,
-            source,
-        })?;
+        let compressed =
+            zstd::encode_all(&bytes[..], LEVEL).map_err(|source| StoreError::Read {
+                path: tree_path,
+                source,
+            })?;
         self.retrying(|| {
             self.transport
                 .put(self.location(), &path, &mut &compressed[..])
