@@ -181,6 +181,13 @@ impl<'a> RemoteSession<'a> {
         if !self.usable() {
             return false;
         }
+        self.reporter.stage_output(
+            stage,
+            &format!(
+                "shared cache: downloading output {}",
+                hit.output().output.short()
+            ),
+        );
         match self.remote.fetch(store, hit.output()) {
             Ok(()) => true,
             Err(error) => {
@@ -346,13 +353,18 @@ pub enum PushError {
 }
 
 /// Uploads what `build` recorded: every stage whose output is in the local store and that did
-/// not come from the shared cache, outputs first, then their signed records.
+/// not come from the shared cache, outputs first, then their signed records. A stage that ran
+/// in that build gets a note saying so, which `graph explain` shows where it is reused.
 pub fn push_build(
     remote: &dyn RemoteCache,
     store: &Store,
     build: BuildId,
 ) -> Result<PushReport, PushError> {
     let index = store.index()?;
+    let recipe = index
+        .build(build)?
+        .map(|info| info.recipe)
+        .unwrap_or_default();
     let mut report = PushReport::default();
     for run in index.runs(build)? {
         let present = match run.output.kind {
@@ -363,13 +375,20 @@ pub fn push_build(
             report.skipped.push(run.stage);
             continue;
         }
+        let mut notes = run.notes;
+        if run.status == RunStatus::Ran {
+            notes.push(format!(
+                "ran in {:.2} s in build {build} of `{recipe}`",
+                run.duration.as_secs_f64()
+            ));
+        }
         let record = ActionRecord {
             key: run.key,
             stage: run.stage.clone(),
             kind: run.kind,
             output: run.output,
             inputs: run.inputs,
-            notes: run.notes,
+            notes,
         };
         match remote.push(store, &record) {
             Ok(Pushed::Uploaded | Pushed::Cosigned) => report.pushed.push(run.stage),

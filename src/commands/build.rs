@@ -1,8 +1,11 @@
-//! `kiln build`: plan the recipe, run the stages that are not cached, write the output.
+//! `kiln build`: plan the recipe, run the stages that are not cached (locally or in the shared
+//! cache), write the output, and push what was built when asked to.
 
 use std::time::Instant;
 
-use kiln_engine::{BuildOptions, PlanOptions, execute, plan};
+use kiln_engine::{
+    BuildOptions, Outcome, PlanOptions, RemoteSession, execute_with_remote, plan_with_remote,
+};
 use kiln_stages::export::export;
 
 use crate::progress::{TerminalReporter, format_duration};
@@ -16,13 +19,23 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;
     let store = project.open_store()?;
+    // `--offline` asks nothing of the network, the shared cache included.
+    let remote = match crate::remote::resolve(settings)? {
+        Some(remote) if !settings.offline => Some((remote.open()?, remote.push)),
+        _ => None,
+    };
+    let reporter = TerminalReporter::new(settings.verbose);
+    let session = remote
+        .as_ref()
+        .map(|(remote, _)| RemoteSession::new(remote, &reporter));
     timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
-    let plan = plan(
+    let plan = plan_with_remote(
         &pipeline.graph,
         Some(&store),
         &project.loaded.dir,
         PlanOptions::build(force_rerun, settings.offline),
+        session.as_ref(),
     )?;
     let options = BuildOptions {
         recipe: project.recipe_key.clone(),
@@ -31,8 +44,14 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     timings.lap("plan (inputs read, packages resolved)");
-    let reporter = TerminalReporter::new(settings.verbose);
-    let report = execute(&pipeline.graph, &plan, &store, &options, &reporter)?;
+    let report = execute_with_remote(
+        &pipeline.graph,
+        &plan,
+        &store,
+        &options,
+        &reporter,
+        session.as_ref(),
+    )?;
     timings.lap("stages");
     let output = report
         .stage(&pipeline.final_stage)
@@ -44,14 +63,34 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         settings.force >= 1,
     )?;
     timings.lap("export");
+    if let (Some((remote, true)), Some(session)) = (&remote, &session) {
+        crate::commands::cache::push_after_build(remote, session, &store, report.build);
+        timings.lap("push");
+    }
     timings.print();
+    if let Some((remote, _)) = &remote
+        && settings.verbose
+    {
+        let stats = remote.stats();
+        eprintln!("shared cache: fetched {}", stats.describe_fetched());
+    }
+    let from_remote = report
+        .stages
+        .iter()
+        .filter(|stage| stage.outcome == Outcome::Remote)
+        .count();
+    let from_remote = if from_remote > 0 {
+        format!(", {from_remote} from the shared cache")
+    } else {
+        String::new()
+    };
     let verb = if exported.written {
         "wrote"
     } else {
         "up to date:"
     };
     eprintln!(
-        "{verb} {} (build {}, {} of {} stages ran, {})",
+        "{verb} {} (build {}, {} of {} stages ran{from_remote}, {})",
         exported.path.display(),
         report.build,
         report.ran().len(),
