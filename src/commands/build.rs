@@ -24,6 +24,9 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         Some(remote) if !settings.offline => Some((remote.open()?, remote.push)),
         _ => None,
     };
+    if settings.remote.push && remote.is_none() {
+        eprintln!("warning: --cache-push pushes nowhere: no shared cache is in use");
+    }
     let reporter = TerminalReporter::new(settings.verbose);
     let session = remote
         .as_ref()

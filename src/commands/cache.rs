@@ -232,12 +232,14 @@ fn pull_verb(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         PlanOptions::build(false, settings.offline),
         Some(&session),
     )?;
+    let started = std::time::Instant::now();
     let report = pull(&plan, &store, &session)?;
     println!(
-        "pulled {} stages from {} ({}), {} cached already",
+        "pulled {} stages from {} ({}) in {}, {} cached already",
         report.pulled.len(),
         remote.location(),
         remote.stats().describe_fetched(),
+        crate::progress::format_duration(started.elapsed()),
         report.local.len()
     );
     if !report.missing.is_empty() {
