@@ -38,7 +38,8 @@ pub trait Reporter: Send + Sync {
     /// A stage starts running, or the download of its output from the shared cache starts
     /// (not sent for cached stages).
     fn stage_started(&self, stage: &str);
-    /// A line of a running stage's output.
+    /// A line of a running stage's output, or what the shared cache said about a stage (a
+    /// record it ignored, a download).
     fn stage_output(&self, stage: &str, line: &str);
     /// Something a running stage warns about: shown whatever the verbosity.
     fn stage_warning(&self, stage: &str, line: &str) {

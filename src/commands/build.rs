@@ -27,6 +27,15 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     if settings.remote.push && remote.is_none() {
         eprintln!("warning: --cache-push pushes nowhere: no shared cache is in use");
     }
+    if let Some((remote, _)) = &remote
+        && remote.trusted_keys().is_empty()
+    {
+        eprintln!(
+            "warning: no key is trusted, so no record of the shared cache {} is used; \
+             set `trusted-keys` or KILN_CACHE_TRUSTED_KEYS",
+            remote.location()
+        );
+    }
     let reporter = TerminalReporter::new(settings.verbose);
     let session = remote
         .as_ref()
