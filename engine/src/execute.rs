@@ -302,36 +302,31 @@ impl Scheduler<'_> {
                             output,
                         }) => {
                             let stage = graph.stage(stage_index);
-                            let report = match self.earlier.get(stage.name()) {
+                            if let Some(earlier) = self.earlier.get(stage.name()) {
                                 // Settled and recorded by the earlier pass already.
-                                Some(earlier) => earlier.clone(),
-                                None => {
-                                    let report = StageReport {
-                                        name: stage.name().to_string(),
-                                        outcome: Outcome::Cached,
-                                        output: output.output,
-                                        duration: Duration::ZERO,
-                                    };
-                                    if let Err(error) = self.record(
-                                        stage_index,
-                                        key,
-                                        inputs,
-                                        output,
-                                        &report,
-                                        Vec::new(),
-                                    ) {
-                                        failure = Some(error);
-                                        break;
-                                    }
-                                    self.reporter.stage_finished(
-                                        &report.name,
-                                        report.outcome,
-                                        &report.output,
-                                        report.duration,
-                                    );
-                                    report
-                                }
+                                outputs.insert(earlier.name.clone(), earlier.output);
+                                release(graph, stage_index, &mut remaining_deps, &mut ready);
+                                reports.push(earlier.clone());
+                                continue;
+                            }
+                            let report = StageReport {
+                                name: stage.name().to_string(),
+                                outcome: Outcome::Cached,
+                                output: output.output,
+                                duration: Duration::ZERO,
                             };
+                            if let Err(error) =
+                                self.record(stage_index, key, inputs, output, &report, Vec::new())
+                            {
+                                failure = Some(error);
+                                break;
+                            }
+                            self.reporter.stage_finished(
+                                &report.name,
+                                report.outcome,
+                                &report.output,
+                                report.duration,
+                            );
                             outputs.insert(report.name.clone(), report.output);
                             for dependent in graph.dependents(stage_index) {
                                 remaining_deps[dependent] -= 1;
@@ -359,12 +354,7 @@ impl Scheduler<'_> {
                                 Ok(report) => {
                                     remote_only.insert(stage_index, hit);
                                     outputs.insert(report.name.clone(), report.output);
-                                    for dependent in graph.dependents(stage_index) {
-                                        remaining_deps[dependent] -= 1;
-                                        if remaining_deps[dependent] == 0 {
-                                            ready.push(dependent);
-                                        }
-                                    }
+                                    release(graph, stage_index, &mut remaining_deps, &mut ready);
                                     reports.push(report);
                                 }
                             }
@@ -758,6 +748,16 @@ enum Prepared {
     },
     /// On the shared cache only.
     Remote { key: Digest, hit: RemoteHit },
+}
+
+/// A stage is settled: the stages that waited only for it are ready.
+fn release(graph: &Graph, stage: usize, remaining_deps: &mut [usize], ready: &mut Vec<usize>) {
+    for dependent in graph.dependents(stage) {
+        remaining_deps[dependent] -= 1;
+        if remaining_deps[dependent] == 0 {
+            ready.push(dependent);
+        }
+    }
 }
 
 /// Hand a job to the workers.
