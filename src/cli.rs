@@ -64,6 +64,23 @@ pub struct GlobalArgs {
     /// Show the output of the tools each stage runs
     #[arg(short = 'v', long, global = true)]
     pub verbose: bool,
+
+    /// Use the shared cache at URL (http://, https:// or file://), over KILN_CACHE_REMOTE and
+    /// the config file
+    #[arg(long = "cache-remote", value_name = "URL", global = true)]
+    pub cache_remote: Option<String>,
+
+    /// Use no shared cache, whatever the environment and the config file say
+    #[arg(
+        long = "no-cache-remote",
+        global = true,
+        conflicts_with = "cache_remote"
+    )]
+    pub no_cache_remote: bool,
+
+    /// Upload what a build made to the shared cache, signed with the signing key
+    #[arg(long = "cache-push", global = true)]
+    pub cache_push: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +101,7 @@ pub enum Verb {
     Genkey(GenkeyArgs),
     /// Boot the built UKI in qemu under OVMF, its serial console on the terminal
     Qemu(QemuArgs),
-    /// Look after the local store
+    /// Look after the local store and the shared cache
     #[command(subcommand)]
     Cache(CacheVerb),
 }
@@ -228,7 +245,7 @@ fn parse_feature(text: &str) -> Result<AccelArg, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheVerb {
-    /// Show what the store holds
+    /// Show what the store holds, and the shared cache's configuration
     Stats,
     /// Remove what recent builds do not use
     Gc {
@@ -241,8 +258,16 @@ pub enum CacheVerb {
     },
     /// Rehash every object; remove corrupt ones
     Verify,
-    /// Upload to the shared cache
+    /// Upload the recipe's last build to the shared cache, signed
     Push,
-    /// Download from the shared cache
+    /// Download every stage of the recipe the shared cache has
     Pull,
+    /// Create a key pair that signs what this machine pushes
+    Keygen {
+        /// The key's name, as signatures and trusted keys name it (e.g. `ci-1`)
+        name: String,
+        /// Where to write NAME.secret and NAME.public (default: ~/.config/kiln/keys)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }

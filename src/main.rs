@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod progress;
 mod project;
+mod remote;
 mod report;
 mod settings;
 mod stdout;

@@ -1,7 +1,8 @@
-//! Drawing a build: one line per stage (cached / ran / ran, output unchanged) with its time, and
-//! a spinner for each stage that has been running for more than a second, showing the last line
-//! the stage's tools printed. The tools' output itself is shown with `-v`; without it, a failure
-//! shows its tail in the error. Plain lines, and no spinners, when stderr is not a terminal.
+//! Drawing a build: one line per stage (cached / remote / ran / ran, output unchanged) with its
+//! time, and a spinner for each stage that has been running (or downloading its output from the
+//! shared cache) for more than a second, showing the last line the stage's tools printed. The
+//! tools' output itself is shown with `-v`; without it, a failure shows its tail in the error.
+//! Plain lines, and no spinners, when stderr is not a terminal.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -127,7 +128,8 @@ impl Reporter for TerminalReporter {
         }
         let time = match outcome {
             Outcome::Cached => String::new(),
-            Outcome::Ran { .. } => format!(" ({})", format_duration(duration)),
+            Outcome::Remote if duration.is_zero() => String::new(),
+            Outcome::Ran { .. } | Outcome::Remote => format!(" ({})", format_duration(duration)),
         };
         self.println(&format!("{stage}: {}{time}", outcome.describe()));
     }

@@ -16,10 +16,6 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Config(#[from] kiln_engine::recipe::LoadError),
 
-    #[error("`kiln {verb}` is not implemented yet")]
-    #[diagnostic(help("See the README for the status of every verb"))]
-    NotImplemented { verb: &'static str },
-
     #[error("The project directory `{}` does not exist", path.display())]
     #[diagnostic(help("Pass an existing directory with -C DIR"))]
     NoProjectDir { path: PathBuf },
@@ -99,13 +95,82 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{error}")]
+    Remote {
+        error: kiln_cache::remote::RemoteError,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("No shared cache is configured")]
+    #[diagnostic(help(
+        "Pass --cache-remote URL, set KILN_CACHE_REMOTE, or set `remote` in the [cache] section \
+         of ~/.config/kiln/config.toml"
+    ))]
+    NoRemote,
+
+    #[error("The kiln config file `{}` is invalid at {position}: {message}", path.display())]
+    #[diagnostic(help("See the README for the keys of the [cache] section"))]
+    ConfigFile {
+        path: PathBuf,
+        position: String,
+        message: String,
+    },
+
+    #[error("The credentials file `{}` cannot be read at {position}", path.display())]
+    #[diagnostic(help(
+        "Each host is a table, `[\"host:port\"]`, holding `token = \"...\"`, or `user = \"...\"` \
+         and `password = \"...\"`"
+    ))]
+    CredentialsFile { path: PathBuf, position: String },
+
+    #[error("The entry for `{host}` in the credentials file `{}` is incomplete", path.display())]
+    #[diagnostic(help("Give it either `token`, or both `user` and `password`"))]
+    CredentialsEntry { path: PathBuf, host: String },
+
+    #[error("The {what} `{}` is readable by other users", path.display())]
+    #[diagnostic(help("Make it private: chmod 600 {}", path.display()))]
+    SecretReadable { what: &'static str, path: PathBuf },
+
+    #[error("A key from {from} is invalid")]
+    #[diagnostic(help(
+        "A public key looks like `ci-1:BASE64`, as `kiln cache keygen` prints it; a secret key \
+         file is the one `kiln cache keygen` wrote"
+    ))]
+    RemoteKey {
+        from: String,
+        #[source]
+        source: kiln_cache::remote::KeyError,
+    },
+
+    #[error("`{name}` must be yes or no, not `{value}`")]
+    #[diagnostic(help("Use 1, yes, true or on; 0, no, false or off"))]
+    RemoteSetting { name: &'static str, value: String },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Push(#[from] kiln_engine::remote::PushError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Pull(#[from] kiln_engine::remote::PullError),
+}
+
+impl From<kiln_cache::remote::RemoteError> for CliError {
+    fn from(error: kiln_cache::remote::RemoteError) -> CliError {
+        CliError::Remote {
+            help: error.help(),
+            error,
+        }
+    }
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::NotImplemented { .. } | CliError::NoProjectDir { .. } => 2,
+            CliError::NoProjectDir { .. } => 2,
             _ => 1,
         }
     }

@@ -28,6 +28,9 @@ pub struct Settings {
     pub offline: bool,
     /// `-v`: show the tools' output.
     pub verbose: bool,
+    /// The shared cache flags, resolved with the environment and the config file by
+    /// [`crate::remote::resolve`] when a verb needs them.
+    pub remote: crate::remote::RemoteArgs,
 }
 
 impl Settings {
@@ -63,6 +66,11 @@ impl Settings {
             cwd,
             offline: args.offline,
             verbose: args.verbose,
+            remote: crate::remote::RemoteArgs {
+                url: args.cache_remote.clone(),
+                disabled: args.no_cache_remote,
+                push: args.cache_push,
+            },
         })
     }
 }

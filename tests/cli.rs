@@ -1,5 +1,5 @@
-//! The command line itself: usage errors, exit codes and the verbs that are not implemented yet.
-//! None of these needs root.
+//! The command line itself: usage errors, exit codes, and verbs that need no image.
+//! None of these needs root. The shared cache's own tests, against nginx, are in `remote.rs`.
 
 use std::process::{Command, Output};
 
@@ -24,23 +24,6 @@ fn usage_errors_exit_with_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"));
     let output = kiln(&["graph", "show", "--format", "svg"]);
     assert_eq!(output.status.code(), Some(2));
-}
-
-#[test]
-fn verbs_not_implemented_yet_say_so_and_exit_with_2() {
-    let dir = tiny();
-    for args in [
-        vec!["-C", dir.as_str(), "cache", "push"],
-        vec!["-C", dir.as_str(), "cache", "pull"],
-    ] {
-        let output = kiln(&args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("is not implemented yet"),
-            "{args:?}: {stderr}"
-        );
-    }
 }
 
 #[test]
@@ -206,4 +189,95 @@ fn the_seed_recipe_is_read_planned_and_locked_or_says_why_not() {
         lock.status.success() || stderr.contains("Cannot reach the mirror"),
         "{stderr}"
     );
+}
+
+/// `kiln ARGS` with no shared cache configured anywhere (an empty config directory).
+fn kiln_without_a_shared_cache(args: &[&str], config: &std::path::Path) -> Output {
+    let mut command = Command::new(KILN);
+    command.args(args).env("NO_COLOR", "1");
+    command.env("XDG_CONFIG_HOME", config);
+    for name in ["KILN_CONFIG", "KILN_CACHE_REMOTE", "KILN_CACHE_CREDENTIALS"] {
+        command.env_remove(name);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn push_and_pull_without_a_shared_cache_say_how_to_name_one() {
+    let store = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let dir = tiny();
+    let store = store.path().to_str().unwrap();
+    for verb in ["push", "pull"] {
+        let output = kiln_without_a_shared_cache(
+            &["-C", &dir, "--cache-dir", store, "cache", verb],
+            config.path(),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{verb}: {stderr}");
+        assert!(stderr.contains("No shared cache is configured"), "{stderr}");
+        assert!(stderr.contains("--cache-remote URL"), "{stderr}");
+    }
+    let output = kiln_without_a_shared_cache(
+        &["-C", &dir, "--cache-dir", store, "cache", "stats"],
+        config.path(),
+    );
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("remote      none"));
+    // Credentials in the URL are refused, and not shown.
+    let output = kiln_without_a_shared_cache(
+        &[
+            "-C",
+            &dir,
+            "--cache-dir",
+            store,
+            "--cache-remote",
+            "https://ci:hunter2@cache.example.org/kiln",
+            "cache",
+            "stats",
+        ],
+        config.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("credentials do not belong in the"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn keygen_writes_a_private_secret_and_a_public_key_and_never_overwrites() {
+    use std::os::unix::fs::MetadataExt;
+    let config = tempfile::tempdir().unwrap();
+    let keys = config.path().join("keys");
+    let keys_arg = keys.to_str().unwrap();
+    let output = kiln_without_a_shared_cache(
+        &["cache", "keygen", "ci-1", "--dir", keys_arg],
+        config.path(),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let public = std::fs::read_to_string(keys.join("ci-1.public")).unwrap();
+    assert!(public.starts_with("ci-1:"), "{public}");
+    assert!(stdout.contains(public.trim()), "{stdout}");
+    let secret = std::fs::read_to_string(keys.join("ci-1.secret")).unwrap();
+    assert!(!stdout.contains(secret.trim()), "the secret was printed");
+    assert_eq!(
+        std::fs::metadata(keys.join("ci-1.secret")).unwrap().mode() & 0o777,
+        0o600
+    );
+    let again = kiln_without_a_shared_cache(
+        &["cache", "keygen", "ci-1", "--dir", keys_arg],
+        config.path(),
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert_eq!(
+        std::fs::read_to_string(keys.join("ci-1.secret")).unwrap(),
+        secret
+    );
+    let bad = kiln_without_a_shared_cache(&["cache", "keygen", "not a name"], config.path());
+    assert_eq!(bad.status.code(), Some(1));
 }

@@ -288,7 +288,7 @@ impl Store {
     }
 }
 
-fn set_object_mode(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn set_object_mode(file: &File, path: &Path) -> Result<()> {
     rustix::fs::fchmod(file, Mode::from_raw_mode(OBJECT_MODE)).map_err(|e| {
         StoreError::SetMetadata {
             path: path.to_owned(),

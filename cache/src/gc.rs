@@ -6,7 +6,7 @@
 //! that names a stored tree or blob. A kept tree keeps its manifest, every
 //! blob it refers to and the variants its entries need. Everything else is
 //! deleted, with the builds, action cache entries and stat cache rows that
-//! would refer to it.
+//! would refer to it, and the shared cache's records no kept run uses.
 //!
 //! gc holds the store lock exclusively: no build runs meanwhile. Index rows
 //! are deleted before the objects they name, trees before blobs, so a gc
@@ -181,6 +181,7 @@ impl Store {
             .collect();
         index.delete_builds(&doomed_builds)?;
         report.builds_removed = doomed_builds.len();
+        index.prune_remote_actions()?;
 
         let doomed_actions: Vec<Digest> = index
             .actions()?

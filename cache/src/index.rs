@@ -11,7 +11,10 @@
 //! after every object it refers to is in the store: the output tree's blobs,
 //! then the tree with [`Store::put_manifest`], then the row. A process killed
 //! at any instant thus leaves at worst unreferenced objects, which gc drops,
-//! and never a row pointing at something missing.
+//! and never a row pointing at something missing. The exception is a run of
+//! status [`RunStatus::Remote`], whose output the build did not need locally:
+//! it names an output of the shared cache, whose signed record is kept in
+//! `remote_actions` (never in `actions`) until no run uses it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -91,6 +94,37 @@ CREATE TABLE stat_cache (
     r#"
 ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
 "#,
+    // A run's status may be `remote`: SQLite cannot change a CHECK constraint, so the table is
+    // rebuilt (with foreign keys off, see `migrate`). `remote_actions` keeps the signed records
+    // of the shared cache whose outputs were not downloaded.
+    r#"
+CREATE TABLE runs_v4 (
+    id             INTEGER PRIMARY KEY,
+    build_id       INTEGER NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+    stage          TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    key            TEXT    NOT NULL,
+    status         TEXT    NOT NULL CHECK (status IN ('ran', 'cached', 'remote')),
+    output_changed INTEGER NOT NULL,
+    duration_ms    INTEGER NOT NULL,
+    output         TEXT    NOT NULL,
+    output_kind    TEXT    NOT NULL CHECK (output_kind IN ('tree', 'blob')),
+    notes          TEXT    NOT NULL DEFAULT '',
+    UNIQUE (build_id, stage)
+);
+INSERT INTO runs_v4 (id, build_id, stage, kind, key, status, output_changed, duration_ms, output, output_kind, notes)
+    SELECT id, build_id, stage, kind, key, status, output_changed, duration_ms, output, output_kind, notes FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+CREATE INDEX runs_by_stage ON runs (stage, build_id);
+
+CREATE TABLE remote_actions (
+    key        TEXT    PRIMARY KEY,
+    remote     TEXT    NOT NULL,
+    record     TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this kiln writes.
@@ -122,6 +156,10 @@ pub enum RunStatus {
     Ran,
     /// The action cache had its output.
     Cached,
+    /// The shared cache had a trusted record of its output. The output is in the local store
+    /// only if the build needed it there (see `kiln_engine::remote`); the run's inputs and
+    /// notes are those of the record.
+    Remote,
 }
 
 /// How a build ended.
@@ -158,7 +196,7 @@ macro_rules! text_enum {
 }
 
 text_enum!(OutputKind, Tree = "tree", Blob = "blob");
-text_enum!(RunStatus, Ran = "ran", Cached = "cached");
+text_enum!(RunStatus, Ran = "ran", Cached = "cached", Remote = "remote");
 text_enum!(
     BuildStatus,
     Running = "running",
@@ -280,6 +318,10 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
         source,
     };
     let conn = connect(path)?;
+    // Rebuilding a table drops the old one, which would delete the rows referring to it with
+    // foreign keys on. This connection only migrates; `foreign_key_check` runs before commit.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(err)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
         row.get::<_, String>(0)
     })
@@ -300,6 +342,17 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)?;
             conn.pragma_update(None, "user_version", from as i64 + 1)?;
+        }
+        let dangling: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+            .optional()?;
+        if let Some(table) = dangling {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                Some(format!(
+                    "migration left rows of `{table}` without their parent"
+                )),
+            ));
         }
         Ok(Ok(()))
     })();
@@ -657,6 +710,54 @@ impl Index {
         })
     }
 
+    /// Keeps the signed text of a shared cache's record, so a later build knows the output of
+    /// `key` without asking the remote again (and checks the signature again then). Replaces
+    /// what was kept for `key`.
+    pub fn remember_remote_action(&self, key: &Digest, remote: &str, record: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO remote_actions (key, remote, record, created_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![key.to_string(), remote, record, now_ms()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The record kept for `key` by [`Index::remember_remote_action`]: the remote's location
+    /// and the signed text.
+    pub fn remote_action(&self, key: &Digest) -> Result<Option<(String, String)>> {
+        self.conn
+            .query_row(
+                "SELECT remote, record FROM remote_actions WHERE key = ?1",
+                [key.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Drops the record kept for `key` (its objects turned out to be gone from the remote).
+    pub fn forget_remote_action(&self, key: &Digest) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM remote_actions WHERE key = ?1",
+                [key.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Drops kept remote records that no recorded run uses any more.
+    pub(crate) fn prune_remote_actions(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM remote_actions WHERE key NOT IN (SELECT key FROM runs)",
+                [],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Every action cache entry.
     pub(crate) fn actions(&self) -> Result<Vec<(Digest, ActionResult)>> {
         let mut stmt = self
@@ -840,10 +941,85 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         assert_eq!(store.stat_cache_rows().unwrap(), 0);
         let build = index.last_build("r").unwrap().unwrap();
         assert!(index.runs(build).unwrap().is_empty());
+    }
+
+    #[test]
+    fn version_3_index_keeps_its_runs_and_inputs_and_takes_remote_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1/index.sqlite");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO builds (id, recipe, recipe_dir, started_ms, status) VALUES (1, 'r', '/r', 1, 'succeeded');
+             INSERT INTO runs (id, build_id, stage, kind, key, status, output_changed, duration_ms, output, output_kind, notes)
+                 VALUES (7, 1, 'base', 'trees', 'k', 'ran', 1, 5, 'o', 'tree', 'a note');
+             INSERT INTO run_inputs (run_id, position, name, kind, digest) VALUES (7, 0, 'base', 'tree', 'd');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let index = store.index().unwrap();
+        let inputs: i64 = index
+            .conn
+            .query_row(
+                "SELECT count(*) FROM run_inputs WHERE run_id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inputs, 1, "the rebuild of `runs` dropped its inputs");
+        let notes: String = index
+            .conn
+            .query_row("SELECT notes FROM runs WHERE id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(notes, "a note");
+        // Foreign keys still hold: removing the build removes its runs and their inputs.
+        index.delete_builds(&[BuildId(1)]).unwrap();
+        let left: i64 = index
+            .conn
+            .query_row("SELECT count(*) FROM run_inputs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        let build = index.begin_build("r", Path::new("/r")).unwrap();
+        let mut remote = run("base", Digest::of_bytes(b"not stored here"));
+        remote.status = RunStatus::Remote;
+        index.record_run(build, &remote).unwrap();
+        assert_eq!(index.runs(build).unwrap(), vec![remote]);
+    }
+
+    #[test]
+    fn remote_records_are_kept_until_no_run_uses_them() {
+        let (_dir, store) = store();
+        let index = store.index().unwrap();
+        let key = Digest::of_bytes(b"base");
+        assert_eq!(index.remote_action(&key).unwrap(), None);
+        index
+            .remember_remote_action(&key, "http://cache", "{signed}")
+            .unwrap();
+        assert_eq!(
+            index.remote_action(&key).unwrap(),
+            Some(("http://cache".to_owned(), "{signed}".to_owned()))
+        );
+        let other = Digest::of_bytes(b"other");
+        index
+            .remember_remote_action(&other, "http://cache", "{other}")
+            .unwrap();
+        let build = index.begin_build("r", Path::new("/r")).unwrap();
+        let mut remote = run("base", Digest::of_bytes(b"out"));
+        remote.status = RunStatus::Remote;
+        index.record_run(build, &remote).unwrap();
+        assert_eq!(index.prune_remote_actions().unwrap(), 1);
+        assert!(index.remote_action(&key).unwrap().is_some());
+        index.forget_remote_action(&key).unwrap();
+        assert_eq!(index.remote_action(&key).unwrap(), None);
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! └── v1/                      layout version: a new layout gets a new folder
 //!     ├── lock                 flock: shared by every user, exclusive for gc
 //!     ├── index.sqlite         builds, stage runs, action cache, stat cache
-//!     │                        of ingested files (WAL: -wal, -shm)
+//!     │                        of ingested files, signed records kept from
+//!     │                        the shared cache (WAL: -wal, -shm)
 //!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
 //!     │                        mode 0444, owned by the store's user, no xattrs
 //!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
@@ -53,7 +54,17 @@
 //!   however old) and by `gc` (all of them).
 //! - Integrity rule: an action result is recorded only after every object
 //!   it refers to is stored (see [`index`]), so a process killed at any
-//!   instant leaves the store consistent.
+//!   instant leaves the store consistent. This holds for what comes from the
+//!   shared cache too: objects are verified and stored, trees after their
+//!   blobs, before the action is recorded. A run of status
+//!   [`RunStatus::Remote`] is the one record that may name an output kept
+//!   only on the shared cache (gc and verify only keep what is present).
+//!
+//! # Shared cache
+//!
+//! [`remote`] pushes and fetches objects and signed action records to and
+//! from any HTTP server that answers GET, HEAD and PUT; its module
+//! documentation draws the server's layout.
 //!
 //! One process should open a store once and share clones of the handle.
 //!
@@ -94,6 +105,7 @@ mod ingest_tar;
 mod lock;
 mod maintenance;
 mod manifest;
+pub mod remote;
 mod shared;
 mod statcache;
 mod store;

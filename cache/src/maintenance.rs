@@ -291,6 +291,28 @@ pub(crate) fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// Gives every directory below `path` its owner's write and search permission, so a tree a
+/// stage left read-only can be removed.
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            dirs.extend(entries.flatten().map(|entry| entry.path()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,27 +350,5 @@ mod tests {
         assert_eq!(removed, vec![dead_file.clone()]);
         assert!(live_file.exists());
         assert_eq!(store.stats().unwrap().temp_files, 1);
-    }
-}
-
-/// Gives every directory below `path` its owner's write and search permission, so a tree a
-/// stage left read-only can be removed.
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut dirs = vec![path.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(meta) = fs::symlink_metadata(&dir) else {
-            continue;
-        };
-        if !meta.is_dir() {
-            continue;
-        }
-        let mode = meta.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700));
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            dirs.extend(entries.flatten().map(|entry| entry.path()));
-        }
     }
 }

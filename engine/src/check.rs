@@ -50,6 +50,7 @@ pub fn check(
         store,
         options,
         reporter,
+        remote: None,
     };
     let mut mismatches = Vec::new();
     for &index in graph.order() {

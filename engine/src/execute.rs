@@ -7,6 +7,11 @@
 //! with the outputs they had before, the key is found in the action cache and the stage is
 //! cached (early cutoff). An action is recorded only after its output is in the store, so a
 //! build killed at any instant leaves no action pointing at nothing.
+//!
+//! With a shared cache, a local miss asks it before the stage runs; a hit settles the stage as
+//! `remote`, and its output is downloaded only if a stage that reads it runs, or if it is the
+//! build's output (see [`crate::remote`] for why that is enough, and for what happens when the
+//! remote fails: the build is scheduled again without it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use crate::graph::Graph;
 use crate::inputs::stage_input;
 use crate::key::stage_key;
 use crate::plan::{Plan, PlannedState};
+use crate::remote::{RemoteHit, RemoteOnly, RemoteSession};
 use crate::reporter::{Outcome, Reporter, ReporterLog};
 use crate::stage::{InputSource, StageContext, StageError};
 
@@ -105,6 +111,28 @@ struct Job {
     index: usize,
     key: Digest,
     inputs: Vec<RecordedInput>,
+    /// Download this remote hit's output instead of running the stage.
+    fetch: Option<RemoteHit>,
+}
+
+/// What a worker sends back.
+enum Done {
+    Ran(Finished),
+    /// A remote hit's download ended; `ok` is false when the shared cache failed (it warned).
+    Fetched {
+        index: usize,
+        key: Digest,
+        hit: RemoteHit,
+        started: Instant,
+        ok: bool,
+    },
+}
+
+/// How one scheduling of the build ended.
+enum Pass {
+    Done(Vec<StageReport>),
+    /// The shared cache failed to deliver an output the build needs: schedule again without it.
+    Again(Vec<StageReport>),
 }
 
 /// Run the plan. Stages already cached are recorded as such; the others run.
@@ -114,6 +142,19 @@ pub fn execute(
     store: &Store,
     options: &BuildOptions,
     reporter: &dyn Reporter,
+) -> Result<BuildReport, BuildError> {
+    execute_with_remote(graph, plan, store, options, reporter, None)
+}
+
+/// [`execute`], asking the shared cache of `remote` on every local miss (`plan` should have been
+/// made with the same session).
+pub fn execute_with_remote(
+    graph: &Graph,
+    plan: &Plan,
+    store: &Store,
+    options: &BuildOptions,
+    reporter: &dyn Reporter,
+    remote: Option<&RemoteSession<'_>>,
 ) -> Result<BuildReport, BuildError> {
     if let Some(stage) = plan
         .stages
@@ -126,21 +167,35 @@ pub fn execute(
     }
     let index = store.index()?;
     let build = index.begin_build(&options.recipe, &options.project_dir)?;
-    let result = Scheduler {
-        graph,
-        plan,
-        options,
-        reporter,
-        runner: StageRunner {
+    let mut earlier = BTreeMap::new();
+    let result = loop {
+        let pass = Scheduler {
             graph,
-            store,
+            plan,
             options,
             reporter,
-        },
-        index: &index,
-        build,
-    }
-    .run();
+            runner: StageRunner {
+                graph,
+                store,
+                options,
+                reporter,
+                remote,
+            },
+            index: &index,
+            build,
+            remote,
+            earlier: &earlier,
+        }
+        .run();
+        match pass {
+            Ok(Pass::Done(stages)) => break Ok(stages),
+            // The session is not usable any more: the next pass does not ask it.
+            Ok(Pass::Again(stages)) => {
+                earlier.extend(stages.into_iter().map(|stage| (stage.name.clone(), stage)))
+            }
+            Err(error) => break Err(error),
+        }
+    };
     index.finish_build(build, result.is_ok())?;
     result.map(|stages| BuildReport { build, stages })
 }
@@ -154,6 +209,9 @@ struct Scheduler<'a> {
     runner: StageRunner<'a>,
     index: &'a kiln_cache::Index,
     build: BuildId,
+    remote: Option<&'a RemoteSession<'a>>,
+    /// What an earlier pass of this build settled and recorded, by stage name.
+    earlier: &'a BTreeMap<String, StageReport>,
 }
 
 /// What a worker needs to run one stage; shared by all workers, read-only.
@@ -162,10 +220,11 @@ pub(crate) struct StageRunner<'a> {
     pub(crate) store: &'a Store,
     pub(crate) options: &'a BuildOptions,
     pub(crate) reporter: &'a dyn Reporter,
+    pub(crate) remote: Option<&'a RemoteSession<'a>>,
 }
 
 impl Scheduler<'_> {
-    fn run(&self) -> Result<Vec<StageReport>, BuildError> {
+    fn run(&self) -> Result<Pass, BuildError> {
         let graph = self.graph;
         let mut remaining_deps: Vec<usize> = (0..graph.len())
             .map(|stage| graph.dependencies(stage).len())
@@ -179,10 +238,13 @@ impl Scheduler<'_> {
             .collect();
         let mut reports = Vec::new();
         let mut failure: Option<BuildError> = None;
+        let mut remote_only: RemoteOnly<Job> = RemoteOnly::default();
+        // A needed output could not be downloaded: start nothing more, schedule again.
+        let mut again = false;
 
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::channel::<Finished>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         let workers = self.options.jobs.max(1);
 
         std::thread::scope(|scope| {
@@ -198,16 +260,27 @@ impl Scheduler<'_> {
                         };
                         let Ok(job) = job else { return };
                         let started = Instant::now();
-                        let (result, notes) = runner.run_stage(job.index, &job.inputs);
-                        let finished = Finished {
-                            index: job.index,
-                            key: job.key,
-                            inputs: job.inputs,
-                            started,
-                            result,
-                            notes,
+                        let done = match job.fetch {
+                            Some(hit) => Done::Fetched {
+                                ok: runner.fetch(job.index, &hit),
+                                index: job.index,
+                                key: job.key,
+                                hit,
+                                started,
+                            },
+                            None => {
+                                let (result, notes) = runner.run_stage(job.index, &job.inputs);
+                                Done::Ran(Finished {
+                                    index: job.index,
+                                    key: job.key,
+                                    inputs: job.inputs,
+                                    started,
+                                    result,
+                                    notes,
+                                })
+                            }
                         };
-                        if done_tx.send(finished).is_err() {
+                        if done_tx.send(done).is_err() {
                             return;
                         }
                     }
@@ -219,7 +292,7 @@ impl Scheduler<'_> {
             loop {
                 // Start or settle everything that is ready, in graph order.
                 ready.sort_by_key(|stage| graph.order().iter().position(|s| s == stage));
-                while failure.is_none() && !ready.is_empty() {
+                while failure.is_none() && !again && !ready.is_empty() {
                     let stage_index = ready.remove(0);
                     match self.prepare(stage_index, &outputs) {
                         Err(error) => failure = Some(error),
@@ -229,6 +302,13 @@ impl Scheduler<'_> {
                             output,
                         }) => {
                             let stage = graph.stage(stage_index);
+                            if let Some(earlier) = self.earlier.get(stage.name()) {
+                                // Settled and recorded by the earlier pass already.
+                                outputs.insert(earlier.name.clone(), earlier.output);
+                                release(graph, stage_index, &mut remaining_deps, &mut ready);
+                                reports.push(earlier.clone());
+                                continue;
+                            }
                             let report = StageReport {
                                 name: stage.name().to_string(),
                                 outcome: Outcome::Cached,
@@ -256,18 +336,53 @@ impl Scheduler<'_> {
                             }
                             reports.push(report);
                         }
-                        Ok(Prepared::Run { key, inputs }) => {
-                            self.reporter.stage_started(graph.stage(stage_index).name());
-                            running += 1;
-                            if job_tx
-                                .send(Job {
+                        Ok(Prepared::Remote { key, hit }) => {
+                            if graph.dependents(stage_index).is_empty() {
+                                // The build's output: download it before it settles.
+                                self.reporter.stage_started(graph.stage(stage_index).name());
+                                let job = Job {
                                     index: stage_index,
                                     key,
-                                    inputs,
-                                })
-                                .is_err()
-                            {
-                                running -= 1;
+                                    inputs: Vec::new(),
+                                    fetch: Some(hit),
+                                };
+                                dispatch(&job_tx, &mut running, job);
+                                continue;
+                            }
+                            match self.settle_remote(stage_index, key, &hit, Duration::ZERO) {
+                                Err(error) => failure = Some(error),
+                                Ok(report) => {
+                                    remote_only.insert(stage_index, hit);
+                                    outputs.insert(report.name.clone(), report.output);
+                                    release(graph, stage_index, &mut remaining_deps, &mut ready);
+                                    reports.push(report);
+                                }
+                            }
+                        }
+                        Ok(Prepared::Run { key, inputs }) => {
+                            let job = Job {
+                                index: stage_index,
+                                key,
+                                inputs,
+                                fetch: None,
+                            };
+                            // A running stage reads its inputs from the local store.
+                            let needs = remote_only.missing(&graph.dependencies(stage_index));
+                            if needs.is_empty() {
+                                self.reporter.stage_started(graph.stage(stage_index).name());
+                                dispatch(&job_tx, &mut running, job);
+                            } else if self.remote.is_some_and(RemoteSession::usable) {
+                                for (upstream, hit) in remote_only.wait(needs, job) {
+                                    let fetch = Job {
+                                        index: upstream,
+                                        key: hit.record.key,
+                                        inputs: Vec::new(),
+                                        fetch: Some(hit),
+                                    };
+                                    dispatch(&job_tx, &mut running, fetch);
+                                }
+                            } else {
+                                again = true;
                             }
                         }
                     }
@@ -275,8 +390,49 @@ impl Scheduler<'_> {
                 if running == 0 {
                     break;
                 }
-                let Ok(finished) = done_rx.recv() else { break };
+                let Ok(done) = done_rx.recv() else { break };
                 running -= 1;
+                let finished = match done {
+                    Done::Ran(finished) => finished,
+                    Done::Fetched {
+                        index: stage_index,
+                        key,
+                        hit,
+                        started,
+                        ok,
+                    } => {
+                        if !ok {
+                            again = true;
+                            continue;
+                        }
+                        // Its objects are stored: the action may be recorded.
+                        if let Err(error) = self.index.record_action(&key, hit.output()) {
+                            failure.get_or_insert(error.into());
+                            continue;
+                        }
+                        if remote_only.contains(stage_index) {
+                            // Downloaded for stages about to run.
+                            for job in remote_only.fetched(stage_index) {
+                                if failure.is_none() && !again {
+                                    self.reporter.stage_started(graph.stage(job.index).name());
+                                    dispatch(&job_tx, &mut running, job);
+                                }
+                            }
+                        } else {
+                            // The build's output, settled now that it is here.
+                            match self.settle_remote(stage_index, key, &hit, started.elapsed()) {
+                                Err(error) => {
+                                    failure.get_or_insert(error);
+                                }
+                                Ok(report) => {
+                                    outputs.insert(report.name.clone(), report.output);
+                                    reports.push(report);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let stage = graph.stage(finished.index);
                 match finished.result {
                     Err(error) => {
@@ -341,8 +497,37 @@ impl Scheduler<'_> {
 
         match failure {
             Some(error) => Err(error),
-            None => Ok(reports),
+            None if again => Ok(Pass::Again(reports)),
+            None => Ok(Pass::Done(reports)),
         }
+    }
+
+    /// Record and report a stage taken from the shared cache: its run carries the record's
+    /// inputs and notes, so `explain` shows what the build that made it recorded.
+    fn settle_remote(
+        &self,
+        stage_index: usize,
+        key: Digest,
+        hit: &RemoteHit,
+        duration: Duration,
+    ) -> Result<StageReport, BuildError> {
+        let report = StageReport {
+            name: self.graph.stage(stage_index).name().to_string(),
+            outcome: Outcome::Remote,
+            output: hit.output().output,
+            duration,
+        };
+        self.record(
+            stage_index,
+            key,
+            hit.record.inputs.clone(),
+            hit.output(),
+            &report,
+            hit.notes(),
+        )?;
+        self.reporter
+            .stage_finished(&report.name, report.outcome, &report.output, duration);
+        Ok(report)
     }
 
     /// Resolve a ready stage's inputs, compute its key and decide: cached or run.
@@ -382,12 +567,26 @@ impl Scheduler<'_> {
             }
             _ => self.index.lookup_action(&key)?,
         };
-        Ok(match cached {
-            Some(output) => Prepared::Cached {
+        if let Some(output) = cached {
+            return Ok(Prepared::Cached {
                 key,
                 inputs,
                 output,
-            },
+            });
+        }
+        // Not in the local store: the shared cache may have it.
+        let remote = self
+            .remote
+            .filter(|remote| remote.usable() && !self.options.force_rerun);
+        let hit = match (&planned.state, remote) {
+            (_, None) => None,
+            (PlannedState::Remote { hit, .. }, Some(_)) if planned.key == Some(key) => {
+                Some((**hit).clone())
+            }
+            (_, Some(remote)) => remote.lookup(self.index, stage, &key),
+        };
+        Ok(match hit {
+            Some(hit) => Prepared::Remote { key, hit },
             None => Prepared::Run { key, inputs },
         })
     }
@@ -418,6 +617,7 @@ impl Scheduler<'_> {
         notes.extend(run_notes);
         let (status, output_changed) = match report.outcome {
             Outcome::Cached => (RunStatus::Cached, false),
+            Outcome::Remote => (RunStatus::Remote, false),
             Outcome::Ran { output_changed } => (RunStatus::Ran, output_changed),
         };
         self.index.record_run(
@@ -439,6 +639,13 @@ impl Scheduler<'_> {
 }
 
 impl StageRunner<'_> {
+    /// Download a remote hit's output into the store; `false` when the shared cache failed.
+    fn fetch(&self, stage_index: usize, hit: &RemoteHit) -> bool {
+        let name = self.graph.stage(stage_index).name();
+        self.remote
+            .is_some_and(|remote| remote.fetch(self.store, name, hit))
+    }
+
     /// Run one stage; returns its output and what it noted.
     pub(crate) fn run_stage(
         &self,
@@ -539,6 +746,25 @@ enum Prepared {
         key: Digest,
         inputs: Vec<RecordedInput>,
     },
+    /// On the shared cache only.
+    Remote { key: Digest, hit: RemoteHit },
+}
+
+/// A stage is settled: the stages that waited only for it are ready.
+fn release(graph: &Graph, stage: usize, remaining_deps: &mut [usize], ready: &mut Vec<usize>) {
+    for dependent in graph.dependents(stage) {
+        remaining_deps[dependent] -= 1;
+        if remaining_deps[dependent] == 0 {
+            ready.push(dependent);
+        }
+    }
+}
+
+/// Hand a job to the workers.
+fn dispatch(jobs: &mpsc::Sender<Job>, running: &mut usize, job: Job) {
+    if jobs.send(job).is_ok() {
+        *running += 1;
+    }
 }
 
 /// Remove a scratch directory even where a stage left read-only directories behind.

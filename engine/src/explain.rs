@@ -167,7 +167,8 @@ pub fn explain_with(
         };
         stages.push(StageExplanation {
             name: run.stage.clone(),
-            status: if ran { "ran" } else { "cached" },
+            // `remote`: its notes say where it came from and what the build that made it noted.
+            status: run.status.as_str(),
             output_changed: run.output_changed,
             reasons,
             notes: run.notes.clone(),

@@ -3,8 +3,10 @@
 //! Planning resolves every input that does not depend on another stage, computes the key of
 //! each stage whose upstream outputs are known, and looks it up in the action cache. A stage
 //! below one that will run is [`PlannedState::Pending`]: it runs unless the upstream stage
-//! produces the output it produced before (early cutoff). `graph show` prints this value, and
-//! the scheduler starts from it.
+//! produces the output it produced before (early cutoff). A plan made with a shared cache
+//! ([`plan_with_remote`]) asks it for each key the local action cache misses: a trusted record
+//! makes the stage [`PlannedState::Remote`], and its output id lets the keys below it be known
+//! too. `graph show` prints this value, and the scheduler starts from it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,7 @@ use kiln_cache::{Digest, PutMode, RecordedInput, Store, StoreError};
 use crate::graph::Graph;
 use crate::inputs::{InputError, resolve_static, stage_input};
 use crate::key::stage_key;
+use crate::remote::{RemoteHit, RemoteSession};
 use crate::stage::{InputSource, ResolveContext, ResolveMode};
 
 /// A stage's state for the current inputs.
@@ -21,6 +24,9 @@ use crate::stage::{InputSource, ResolveContext, ResolveMode};
 pub enum PlannedState {
     /// Its key is in the action cache.
     Cached { output: Digest },
+    /// The shared cache has a trusted record of its key: it will not run, and its output is
+    /// downloaded only if the build needs it locally (see [`crate::remote`]).
+    Remote { output: Digest, hit: Box<RemoteHit> },
     /// Its key is known and not cached (or every stage is forced to run).
     WillRun,
     /// It reads the output of a stage that will run; its key is known only then.
@@ -34,6 +40,7 @@ impl PlannedState {
     pub fn describe(&self) -> String {
         match self {
             PlannedState::Cached { .. } => "cached".to_string(),
+            PlannedState::Remote { .. } => "from the shared cache".to_string(),
             PlannedState::WillRun => "will run".to_string(),
             PlannedState::Pending { upstream } => {
                 format!("will run unless `{upstream}` ends with the same output")
@@ -133,6 +140,18 @@ pub fn plan(
     project_dir: &Path,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
+    plan_with_remote(graph, store, project_dir, options, None)
+}
+
+/// [`plan`], asking `remote` for every key the local action cache misses (unless every stage
+/// is forced to run).
+pub fn plan_with_remote(
+    graph: &Graph,
+    store: Option<&Store>,
+    project_dir: &Path,
+    options: PlanOptions,
+    remote: Option<&RemoteSession<'_>>,
+) -> Result<Plan, PlanError> {
     let Some(store) = store else {
         let stages = graph
             .order()
@@ -213,8 +232,12 @@ pub fn plan(
                 } else {
                     index.lookup_action(&key)?
                 };
-                match cached {
-                    Some(result) => {
+                let remote_hit = match (cached, remote) {
+                    (None, Some(remote)) if !force_rerun => remote.lookup(&index, stage, &key),
+                    _ => None,
+                };
+                match (cached, remote_hit) {
+                    (Some(result), _) => {
                         outputs.insert(stage.name().to_string(), result.output);
                         (
                             Some(key),
@@ -223,11 +246,25 @@ pub fn plan(
                             },
                         )
                     }
-                    None => (Some(key), PlannedState::WillRun),
+                    (None, Some(hit)) => {
+                        let output = hit.output().output;
+                        outputs.insert(stage.name().to_string(), output);
+                        (
+                            Some(key),
+                            PlannedState::Remote {
+                                output,
+                                hit: Box::new(hit),
+                            },
+                        )
+                    }
+                    (None, None) => (Some(key), PlannedState::WillRun),
                 }
             }
         };
-        if !matches!(state, PlannedState::Cached { .. }) {
+        if !matches!(
+            state,
+            PlannedState::Cached { .. } | PlannedState::Remote { .. }
+        ) {
             will_run.insert(stage.name().to_string(), ());
         }
         stages.push(PlannedStage {

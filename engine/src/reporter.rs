@@ -9,6 +9,9 @@ use kiln_cache::Digest;
 pub enum Outcome {
     /// Its key was in the action cache: nothing ran.
     Cached,
+    /// The shared cache had a trusted record of its key: nothing ran here, and its output was
+    /// downloaded only if the build needed it.
+    Remote,
     /// It ran; `output_changed` is false when it produced the same output as its previous run,
     /// so the stages after it can stay cached (early cutoff).
     Ran { output_changed: bool },
@@ -18,6 +21,7 @@ impl Outcome {
     pub fn describe(&self) -> &'static str {
         match self {
             Outcome::Cached => "cached",
+            Outcome::Remote => "remote",
             Outcome::Ran {
                 output_changed: true,
             } => "ran",
@@ -31,9 +35,11 @@ impl Outcome {
 /// Receives the events of a build. Implementations must be cheap: they run on the scheduler's
 /// threads.
 pub trait Reporter: Send + Sync {
-    /// A stage starts running (not sent for cached stages).
+    /// A stage starts running, or the download of its output from the shared cache starts
+    /// (not sent for cached stages).
     fn stage_started(&self, stage: &str);
-    /// A line of a running stage's output.
+    /// A line of a running stage's output, or what the shared cache said about a stage (a
+    /// record it ignored, a download).
     fn stage_output(&self, stage: &str, line: &str);
     /// Something a running stage warns about: shown whatever the verbosity.
     fn stage_warning(&self, stage: &str, line: &str) {

@@ -1,9 +1,12 @@
-//! `kiln build`: plan the recipe, run the stages that are not cached, write the output.
+//! `kiln build`: plan the recipe, run the stages that are not cached (locally or in the shared
+//! cache), write the output, and push what was built when asked to.
 
 use std::time::Instant;
 
 use kiln_engine::check::{CheckError, Mismatch};
-use kiln_engine::{BuildOptions, PlanOptions, execute, plan};
+use kiln_engine::{
+    BuildOptions, Outcome, PlanOptions, RemoteSession, execute_with_remote, plan, plan_with_remote,
+};
 use kiln_stages::export::export;
 
 use crate::progress::{TerminalReporter, format_duration};
@@ -22,13 +25,35 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     if settings.verbose && reclaimed > 0 {
         eprintln!("reclaimed {reclaimed} scratch folders of killed builds");
     }
+    // `--offline` asks nothing of the network, the shared cache included.
+    let remote = match crate::remote::resolve(settings)? {
+        Some(remote) if !settings.offline => Some((remote.open()?, remote.push)),
+        _ => None,
+    };
+    if settings.remote.push && remote.is_none() {
+        eprintln!("warning: --cache-push pushes nowhere: no shared cache is in use");
+    }
+    if let Some((remote, _)) = &remote
+        && remote.trusted_keys().is_empty()
+    {
+        eprintln!(
+            "warning: no key is trusted, so no record of the shared cache {} is used; \
+             set `trusted-keys` or KILN_CACHE_TRUSTED_KEYS",
+            remote.location()
+        );
+    }
+    let reporter = TerminalReporter::new(settings.verbose);
+    let session = remote
+        .as_ref()
+        .map(|(remote, _)| RemoteSession::new(remote, &reporter));
     timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
-    let plan = plan(
+    let plan = plan_with_remote(
         &pipeline.graph,
         Some(&store),
         &project.loaded.dir,
         PlanOptions::build(force_rerun, settings.offline),
+        session.as_ref(),
     )
     .map_err(|error| project.locate(error.into()))?;
     let options = BuildOptions {
@@ -38,8 +63,14 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     timings.lap("plan (inputs read, packages resolved)");
-    let reporter = TerminalReporter::new(settings.verbose);
-    let report = execute(&pipeline.graph, &plan, &store, &options, &reporter)?;
+    let report = execute_with_remote(
+        &pipeline.graph,
+        &plan,
+        &store,
+        &options,
+        &reporter,
+        session.as_ref(),
+    )?;
     timings.lap("stages");
     let mut exported = Vec::new();
     for artifact in &pipeline.export.artifacts {
@@ -55,14 +86,34 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     }
     let main = exported.first().expect("every format has a main artifact");
     timings.lap("export");
+    if let (Some((remote, true)), Some(session)) = (&remote, &session) {
+        crate::commands::cache::push_after_build(remote, session, &store, report.build);
+        timings.lap("push");
+    }
     timings.print();
+    if let Some((remote, _)) = &remote
+        && settings.verbose
+    {
+        let stats = remote.stats();
+        eprintln!("shared cache: fetched {}", stats.describe_fetched());
+    }
+    let from_remote = report
+        .stages
+        .iter()
+        .filter(|stage| stage.outcome == Outcome::Remote)
+        .count();
+    let from_remote = if from_remote > 0 {
+        format!(", {from_remote} from the shared cache")
+    } else {
+        String::new()
+    };
     let verb = if exported.iter().any(|artifact| artifact.written) {
         "wrote"
     } else {
         "up to date:"
     };
     eprintln!(
-        "{verb} {} (build {}, {} of {} stages ran, {})",
+        "{verb} {} (build {}, {} of {} stages ran{from_remote}, {})",
         main.path.display(),
         report.build,
         report.ran().len(),

@@ -55,12 +55,14 @@ fn dot(plan: &Plan) -> String {
     for stage in &plan.stages {
         let color = match stage.state {
             PlannedState::Cached { .. } => "palegreen",
+            PlannedState::Remote { .. } => "lightcyan",
             PlannedState::WillRun => "lightsalmon",
             PlannedState::Pending { .. } => "lightgoldenrod",
             PlannedState::WillResolve => "lightblue",
         };
         let state = match stage.state {
             PlannedState::Cached { .. } => "cached",
+            PlannedState::Remote { .. } => "remote",
             PlannedState::WillRun => "will run",
             PlannedState::Pending { .. } => "pending",
             PlannedState::WillResolve => "will resolve",

@@ -167,13 +167,15 @@ impl Project {
     }
 }
 
-/// `stage: outcome (time)` lines of a build's stderr.
+/// `stage: outcome (time)` lines of a build's stderr (ran, cached or remote).
 pub fn outcomes(stderr: &str) -> BTreeMap<String, String> {
     stderr
         .lines()
         .filter_map(|line| line.split_once(": "))
         .filter(|(stage, _)| !stage.contains(' ') && !stage.is_empty())
-        .filter(|(_, rest)| rest.starts_with("ran") || rest.starts_with("cached"))
+        .filter(|(_, rest)| {
+            rest.starts_with("ran") || rest.starts_with("cached") || rest.starts_with("remote")
+        })
         .map(|(stage, rest)| {
             let outcome = rest.split(" (").next().unwrap_or(rest);
             (stage.to_string(), outcome.to_string())
