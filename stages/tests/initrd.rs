@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use kiln_cache::{Digest, Entry, EntryKind, IngestOptions, Manifest, Store};
 use kiln_stages::initrd::{InitrdOptions, InitrdReport, split_frames, write_initrd};
 
+mod support;
+
 const EPOCH: u64 = 1_700_000_000;
 
 /// Whether the test can go on: prints `SKIP` (or panics under `KILN_TEST_STRICT=1`) otherwise.
@@ -24,10 +26,15 @@ fn require(reason_if_missing: Option<String>) -> bool {
         .name()
         .unwrap_or("initrd test")
         .to_owned();
-    if std::env::var("KILN_TEST_STRICT").as_deref() == Ok("1") {
+    if kiln_test_support::strict() {
         panic!("{test}: {reason}");
     }
     eprintln!("SKIP {test}: {reason}");
+    if let Some(log) = std::env::var_os("KILN_TEST_SKIP_LOG")
+        && let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(log)
+    {
+        let _ = writeln!(file, "SKIP {test}: {reason}");
+    }
     false
 }
 
@@ -533,7 +540,8 @@ fn every_entry_kind_has_the_header_the_kernel_reads() {
     }
 }
 
-/// A kernel to boot: `KILN_TEST_KERNEL`, else the newest `/boot/vmlinuz-*`.
+/// A kernel to boot: `KILN_TEST_KERNEL`, else the newest `/boot/vmlinuz-*`, else Debian's from
+/// the mirror (see `support::debian`).
 fn test_kernel() -> Result<std::path::PathBuf, String> {
     if let Some(path) = std::env::var_os("KILN_TEST_KERNEL") {
         return Ok(path.into());
@@ -549,9 +557,14 @@ fn test_kernel() -> Result<std::path::PathBuf, String> {
         })
         .collect();
     kernels.sort();
-    kernels
-        .pop()
-        .ok_or_else(|| "no kernel in /boot: set KILN_TEST_KERNEL=/path/to/vmlinuz".to_owned())
+    match kernels.pop() {
+        Some(kernel) => Ok(kernel),
+        None => support::debian::boot_files()
+            .map(|files| files.kernel)
+            .map_err(|why| {
+                format!("no kernel in /boot and none from the mirror ({why}): set KILN_TEST_KERNEL")
+            }),
+    }
 }
 
 fn missing_for_boot() -> Option<String> {

@@ -474,9 +474,12 @@ fn run_stage(
         values: &values,
         log: &NoLog,
     };
+    // The message and its help as text, not as a report wrapped to the terminal's width.
     let output = stage.run(&ctx).map_err(|error| {
-        let report = miette::Report::new(error);
-        format!("{report:?}")
+        let help = miette::Diagnostic::help(&error)
+            .map(|help| help.to_string())
+            .unwrap_or_default();
+        format!("{error}\nhelp: {help}")
     })?;
     Ok(store.blob_path(&output))
 }
