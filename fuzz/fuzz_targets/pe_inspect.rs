@@ -5,10 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let mut file = std::io::Cursor::new(data);
-    if let Ok(inspection) = kiln_stages::uki::inspect(&mut file) {
-        let _ = inspection.to_text();
-        let _ = inspection.to_json();
-    }
-});
+fuzz_target!(|data: &[u8]| kiln_fuzz::pe_inspect(data));

@@ -247,6 +247,11 @@ fn ensure_dirs(tree: &mut Manifest, path: &str) -> Result<(), TreeError> {
             Some(_) => {
                 return Err(TreeError::NotADirectory { path: resolved });
             }
+            // A symlink to nothing in the image: mkosi's `mkdir(parents=True)` fails on it too,
+            // and creating its target's parents here would guess at what was meant.
+            None if resolved != next => {
+                return Err(TreeError::NotADirectory { path: next });
+            }
             None => {
                 tree.insert_or_replace(Entry::new(resolved.clone(), EntryKind::Dir, 0o755))?;
             }
@@ -254,4 +259,71 @@ fn ensure_dirs(tree: &mut Manifest, path: &str) -> Result<(), TreeError> {
         current = resolved;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::Digest;
+
+    fn tree(entries: &[(&str, Option<&str>)]) -> Manifest {
+        let mut tree = empty_tree();
+        for (path, link) in entries {
+            let kind = match link {
+                Some(target) => EntryKind::Symlink {
+                    target: target.to_string(),
+                },
+                None => EntryKind::Dir,
+            };
+            tree.insert_or_replace(Entry::new(*path, kind, 0o755))
+                .unwrap();
+        }
+        tree
+    }
+
+    fn overlay() -> Manifest {
+        let mut overlay = empty_tree();
+        overlay
+            .insert_or_replace(Entry::new(
+                "planted",
+                EntryKind::File {
+                    blob: Digest::of_bytes(b"x"),
+                    size: 1,
+                },
+                0o644,
+            ))
+            .unwrap();
+        overlay
+    }
+
+    #[test]
+    fn a_target_through_an_absolute_link_lands_where_it_leads_in_the_image() {
+        let mut image = tree(&[("abs", Some("/var/lib")), ("var", None), ("var/lib", None)]);
+        lay_over(&mut image, &overlay(), Path::new("/abs")).unwrap();
+        assert!(image.get("var/lib/planted").is_some());
+        assert!(matches!(
+            image.get("abs").unwrap().kind,
+            EntryKind::Symlink { .. }
+        ));
+    }
+
+    #[test]
+    fn a_target_through_a_dangling_or_climbing_link_is_refused() {
+        let mut image = tree(&[("abs", Some("/var/tmp/elsewhere"))]);
+        let before = image.clone();
+        assert!(matches!(
+            lay_over(&mut image, &overlay(), Path::new("/abs")),
+            Err(TreeError::NotADirectory { path }) if path == "abs"
+        ));
+        assert_eq!(image, before, "nothing is created on the way");
+        let mut image = tree(&[("rel", Some("../../../etc"))]);
+        assert!(matches!(
+            lay_over(&mut image, &overlay(), Path::new("/rel")),
+            Err(TreeError::Escapes { .. })
+        ));
+        assert!(matches!(
+            lay_over(&mut image, &overlay(), Path::new("/../etc")),
+            Err(TreeError::Escapes { .. })
+        ));
+    }
 }

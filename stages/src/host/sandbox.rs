@@ -1,4 +1,5 @@
-//! The bubblewrap sandbox in which `.chroot` scripts run inside the image tree.
+//! The bubblewrap sandboxes in which scripts run: `.chroot` scripts inside the image tree, host
+//! scripts on a read-only host ([`host_script_args`]).
 //!
 //! The tree is bound read-write as `/`, with what mkosi provides around a chroot script:
 //!
@@ -247,6 +248,52 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Bubblewrap's arguments for a host script (everything before the command): the host's
+/// filesystem read-only, its devices and network as they are, a private `/proc` (own PID
+/// namespace) and `/tmp`, and writable only what the script is given: the project directory,
+/// the output directory, the image tree and `writable` (the directory holding `mkosi-chroot`).
+/// Each is bound at its own path, so `$BUILDROOT`, `$SRCDIR` and `$OUTPUTDIR` are the host's
+/// paths; but a write through a symlink in the tree that leads out of it, such as an image's
+/// `/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`, meets a read-only host (or the
+/// private `/tmp`) instead of changing it, as in mkosi's sandbox.
+pub fn host_script_args(inv: &ScriptInvocation, writable: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--die-with-parent",
+        "--unshare-pid",
+        "--new-session",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev-bind",
+        "/dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    // Later binds lie over earlier ones: the project first, since the output directory and
+    // the tree (in a store under `mkosi.cache/`) may lie inside it.
+    let mut bind = |kind: &str, path: &Path| {
+        args.push(kind.into());
+        args.push(path.as_os_str().to_owned());
+        args.push(path.as_os_str().to_owned());
+    };
+    bind("--bind", &inv.srcdir);
+    bind("--bind", &inv.outputdir);
+    bind("--bind", &inv.root);
+    bind("--ro-bind", &inv.script);
+    if let Some(dir) = writable {
+        bind("--bind", dir);
+    }
+    args.push("--chdir".into());
+    args.push(inv.srcdir.as_os_str().to_owned());
+    args
 }
 
 /// Appends `arg` to a shell command line, single-quoted.

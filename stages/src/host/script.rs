@@ -25,10 +25,14 @@
 //! The caller adds `IMAGE_ID`, `IMAGE_VERSION`, `DISTRIBUTION`, `RELEASE`, `ARCHITECTURE`,
 //! `SOURCE_DATE_EPOCH` and the recipe's `Environment=` through [`ScriptInvocation::env`].
 //!
-//! Host scripts see the host's filesystem as it is. When kiln is root they run in their own PID
-//! and mount namespaces (util-linux `unshare`), so nothing they start outlives them or kiln.
-//! With bubblewrap installed, `mkosi-chroot` is first on their `PATH`: it runs its arguments
-//! inside the tree in the same sandbox as a chroot script, as mkosi's does.
+//! Host scripts see the host's filesystem, but with bubblewrap installed they see it read-only:
+//! they run in a sandbox where only the tree, the project and the output directory are
+//! writable and `/tmp` is private (see [`sandbox::host_script_args`]), so a write through a
+//! symlink of the image that leads out of it cannot change the host. They run in their own PID
+//! namespace (bubblewrap's, or util-linux `unshare`'s when kiln is root and bubblewrap is
+//! missing), so nothing they start outlives them or kiln. Without bubblewrap they run on the
+//! host as it is. With bubblewrap, `mkosi-chroot` is first on their `PATH`: it runs its
+//! arguments inside the tree in the same sandbox as a chroot script, as mkosi's does.
 //!
 //! The project directory is bound read-only into a chroot script's sandbox (mkosi makes it
 //! ephemeral instead: writes there are lost either way).
@@ -325,23 +329,39 @@ pub fn run_script(
             let path = env.get("PATH").cloned().unwrap_or_default();
             env.insert("PATH".into(), format!("{}:{path}", helpers.dir.display()));
         }
-        let mut cmd = match &tools.unshare {
+        let mut cmd = match (&tools.bwrap, &tools.unshare) {
+            // On a read-only host, in its own PID namespace: bubblewrap kills what the script
+            // started when it exits, and dies with kiln.
+            (Some(bwrap), _) => {
+                let mut cmd = Command::new(bwrap);
+                cmd.args(sandbox::host_script_args(
+                    inv,
+                    helpers.as_ref().map(|h| h.dir.as_path()),
+                ))
+                .arg("--")
+                .arg(&inv.script);
+                cmd
+            }
             // The script is PID 1 of a new namespace: when it exits, or when `unshare` dies
             // with kiln (`--kill-child`), everything it started is killed. `--mount-proc` gives
             // it a /proc that matches.
-            Some(unshare) => {
+            (None, Some(unshare)) => {
                 let mut cmd = Command::new(unshare);
                 cmd.args(["--fork", "--pid", "--mount-proc", "--kill-child", "--"])
                     .arg(&inv.script);
                 cmd
             }
-            None => Command::new(&inv.script),
+            (None, None) => Command::new(&inv.script),
         };
         cmd.env_clear()
             .envs(&env)
             .args(&inv.args)
             .current_dir(&inv.srcdir);
-        let program = tools.unshare.clone().unwrap_or_else(|| inv.script.clone());
+        let program = tools
+            .bwrap
+            .clone()
+            .or_else(|| tools.unshare.clone())
+            .unwrap_or_else(|| inv.script.clone());
         let finished = process::run(cmd, sink);
         drop(helpers);
         (finished, program)
