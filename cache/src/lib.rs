@@ -30,9 +30,10 @@
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
 //!     ├── checkouts/<tree id>/ read-only hardlink checkouts shared by builds as
 //!     │                        overlay lower layers (removed by gc)
-//!     ├── packages/            package managers' private state and downloaded
+//!     ├── packages/<area>/<unit> package managers' private states and downloaded
 //!     │                        packages, kept by the packages stage (not
-//!     │                        content-addressed; gc leaves it alone)
+//!     │                        content-addressed): a unit's mtime is its last
+//!     │                        use; gc removes units no kept build used
 //!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
 //! ```
 //!
