@@ -269,6 +269,7 @@ impl Store {
     pub(crate) fn write_object(&self, kind: ObjectDir, id: &Digest, bytes: &[u8]) -> Result<()> {
         let dest = self.object_path(kind, id);
         if fs::symlink_metadata(&dest).is_ok() {
+            self.found_object(&dest);
             return Ok(());
         }
         let (mut file, temp) = self.create_temp()?;

@@ -9,9 +9,11 @@
 //!
 //! **Integrity rule**: a caller records an action result (and a run) only
 //! after every object it refers to is in the store: the output tree's blobs,
-//! then the tree with [`Store::put_manifest`], then the row. A process killed
-//! at any instant thus leaves at worst unreferenced objects, which gc drops,
-//! and never a row pointing at something missing. The exception is a run of
+//! then the tree with [`Store::put_manifest`], then the row. Recording first
+//! flushes to disk every object written since the last record
+//! ([`Store::make_durable`]: one batch per stage). A process killed, or a
+//! machine losing power, at any instant thus leaves at worst unreferenced
+//! objects, which gc drops, and never a row pointing at something missing. The exception is a run of
 //! status [`RunStatus::Remote`], whose output the build did not need locally:
 //! it names an output of the shared cache, whose signed record is kept in
 //! `remote_actions` (never in `actions`) until no run uses it.
@@ -564,6 +566,7 @@ impl Index {
     /// processes that computed the same key agree, or the first one wins).
     /// Follow the integrity rule of this module: store objects first.
     pub fn record_action(&self, key: &Digest, result: ActionResult) -> Result<()> {
+        self.durable_before_record()?;
         let now = now_ms();
         self.conn
             .execute(
@@ -580,9 +583,18 @@ impl Index {
         Ok(())
     }
 
+    /// Flushes every object written since the last flush, so the record about
+    /// to be made names only objects on disk (see [`Store::make_durable`]).
+    fn durable_before_record(&self) -> Result<()> {
+        self.store.make_durable()?;
+        self.store.before_record();
+        Ok(())
+    }
+
     /// Records a stage's run in `build`, replacing an earlier record of the
     /// same stage in that build.
     pub fn record_run(&self, build: BuildId, run: &StageRun) -> Result<()> {
+        self.durable_before_record()?;
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         tx.execute(
             "DELETE FROM runs WHERE build_id = ?1 AND stage = ?2",

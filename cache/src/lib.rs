@@ -38,8 +38,10 @@
 //! ```
 //!
 //! Objects are written to `tmp/` and renamed into place: a reader sees a
-//! whole object or none. There is no fsync per object; [`Store::sync`]
-//! flushes the filesystem when durability against power loss matters.
+//! whole object or none. Nothing is flushed per object; the objects written
+//! since the last record are flushed together, with their folders, before an
+//! action or run is recorded ([`Store::make_durable`]), so a power loss never
+//! leaves a record naming an object that is not on disk.
 //!
 //! # Locking
 //!
@@ -54,8 +56,9 @@
 //!   removed by `verify` (when their pid is gone; a live process's are kept
 //!   however old) and by `gc` (all of them).
 //! - Integrity rule: an action result is recorded only after every object
-//!   it refers to is stored (see [`index`]), so a process killed at any
-//!   instant leaves the store consistent. This holds for what comes from the
+//!   it refers to is stored and flushed to disk (see [`index`]), so a
+//!   process killed, or a power loss, at any instant leaves the store
+//!   consistent. This holds for what comes from the
 //!   shared cache too: objects are verified and stored, trees after their
 //!   blobs, before the action is recorded. A run of status
 //!   [`RunStatus::Remote`] is the one record that may name an output kept

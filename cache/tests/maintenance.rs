@@ -419,3 +419,31 @@ fn gc_removes_package_files_and_states_no_kept_build_used() {
     assert_eq!(report.packages_removed, 1, "{report}");
     assert!(fs::read_dir(&debs).unwrap().next().is_none());
 }
+
+#[test]
+fn lost_page_cache_leaves_no_record_pointing_at_a_missing_object() {
+    let s = Scratch::new();
+    let store = &s.store;
+    // The seam has teeth: objects written and not flushed are lost with it.
+    let (lost, lost_blob) = small_tree(store, "never flushed", 0o644);
+    assert_eq!(store.lose_unsynced_objects(), 2);
+    assert!(!store.has_tree(&lost) && !store.has_blob(&lost_blob));
+
+    // Recording flushes first: losing what is unflushed just before each
+    // record takes nothing a record names.
+    store.lose_unsynced_before_records(true);
+    let (tree, blob) = small_tree(store, "flushed before its record", 0o644);
+    let (other, _) = small_tree(store, "a second stage", 0o755);
+    record_build(
+        store,
+        "r",
+        &[
+            run("rootfs", tree, OutputKind::Tree, &[]),
+            run("finalize", other, OutputKind::Tree, &[tree]),
+        ],
+    );
+    assert!(store.has_tree(&tree) && store.has_blob(&blob));
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(store.make_durable().unwrap(), 0, "nothing left to flush");
+}
