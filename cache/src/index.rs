@@ -127,7 +127,16 @@ CREATE TABLE remote_actions (
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Plain objects are 0644 instead of 0444 (see `blob`): the index is unchanged, the store's
+    // objects are re-moded by `Store::relax_object_modes` within this migration's transaction,
+    // so a store is on one side of the change or the other, never both.
+    r#"
+-- plain objects: mode 0644
+"#,
 ];
+
+/// The migration (counted from 0) that comes with re-moding the plain objects.
+const PLAIN_MODE_MIGRATION: usize = 4;
 
 /// The schema version this kiln writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -313,8 +322,11 @@ pub(crate) fn schema_version(path: &Path) -> Result<i64> {
         })
 }
 
-/// Creates or upgrades the index at `path` to [`SCHEMA_VERSION`].
-pub(crate) fn migrate(path: &Path) -> Result<()> {
+/// Creates or upgrades the index of `store` to [`SCHEMA_VERSION`], changing
+/// the store's files where a migration says so, within the index's write
+/// transaction (other processes opening the store wait for it).
+pub(crate) fn migrate(store: &Store) -> Result<()> {
+    let path = &store.index_path();
     let err = |source| StoreError::Index {
         path: path.to_owned(),
         source,
@@ -343,6 +355,11 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)?;
+            if from == PLAIN_MODE_MIGRATION {
+                store
+                    .relax_object_modes()
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            }
             conn.pragma_update(None, "user_version", from as i64 + 1)?;
         }
         let dangling: Option<String> = conn
@@ -367,6 +384,13 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
                 found,
                 supported: SCHEMA_VERSION,
             })
+        }
+        Err(rusqlite::Error::ToSqlConversionFailure(e)) if e.is::<StoreError>() => {
+            let _ = conn.execute_batch("ROLLBACK");
+            match e.downcast::<StoreError>() {
+                Ok(e) => Err(*e),
+                Err(e) => Err(err(rusqlite::Error::ToSqlConversionFailure(e))),
+            }
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -879,6 +903,7 @@ fn build_row(row: &Row<'_>) -> rusqlite::Result<BuildRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ObjectDir;
     use std::fs;
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -953,7 +978,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert_eq!(store.stat_cache_rows().unwrap(), 0);
         let build = index.last_build("r").unwrap().unwrap();
         assert!(index.runs(build).unwrap().is_empty());
@@ -1032,6 +1057,47 @@ mod tests {
         assert!(index.remote_action(&key).unwrap().is_some());
         index.forget_remote_action(&key).unwrap();
         assert_eq!(index.remote_action(&key).unwrap(), None);
+    }
+
+    #[test]
+    fn version_4_store_gets_0644_objects_and_loses_its_shared_checkouts() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store();
+        let blob = store.put_bytes(b"written with 0444 objects").unwrap();
+        let (uid, gid) = store.owner();
+        let owned = |path: &str, kind, mode| crate::Entry {
+            uid,
+            gid,
+            ..crate::Entry::new(path, kind, mode)
+        };
+        let manifest = crate::Manifest::from_entries(vec![
+            owned("", crate::EntryKind::Dir, 0o755),
+            owned("f", crate::EntryKind::File { blob, size: 25 }, 0o444),
+        ])
+        .unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let checkout = store.shared_checkout(&tree).unwrap();
+        let old_mode = fs::Permissions::from_mode(0o444);
+        fs::set_permissions(store.blob_path(&blob), old_mode.clone()).unwrap();
+        fs::set_permissions(store.object_path(ObjectDir::Trees, &tree), old_mode).unwrap();
+        let conn = Connection::open(store.index_path()).unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        drop((conn, store));
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema_version(&store.index_path()).unwrap(), SCHEMA_VERSION);
+        for path in [
+            store.blob_path(&blob),
+            store.object_path(ObjectDir::Trees, &tree),
+        ] {
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, crate::OBJECT_MODE, "{}", path.display());
+        }
+        // Its entry wanted 0444, which the plain blob no longer has.
+        assert!(!checkout.exists());
+        let again = store.shared_checkout(&tree).unwrap();
+        let mode = fs::metadata(again.join("f")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o444);
     }
 
     #[test]

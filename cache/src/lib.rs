@@ -24,7 +24,7 @@
 //!     │                        of ingested files, signed records kept from
 //!     │                        the shared cache (WAL: -wal, -shm)
 //!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
-//!     │                        mode 0444, owned by the store's user, no xattrs
+//!     │                        mode 0644, owned by the store's user, no xattrs
 //!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
 //!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
@@ -119,7 +119,7 @@ mod variant;
 mod verify;
 mod xattr;
 
-pub use blob::PutMode;
+pub use blob::{OBJECT_MODE, PutMode};
 pub use canonical::FORMAT_VERSION;
 pub use checkout::{CheckoutMode, CheckoutOptions};
 pub use clone::clone_hardlinked;

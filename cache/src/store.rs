@@ -125,7 +125,7 @@ impl Store {
                 lose_before_record: AtomicBool::new(false),
             }),
         };
-        crate::index::migrate(&store.index_path())?;
+        crate::index::migrate(&store)?;
         Ok(store)
     }
 

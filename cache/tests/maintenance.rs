@@ -84,7 +84,8 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
     let s = Scratch::new();
     let store = &s.store;
     let (tree, blob) = small_tree(store, "precious", 0o644);
-    let (other_tree, _) = small_tree(store, "fine", 0o644);
+    // Executable: its checkout links a variant.
+    let (other_tree, _) = small_tree(store, "fine", 0o755);
     let uki = store.put_bytes(b"uki").unwrap();
     let runs = [
         run("rootfs", tree, OutputKind::Tree, &[]),
@@ -93,7 +94,7 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
         run("uki", uki, OutputKind::Blob, &[]),
     ];
     record_build(store, "r", &runs);
-    // A variant for the 0644 file, then corrupt it and a tree too.
+    // A variant for the 0755 file, then corrupt it and a tree too.
     store
         .checkout(
             &store.manifest(&other_tree).unwrap(),
@@ -146,12 +147,12 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
 
     // A plain blob whose mode was changed is repaired, not removed.
     let mode_changed = store.blob_path(&uki);
-    fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o444)).unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.repaired, vec![mode_changed.clone()]);
     assert_eq!(
         fs::metadata(&mode_changed).unwrap().permissions().mode() & 0o7777,
-        0o444
+        kiln_cache::OBJECT_MODE
     );
 }
 
@@ -160,7 +161,7 @@ fn gc_keeps_what_the_last_builds_use() {
     let s = Scratch::new();
     let store = &s.store;
     let (old_tree, old_blob) = small_tree(store, "old", 0o755);
-    let (input_tree, input_blob) = small_tree(store, "input", 0o644);
+    let (input_tree, input_blob) = small_tree(store, "input", 0o750);
     let (new_tree, new_blob) = small_tree(store, "new", 0o755);
     let old_uki = store.put_bytes(b"old uki").unwrap();
     let new_uki = store.put_bytes(b"new uki").unwrap();
