@@ -1,8 +1,20 @@
 //! Blobs: file contents stored once under their blake3 digest in `v1/objects/`.
 //!
-//! A blob object is a plain file: mode `0444`, owned by the store's user
-//! (root in practice), no extended attributes. It is written to a temp file
-//! in `v1/tmp/` and renamed into place, so readers never see a partial blob.
+//! A blob object is a plain file: mode [`OBJECT_MODE`] (`0644`), owned by the
+//! store's user (root in practice), no extended attributes. It is written to a
+//! temp file in `v1/tmp/` and renamed into place, so readers never see a
+//! partial blob.
+//!
+//! `0644` root:root is what most files of a root filesystem carry, so a
+//! hardlink checkout links most files to the plain blob itself and needs a
+//! metadata variant (see `variant`) only for the others (executables,
+//! setuid, other owners, xattrs). Stores written before objects were `0644`
+//! had `0444` blobs: the index migration that marks the change re-modes them
+//! ([`Store::relax_object_modes`]). The mode protects nothing from root, who
+//! runs builds; what keeps objects unchanged is that nothing writes through a
+//! hardlink checkout: scripts change a checkout only through an overlay whose
+//! lower layer it is, and every checkout meant to be modified is a copy
+//! ([`crate::CheckoutMode::Copy`]).
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Read, Write};
@@ -23,8 +35,9 @@ const SMALL_FILE: u64 = 1 << 20;
 /// Buffer size for streaming large files.
 const CHUNK: usize = 1 << 20;
 
-/// Mode of every plain object file.
-pub(crate) const OBJECT_MODE: u32 = 0o444;
+/// Mode of every plain object file: blobs, trees. A file entry with this
+/// mode, the store's owner and no xattrs is checked out as a link to the blob.
+pub const OBJECT_MODE: u32 = 0o644;
 
 /// How [`Store::put_file`] treats its source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -269,6 +282,7 @@ impl Store {
     pub(crate) fn write_object(&self, kind: ObjectDir, id: &Digest, bytes: &[u8]) -> Result<()> {
         let dest = self.object_path(kind, id);
         if fs::symlink_metadata(&dest).is_ok() {
+            self.found_object(&dest);
             return Ok(());
         }
         let (mut file, temp) = self.create_temp()?;
@@ -285,6 +299,34 @@ impl Store {
             return Err(e);
         }
         self.install(&temp, &dest)
+    }
+}
+
+impl Store {
+    /// Gives every plain object of a store written with another object mode
+    /// (`0444` before) [`OBJECT_MODE`], and removes the shared checkouts,
+    /// whose links to plain objects would now show the new mode. Run by the
+    /// index migration that marks the change, in its write transaction.
+    pub(crate) fn relax_object_modes(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [ObjectDir::Objects, ObjectDir::Trees] {
+            for object in self.list_objects(dir)? {
+                let Ok(meta) = fs::symlink_metadata(&object.path) else {
+                    continue;
+                };
+                if !meta.is_file() || meta.permissions().mode() & 0o7777 == OBJECT_MODE {
+                    continue;
+                }
+                fs::set_permissions(&object.path, fs::Permissions::from_mode(OBJECT_MODE))
+                    .map_err(|source| StoreError::SetMetadata {
+                        path: object.path.clone(),
+                        what: "mode",
+                        source,
+                    })?;
+            }
+        }
+        self.remove_shared_checkouts()?;
+        Ok(())
     }
 }
 
@@ -345,7 +387,7 @@ mod tests {
         assert!(store.has_blob(&id));
         assert_eq!(store.read_blob(&id).unwrap(), b"hello kiln\n");
         let meta = fs::metadata(store.blob_path(&id)).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
+        assert_eq!(meta.permissions().mode() & 0o7777, OBJECT_MODE);
         let ino = meta.ino();
         assert_eq!(store.put_bytes(b"hello kiln\n").unwrap(), id);
         // Idempotent: the object was not rewritten.
@@ -390,7 +432,7 @@ mod tests {
         assert!(!src.exists());
         let meta = fs::metadata(store.blob_path(&id)).unwrap();
         assert_eq!(meta.ino(), ino, "same filesystem: renamed, not copied");
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
+        assert_eq!(meta.permissions().mode() & 0o7777, OBJECT_MODE);
         assert_eq!(store.read_blob(&id).unwrap(), b"moved content");
         assert!(tmp_is_empty(&store));
 

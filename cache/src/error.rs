@@ -52,6 +52,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An object or its directory could not be flushed to disk.
+    #[error("Cannot flush `{path}` to disk")]
+    Sync {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
     /// A file could not be renamed.
     #[error("Cannot move `{from}` to `{to}`")]
     Rename {
@@ -237,6 +246,10 @@ impl StoreError {
             }
             StoreError::IndexValue { .. } => {
                 "Run `kiln cache verify`, or remove the store directory to start afresh".to_owned()
+            }
+            StoreError::Sync { .. } => {
+                "Check the disk holding the store (space, errors in `dmesg`), then build again"
+                    .to_owned()
             }
             StoreError::DestinationNotEmpty { .. } => {
                 "Remove the directory or choose another destination".to_owned()

@@ -8,19 +8,29 @@
 //! deleted, with the builds, action cache entries and stat cache rows that
 //! would refer to it, and the shared cache's records no kept run uses.
 //!
+//! `v1/packages/` is not content-addressed: it holds package managers'
+//! states and downloaded packages, one unit per entry of each of its folders
+//! (`packages/<area>/<unit>`: a package file, a state folder). Whoever uses a
+//! unit sets its modification time (the packages stage does, as mkosi keeps
+//! its package cache for the builds that use it), so gc removes the units
+//! last used before the oldest kept build started: no kept build used them.
+//! With no build kept, every unit goes. The next build that needs one
+//! downloads it again. `max_bytes` counts objects only.
+//!
 //! gc holds the store lock exclusively: no build runs meanwhile. Index rows
 //! are deleted before the objects they name, trees before blobs, so a gc
 //! killed half-way leaves only unreferenced objects behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::fs;
 use std::sync::PoisonError;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::digest::{BlobId, Digest, TreeId};
 use crate::error::Result;
 use crate::index::{BuildId, BuildInfo, BuildStatus, Index, OutputKind};
-use crate::maintenance::{ObjectName, human_bytes};
+use crate::maintenance::{DiskUsage, ObjectName, human_bytes, read_dir_paths, remove_dir_tree};
 use crate::manifest::{EntryKind, Manifest};
 use crate::store::{ObjectDir, Store, remove_file};
 use crate::variant::FileMeta;
@@ -64,7 +74,10 @@ pub struct GcReport {
     pub variants_removed: usize,
     /// Temp files deleted.
     pub temp_removed: usize,
-    /// Bytes of object files deleted.
+    /// Units of `v1/packages/` deleted: package files and package managers'
+    /// states no kept build used.
+    pub packages_removed: usize,
+    /// Bytes deleted: object files and units of `v1/packages/`.
     pub bytes_freed: u64,
     /// Bytes of object files kept.
     pub bytes_kept: u64,
@@ -81,12 +94,14 @@ impl fmt::Display for GcReport {
         )?;
         write!(
             f,
-            "removed {} blobs, {} variants, {} trees, {} cache entries, {} temp files: {} freed",
+            "removed {} blobs, {} variants, {} trees, {} cache entries, {} temp files, \
+             {} package files and states: {} freed",
             self.blobs_removed,
             self.variants_removed,
             self.trees_removed,
             self.actions_removed,
             self.temp_removed,
+            self.packages_removed,
             human_bytes(self.bytes_freed)
         )
     }
@@ -213,9 +228,48 @@ impl Store {
             }
         }
         report.temp_removed = self.clean_temp(true)?.len();
+        // Units used since the oldest kept build started are kept.
+        let cutoff = builds
+            .iter()
+            .filter(|b| kept.contains(&b.id))
+            .map(|b| b.started)
+            .min()
+            .unwrap_or_else(SystemTime::now);
+        let (units, bytes) = self.collect_packages(cutoff)?;
+        report.packages_removed = units;
+        report.bytes_freed += bytes;
         self.remove_shared_checkouts()?;
         index.checkpoint();
         Ok(report)
+    }
+
+    /// Removes the units of `v1/packages/` (entries of its folders) last
+    /// modified before `cutoff`; returns how many went and their bytes.
+    fn collect_packages(&self, cutoff: SystemTime) -> Result<(usize, u64)> {
+        let (mut units, mut bytes) = (0, 0);
+        let packages = self.tmp_dir().with_file_name("packages");
+        for area in read_dir_paths(&packages)? {
+            if !fs::symlink_metadata(&area).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            for unit in read_dir_paths(&area)? {
+                let Ok(meta) = fs::symlink_metadata(&unit) else {
+                    continue;
+                };
+                if meta.modified().is_ok_and(|used| used >= cutoff) {
+                    continue;
+                }
+                let size = DiskUsage::of(&unit)?;
+                if meta.is_dir() {
+                    remove_dir_tree(&unit)?;
+                } else {
+                    remove_file(&unit)?;
+                }
+                units += 1;
+                bytes += size;
+            }
+        }
+        Ok((units, bytes))
     }
 
     fn on_disk(&self) -> Result<OnDisk> {

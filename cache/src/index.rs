@@ -9,9 +9,11 @@
 //!
 //! **Integrity rule**: a caller records an action result (and a run) only
 //! after every object it refers to is in the store: the output tree's blobs,
-//! then the tree with [`Store::put_manifest`], then the row. A process killed
-//! at any instant thus leaves at worst unreferenced objects, which gc drops,
-//! and never a row pointing at something missing. The exception is a run of
+//! then the tree with [`Store::put_manifest`], then the row. Recording first
+//! flushes to disk every object written since the last record
+//! ([`Store::make_durable`]: one batch per stage). A process killed, or a
+//! machine losing power, at any instant thus leaves at worst unreferenced
+//! objects, which gc drops, and never a row pointing at something missing. The exception is a run of
 //! status [`RunStatus::Remote`], whose output the build did not need locally:
 //! it names an output of the shared cache, whose signed record is kept in
 //! `remote_actions` (never in `actions`) until no run uses it.
@@ -125,7 +127,16 @@ CREATE TABLE remote_actions (
     created_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Plain objects are 0644 instead of 0444 (see `blob`): the index is unchanged, the store's
+    // objects are re-moded by `Store::relax_object_modes` within this migration's transaction,
+    // so a store is on one side of the change or the other, never both.
+    r#"
+-- plain objects: mode 0644
+"#,
 ];
+
+/// The migration (counted from 0) that comes with re-moding the plain objects.
+const PLAIN_MODE_MIGRATION: usize = 4;
 
 /// The schema version this kiln writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -311,8 +322,11 @@ pub(crate) fn schema_version(path: &Path) -> Result<i64> {
         })
 }
 
-/// Creates or upgrades the index at `path` to [`SCHEMA_VERSION`].
-pub(crate) fn migrate(path: &Path) -> Result<()> {
+/// Creates or upgrades the index of `store` to [`SCHEMA_VERSION`], changing
+/// the store's files where a migration says so, within the index's write
+/// transaction (other processes opening the store wait for it).
+pub(crate) fn migrate(store: &Store) -> Result<()> {
+    let path = &store.index_path();
     let err = |source| StoreError::Index {
         path: path.to_owned(),
         source,
@@ -341,6 +355,11 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)?;
+            if from == PLAIN_MODE_MIGRATION {
+                store
+                    .relax_object_modes()
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            }
             conn.pragma_update(None, "user_version", from as i64 + 1)?;
         }
         let dangling: Option<String> = conn
@@ -365,6 +384,13 @@ pub(crate) fn migrate(path: &Path) -> Result<()> {
                 found,
                 supported: SCHEMA_VERSION,
             })
+        }
+        Err(rusqlite::Error::ToSqlConversionFailure(e)) if e.is::<StoreError>() => {
+            let _ = conn.execute_batch("ROLLBACK");
+            match e.downcast::<StoreError>() {
+                Ok(e) => Err(*e),
+                Err(e) => Err(err(rusqlite::Error::ToSqlConversionFailure(e))),
+            }
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -564,6 +590,7 @@ impl Index {
     /// processes that computed the same key agree, or the first one wins).
     /// Follow the integrity rule of this module: store objects first.
     pub fn record_action(&self, key: &Digest, result: ActionResult) -> Result<()> {
+        self.durable_before_record()?;
         let now = now_ms();
         self.conn
             .execute(
@@ -580,9 +607,18 @@ impl Index {
         Ok(())
     }
 
+    /// Flushes every object written since the last flush, so the record about
+    /// to be made names only objects on disk (see [`Store::make_durable`]).
+    fn durable_before_record(&self) -> Result<()> {
+        self.store.make_durable()?;
+        self.store.before_record();
+        Ok(())
+    }
+
     /// Records a stage's run in `build`, replacing an earlier record of the
     /// same stage in that build.
     pub fn record_run(&self, build: BuildId, run: &StageRun) -> Result<()> {
+        self.durable_before_record()?;
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         tx.execute(
             "DELETE FROM runs WHERE build_id = ?1 AND stage = ?2",
@@ -867,6 +903,7 @@ fn build_row(row: &Row<'_>) -> rusqlite::Result<BuildRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ObjectDir;
     use std::fs;
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -941,7 +978,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert_eq!(store.stat_cache_rows().unwrap(), 0);
         let build = index.last_build("r").unwrap().unwrap();
         assert!(index.runs(build).unwrap().is_empty());
@@ -1020,6 +1057,47 @@ mod tests {
         assert!(index.remote_action(&key).unwrap().is_some());
         index.forget_remote_action(&key).unwrap();
         assert_eq!(index.remote_action(&key).unwrap(), None);
+    }
+
+    #[test]
+    fn version_4_store_gets_0644_objects_and_loses_its_shared_checkouts() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store();
+        let blob = store.put_bytes(b"written with 0444 objects").unwrap();
+        let (uid, gid) = store.owner();
+        let owned = |path: &str, kind, mode| crate::Entry {
+            uid,
+            gid,
+            ..crate::Entry::new(path, kind, mode)
+        };
+        let manifest = crate::Manifest::from_entries(vec![
+            owned("", crate::EntryKind::Dir, 0o755),
+            owned("f", crate::EntryKind::File { blob, size: 25 }, 0o444),
+        ])
+        .unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let checkout = store.shared_checkout(&tree).unwrap();
+        let old_mode = fs::Permissions::from_mode(0o444);
+        fs::set_permissions(store.blob_path(&blob), old_mode.clone()).unwrap();
+        fs::set_permissions(store.object_path(ObjectDir::Trees, &tree), old_mode).unwrap();
+        let conn = Connection::open(store.index_path()).unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        drop((conn, store));
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema_version(&store.index_path()).unwrap(), SCHEMA_VERSION);
+        for path in [
+            store.blob_path(&blob),
+            store.object_path(ObjectDir::Trees, &tree),
+        ] {
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, crate::OBJECT_MODE, "{}", path.display());
+        }
+        // Its entry wanted 0444, which the plain blob no longer has.
+        assert!(!checkout.exists());
+        let again = store.shared_checkout(&tree).unwrap();
+        let mode = fs::metadata(again.join("f")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o444);
     }
 
     #[test]

@@ -345,9 +345,12 @@ impl Store {
             .collect();
         // Every blob named by a new row is stored by now (a hash-only ingest
         // stored nothing, and records nothing).
+        // They are flushed first: a row must not outlive its blob, a power
+        // loss included.
         if let Some(cache) = &cache
             && opts.mode != PutMode::HashOnly
         {
+            self.make_durable()?;
             cache.rows.write(&upserts, &gone)?;
         }
         drop(upserts);

@@ -24,21 +24,24 @@
 //!     │                        of ingested files, signed records kept from
 //!     │                        the shared cache (WAL: -wal, -shm)
 //!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
-//!     │                        mode 0444, owned by the store's user, no xattrs
+//!     │                        mode 0644, owned by the store's user, no xattrs
 //!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
 //!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
 //!     ├── checkouts/<tree id>/ read-only hardlink checkouts shared by builds as
 //!     │                        overlay lower layers (removed by gc)
-//!     ├── packages/            package managers' private state and downloaded
+//!     ├── packages/<area>/<unit> package managers' private states and downloaded
 //!     │                        packages, kept by the packages stage (not
-//!     │                        content-addressed; gc leaves it alone)
+//!     │                        content-addressed): a unit's mtime is its last
+//!     │                        use; gc removes units no kept build used
 //!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
 //! ```
 //!
 //! Objects are written to `tmp/` and renamed into place: a reader sees a
-//! whole object or none. There is no fsync per object; [`Store::sync`]
-//! flushes the filesystem when durability against power loss matters.
+//! whole object or none. Nothing is flushed per object; the objects written
+//! since the last record are flushed together, with their folders, before an
+//! action or run is recorded ([`Store::make_durable`]), so a power loss never
+//! leaves a record naming an object that is not on disk.
 //!
 //! # Locking
 //!
@@ -53,8 +56,9 @@
 //!   removed by `verify` (when their pid is gone; a live process's are kept
 //!   however old) and by `gc` (all of them).
 //! - Integrity rule: an action result is recorded only after every object
-//!   it refers to is stored (see [`index`]), so a process killed at any
-//!   instant leaves the store consistent. This holds for what comes from the
+//!   it refers to is stored and flushed to disk (see [`index`]), so a
+//!   process killed, or a power loss, at any instant leaves the store
+//!   consistent. This holds for what comes from the
 //!   shared cache too: objects are verified and stored, trees after their
 //!   blobs, before the action is recorded. A run of status
 //!   [`RunStatus::Remote`] is the one record that may name an output kept
@@ -115,7 +119,7 @@ mod variant;
 mod verify;
 mod xattr;
 
-pub use blob::PutMode;
+pub use blob::{OBJECT_MODE, PutMode};
 pub use canonical::FORMAT_VERSION;
 pub use checkout::{CheckoutMode, CheckoutOptions};
 pub use clone::clone_hardlinked;

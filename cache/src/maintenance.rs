@@ -1,9 +1,11 @@
 //! Store statistics and the helpers verify and gc share: listing objects on
 //! disk and removing temp files left by killed processes.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,12 @@ use crate::variant::parse_variant_name;
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// Counts and sizes of what the store holds.
+///
+/// Byte counts are apparent sizes (`st_size`) of everything under the store's
+/// root, each inode counted once, as `du -sb` counts: a shared checkout's
+/// links to objects count as objects, a package file linked into a temp
+/// folder counts under packages. [`Stats::total_bytes`] is what `du -sb`
+/// says of the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Blob objects.
@@ -32,6 +40,18 @@ pub struct Stats {
     pub trees: u64,
     /// Their total size in bytes.
     pub tree_bytes: u64,
+    /// `v1/packages/`: package managers' state and downloaded packages.
+    pub package_bytes: u64,
+    /// The index database with its WAL files.
+    pub index_bytes: u64,
+    /// Shared checkouts: their directories, symlinks and any file that is
+    /// not a link to an object.
+    pub checkout_bytes: u64,
+    /// `v1/tmp/`: writes in progress or leftovers.
+    pub temp_bytes: u64,
+    /// Everything else: the object folders' directories, the lock file,
+    /// `CACHEDIR.TAG`, anything the store does not know.
+    pub other_bytes: u64,
     /// Builds recorded in the index.
     pub builds: u64,
     /// Stage runs recorded in the index.
@@ -45,32 +65,39 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Bytes of all object files together.
+    /// Bytes of everything in the store (what `du -sb` says of it).
     pub fn total_bytes(&self) -> u64 {
-        self.blob_bytes + self.variant_bytes + self.tree_bytes
+        self.blob_bytes
+            + self.variant_bytes
+            + self.tree_bytes
+            + self.package_bytes
+            + self.index_bytes
+            + self.checkout_bytes
+            + self.temp_bytes
+            + self.other_bytes
     }
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "blobs       {:>8}  {}",
-            self.blobs,
-            human_bytes(self.blob_bytes)
-        )?;
-        writeln!(
-            f,
-            "variants    {:>8}  {}",
-            self.variants,
-            human_bytes(self.variant_bytes)
-        )?;
-        writeln!(
-            f,
-            "trees       {:>8}  {}",
-            self.trees,
-            human_bytes(self.tree_bytes)
-        )?;
+        let counted = [
+            ("blobs", self.blobs, self.blob_bytes),
+            ("variants", self.variants, self.variant_bytes),
+            ("trees", self.trees, self.tree_bytes),
+        ];
+        for (name, count, bytes) in counted {
+            writeln!(f, "{name:<11} {count:>8}  {}", human_bytes(bytes))?;
+        }
+        let sized = [
+            ("packages", self.package_bytes),
+            ("index", self.index_bytes),
+            ("checkouts", self.checkout_bytes),
+            ("temp", self.temp_bytes),
+            ("other", self.other_bytes),
+        ];
+        for (name, bytes) in sized {
+            writeln!(f, "{name:<11} {:>8}  {}", "", human_bytes(bytes))?;
+        }
         writeln!(f, "builds      {:>8}", self.builds)?;
         writeln!(f, "stage runs  {:>8}", self.runs)?;
         writeln!(f, "actions     {:>8}", self.actions)?;
@@ -78,9 +105,71 @@ impl fmt::Display for Stats {
         writeln!(f, "temp files  {:>8}", self.temp_files)?;
         write!(
             f,
-            "total                 {}",
-            human_bytes(self.total_bytes())
+            "total                 {} ({} bytes)",
+            human_bytes(self.total_bytes()),
+            self.total_bytes()
         )
+    }
+}
+
+/// Where bytes of the store are counted in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Blobs,
+    Variants,
+    Trees,
+    Packages,
+    Index,
+    Checkouts,
+    Temp,
+    Other,
+}
+
+/// Apparent sizes of a walk over the store, each inode counted once.
+#[derive(Debug, Default)]
+pub(crate) struct DiskUsage {
+    seen: HashSet<(u64, u64)>,
+    /// Bytes per [`Part`], indexed by its discriminant.
+    bytes: [u64; 8],
+}
+
+impl DiskUsage {
+    fn get(&self, part: Part) -> u64 {
+        self.bytes[part as usize]
+    }
+
+    /// Counts `path` and everything below it not counted yet: files (and
+    /// symlinks, nodes) to `part`, directories to `dirs`. Never follows a
+    /// symlink; entries removed meanwhile are skipped.
+    fn walk(&mut self, path: &Path, part: Part, dirs: Part) -> Result<()> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if !self.seen.insert((meta.dev(), meta.ino())) {
+            return Ok(());
+        }
+        let is_dir = meta.is_dir();
+        self.bytes[if is_dir { dirs } else { part } as usize] += meta.len();
+        if is_dir {
+            for child in read_dir_paths(path)? {
+                self.walk(&child, part, dirs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of everything under `path`, each inode once.
+    pub(crate) fn of(path: &Path) -> Result<u64> {
+        let mut usage = DiskUsage::default();
+        usage.walk(path, Part::Other, Part::Other)?;
+        Ok(usage.get(Part::Other))
     }
 }
 
@@ -122,29 +211,52 @@ pub(crate) struct StoredObject {
 impl Store {
     /// Counts what the store holds.
     pub fn stats(&self) -> Result<Stats> {
-        let sum = |objects: &[StoredObject]| {
-            (
-                objects.len() as u64,
-                objects.iter().map(|o| o.size).sum::<u64>(),
-            )
-        };
-        let (blobs, blob_bytes) = sum(&self.list_objects(ObjectDir::Objects)?);
-        let (variants, variant_bytes) = sum(&self.list_objects(ObjectDir::Variants)?);
-        let (trees, tree_bytes) = sum(&self.list_objects(ObjectDir::Trees)?);
+        let blobs = self.list_objects(ObjectDir::Objects)?.len() as u64;
+        let variants = self.list_objects(ObjectDir::Variants)?.len() as u64;
+        let trees = self.list_objects(ObjectDir::Trees)?.len() as u64;
+        let usage = self.disk_usage()?;
         let index = self.index()?;
         Ok(Stats {
             blobs,
-            blob_bytes,
+            blob_bytes: usage.get(Part::Blobs),
             variants,
-            variant_bytes,
+            variant_bytes: usage.get(Part::Variants),
             trees,
-            tree_bytes,
+            tree_bytes: usage.get(Part::Trees),
+            package_bytes: usage.get(Part::Packages),
+            index_bytes: usage.get(Part::Index),
+            checkout_bytes: usage.get(Part::Checkouts),
+            temp_bytes: usage.get(Part::Temp),
+            other_bytes: usage.get(Part::Other),
             builds: index.count(Table::Builds)?,
             runs: index.count(Table::Runs)?,
             actions: index.count(Table::Actions)?,
             temp_files: read_dir_paths(&self.tmp_dir())?.len() as u64,
             stat_cache_rows: self.stat_cache_rows()?,
         })
+    }
+
+    /// Walks the whole store, objects first so that a file linked from a
+    /// checkout or a temp folder counts as the object it is.
+    fn disk_usage(&self) -> Result<DiskUsage> {
+        let base = self.tmp_dir().with_file_name("");
+        let mut usage = DiskUsage::default();
+        let parts = [
+            (ObjectDir::Objects.name(), Part::Blobs, Part::Other),
+            (ObjectDir::Variants.name(), Part::Variants, Part::Other),
+            (ObjectDir::Trees.name(), Part::Trees, Part::Other),
+            ("packages", Part::Packages, Part::Packages),
+            ("index.sqlite", Part::Index, Part::Index),
+            ("index.sqlite-wal", Part::Index, Part::Index),
+            ("index.sqlite-shm", Part::Index, Part::Index),
+            ("checkouts", Part::Checkouts, Part::Checkouts),
+            ("tmp", Part::Temp, Part::Temp),
+        ];
+        for (name, part, dirs) in parts {
+            usage.walk(&base.join(name), part, dirs)?;
+        }
+        usage.walk(self.root(), Part::Other, Part::Other)?;
+        Ok(usage)
     }
 
     /// Lists every file of one object folder with what its name says.
@@ -289,6 +401,19 @@ pub(crate) fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(read_err)?;
     paths.sort();
     Ok(paths)
+}
+
+/// Removes the directory `path` with everything in it, read-only folders included.
+pub(crate) fn remove_dir_tree(path: &Path) -> Result<()> {
+    make_writable(path);
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Gives every directory below `path` its owner's write and search permission, so a tree a

@@ -1,11 +1,12 @@
 //! The [`Store`] handle: opening the on-disk layout, object paths and temp files.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -66,6 +67,18 @@ struct Inner {
     gc_running: Mutex<()>,
     /// Effective uid and gid of this process: the owner of plain objects.
     owner: (u32, u32),
+    /// Objects written or relied on since the last [`Store::make_durable`].
+    unsynced: Mutex<Unsynced>,
+    /// Test seam: lose the unsynced objects before every record.
+    lose_before_record: AtomicBool,
+}
+
+/// Object files not known to be on disk yet, with the directories whose
+/// entries for them must be flushed too.
+#[derive(Debug, Default)]
+struct Unsynced {
+    files: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
 }
 
 impl Store {
@@ -108,9 +121,11 @@ impl Store {
                 lock,
                 gc_running: Mutex::new(()),
                 owner,
+                unsynced: Mutex::default(),
+                lose_before_record: AtomicBool::new(false),
             }),
         };
-        crate::index::migrate(&store.index_path())?;
+        crate::index::migrate(&store)?;
         Ok(store)
     }
 
@@ -143,6 +158,8 @@ impl Store {
                 lock,
                 gc_running: Mutex::new(()),
                 owner,
+                unsynced: Mutex::default(),
+                lose_before_record: AtomicBool::new(false),
             }),
         }))
     }
@@ -165,6 +182,93 @@ impl Store {
             path: self.inner.base.clone(),
             source: e.into(),
         })
+    }
+
+    /// Flushes to disk every object this handle (or a clone) wrote, or found
+    /// already written, since the last call, with the directories holding
+    /// them: files first, in parallel so the filesystem can commit them
+    /// together, then each directory once. The engine calls it once per stage,
+    /// before the stage's action is recorded, so that after a power loss no
+    /// record names an object that never reached the disk. Returns how many
+    /// files were flushed.
+    pub fn make_durable(&self) -> Result<usize> {
+        use rayon::prelude::*;
+        let batch = std::mem::take(&mut *self.unsynced());
+        let sync = |path: &PathBuf| {
+            let flushed = File::open(path).and_then(|file| file.sync_all());
+            flushed.map_err(|source| StoreError::Sync {
+                path: path.clone(),
+                source,
+            })
+        };
+        let result = batch
+            .files
+            .par_iter()
+            .try_for_each(sync)
+            .and_then(|()| batch.dirs.par_iter().try_for_each(sync));
+        if result.is_err() {
+            // Whatever is left unflushed stays to flush.
+            let mut unsynced = self.unsynced();
+            unsynced.files.extend(batch.files.iter().cloned());
+            unsynced.dirs.extend(batch.dirs.iter().cloned());
+        }
+        result.map(|()| batch.files.len())
+    }
+
+    /// Remembers that `object` must be flushed before a record names it;
+    /// `new_dir` when its prefix folder was just created.
+    fn unsynced_object(&self, object: &Path, new_dir: bool) {
+        let mut unsynced = self.unsynced();
+        unsynced.files.insert(object.to_owned());
+        if let Some(dir) = object.parent() {
+            unsynced.dirs.insert(dir.to_owned());
+            if let Some(parent) = dir.parent().filter(|_| new_dir) {
+                unsynced.dirs.insert(parent.to_owned());
+            }
+        }
+    }
+
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, Unsynced> {
+        self.inner
+            .unsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Test seam: removes every object file written since the last
+    /// [`Store::make_durable`], as a power loss may (the page cache never
+    /// reached the disk); returns how many went.
+    #[doc(hidden)]
+    pub fn lose_unsynced_objects(&self) -> usize {
+        let batch = std::mem::take(&mut *self.unsynced());
+        batch
+            .files
+            .iter()
+            .filter(|path| fs::remove_file(path).is_ok())
+            .count()
+    }
+
+    /// Benchmark seam: forgets the objects to flush without flushing them,
+    /// so a benchmark can time a record without [`Store::make_durable`]'s
+    /// work; returns how many there were.
+    #[doc(hidden)]
+    pub fn forget_unsynced_objects(&self) -> usize {
+        std::mem::take(&mut *self.unsynced()).files.len()
+    }
+
+    /// Test seam: with `lose`, every action or run recorded in the index is
+    /// preceded by [`Store::lose_unsynced_objects`], so a record made before
+    /// its objects are durable points at missing ones.
+    #[doc(hidden)]
+    pub fn lose_unsynced_before_records(&self, lose: bool) {
+        self.inner.lose_before_record.store(lose, Ordering::SeqCst);
+    }
+
+    /// Called by the index before it records an action or a run.
+    pub(crate) fn before_record(&self) {
+        if self.inner.lose_before_record.load(Ordering::SeqCst) {
+            self.lose_unsynced_objects();
+        }
     }
 
     /// `v1/index.sqlite`.
@@ -239,8 +343,12 @@ impl Store {
     /// two-digit prefix folder on first use. An existing object of that name
     /// has the same content and is left in place (never replaced: another
     /// process may be linking it); the temp file is then removed.
+    ///
+    /// Either way the object is remembered for [`Store::make_durable`]: one
+    /// found in place may be another process's, not flushed yet.
     pub(crate) fn install(&self, temp: &Path, dest: &Path) -> Result<()> {
         if fs::symlink_metadata(dest).is_ok() {
+            self.unsynced_object(dest, false);
             return remove_file(temp);
         }
         match rename_noreplace(temp, dest) {
@@ -251,10 +359,22 @@ impl Store {
                         source,
                     })?;
                 }
-                self.finish_install(temp, dest, rename_noreplace(temp, dest))
+                self.finish_install(temp, dest, rename_noreplace(temp, dest))?;
+                self.unsynced_object(dest, true);
+                Ok(())
             }
-            result => self.finish_install(temp, dest, result),
+            result => {
+                self.finish_install(temp, dest, result)?;
+                self.unsynced_object(dest, false);
+                Ok(())
+            }
         }
+    }
+
+    /// Remembers an object found already in place (not rewritten) for
+    /// [`Store::make_durable`].
+    pub(crate) fn found_object(&self, path: &Path) {
+        self.unsynced_object(path, false);
     }
 
     fn finish_install(&self, temp: &Path, dest: &Path, result: io::Result<()>) -> Result<()> {

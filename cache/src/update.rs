@@ -1,5 +1,8 @@
 //! Updating a checkout in place: turning a checkout of one manifest into a
-//! checkout of another by applying only their difference.
+//! checkout of another by applying only their difference. This is the
+//! store's one materialisation path: a checkout is an update from the empty
+//! tree (see `checkout`), so entries are created, linked to store objects,
+//! copied and given their metadata here and nowhere else.
 //!
 //! Made for outputs that are replaced atomically: clone the previous output
 //! with [`crate::clone_hardlinked`] (new directories, every file shared with
@@ -237,6 +240,19 @@ impl Store {
                 path: dest.to_owned(),
                 source,
             })?;
+        self.apply_update(old, new, dest, opts)
+    }
+
+    /// [`Store::update_checkout`] once `new` is validated: the one path by
+    /// which entries reach a checkout, whether `old` is the previous tree or
+    /// the empty one ([`Store::checkout`]).
+    pub(crate) fn apply_update(
+        &self,
+        old: &Manifest,
+        new: &Manifest,
+        dest: &Path,
+        opts: CheckoutOptions,
+    ) -> Result<UpdateReport> {
         let root = at::open_dir(dest).map_err(|source| match Errno::from_io_error(&source) {
             Some(Errno::NOTDIR | Errno::LOOP) => StoreError::NotADirectory {
                 path: dest.to_owned(),

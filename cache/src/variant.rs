@@ -1,8 +1,9 @@
 //! Metadata variants: copies of a blob that carry a mode, owner and xattrs.
 //!
 //! A hard link shares its inode's metadata, so a hardlink checkout can link
-//! the plain blob (`0444`, the store's owner, no xattrs) only where the
-//! manifest wants exactly that. Any other combination gets a variant, made
+//! the plain blob (`0644`, the store's owner, no xattrs: what most files of a
+//! root filesystem carry) only where the manifest wants exactly that. Any
+//! other combination gets a variant, made
 //! once and then linked by every checkout that needs it, as OSTree's bare
 //! repositories keep one object per distinct content and metadata:
 //!

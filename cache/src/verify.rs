@@ -30,7 +30,7 @@ pub struct VerifyReport {
     pub trees_checked: usize,
     /// Corrupt or misnamed objects removed.
     pub removed: Vec<PathBuf>,
-    /// Plain blobs whose mode had been changed and was set back to `0444`.
+    /// Plain blobs whose mode had been changed and was set back to `0644`.
     pub repaired: Vec<PathBuf>,
     /// Trees that refer to a missing blob (kept: the next build that makes
     /// the same tree stores the blob again).

@@ -84,7 +84,8 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
     let s = Scratch::new();
     let store = &s.store;
     let (tree, blob) = small_tree(store, "precious", 0o644);
-    let (other_tree, _) = small_tree(store, "fine", 0o644);
+    // Executable: its checkout links a variant.
+    let (other_tree, _) = small_tree(store, "fine", 0o755);
     let uki = store.put_bytes(b"uki").unwrap();
     let runs = [
         run("rootfs", tree, OutputKind::Tree, &[]),
@@ -93,7 +94,7 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
         run("uki", uki, OutputKind::Blob, &[]),
     ];
     record_build(store, "r", &runs);
-    // A variant for the 0644 file, then corrupt it and a tree too.
+    // A variant for the 0755 file, then corrupt it and a tree too.
     store
         .checkout(
             &store.manifest(&other_tree).unwrap(),
@@ -146,12 +147,12 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
 
     // A plain blob whose mode was changed is repaired, not removed.
     let mode_changed = store.blob_path(&uki);
-    fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o444)).unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.repaired, vec![mode_changed.clone()]);
     assert_eq!(
         fs::metadata(&mode_changed).unwrap().permissions().mode() & 0o7777,
-        0o444
+        kiln_cache::OBJECT_MODE
     );
 }
 
@@ -160,7 +161,7 @@ fn gc_keeps_what_the_last_builds_use() {
     let s = Scratch::new();
     let store = &s.store;
     let (old_tree, old_blob) = small_tree(store, "old", 0o755);
-    let (input_tree, input_blob) = small_tree(store, "input", 0o644);
+    let (input_tree, input_blob) = small_tree(store, "input", 0o750);
     let (new_tree, new_blob) = small_tree(store, "new", 0o755);
     let old_uki = store.put_bytes(b"old uki").unwrap();
     let new_uki = store.put_bytes(b"new uki").unwrap();
@@ -295,7 +296,8 @@ fn gc_keeps_the_last_successful_build() {
 fn stats_count_objects() {
     let s = Scratch::new();
     let store = &s.store;
-    let (tree, _) = small_tree(store, "x", 0o644);
+    // An executable: not the plain objects' mode, so the checkout makes a variant.
+    let (tree, _) = small_tree(store, "x", 0o755);
     store
         .checkout(
             &store.manifest(&tree).unwrap(),
@@ -314,4 +316,135 @@ fn stats_count_objects() {
         text.contains("blobs") && text.contains("variants"),
         "{text}"
     );
+}
+
+/// `du -sb`'s count of `path`: apparent sizes, each inode once.
+fn du_sb(path: &Path) -> u64 {
+    let out = std::process::Command::new("du")
+        .arg("-sb")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn stats_count_everything_in_the_store_as_du_does() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, _) = small_tree(store, "some content", 0o755);
+    let (plain, _) = small_tree(store, "plain content", 0o644);
+    record_build(store, "r", &[run("rootfs", tree, OutputKind::Tree, &[])]);
+    // Hardlink checkouts where shared ones live (as the user running the test).
+    for (id, name) in [(tree, "a"), (plain, "b")] {
+        let options = CheckoutOptions {
+            mode: CheckoutMode::Hardlink,
+            ignore_owner: true,
+            ..CheckoutOptions::default()
+        };
+        let dest = s.path("cache/v1/checkouts").join(name);
+        store
+            .checkout(&store.manifest(&id).unwrap(), &dest, options)
+            .unwrap();
+    }
+    // What the packages stage keeps: a package file, linked into a temp folder
+    // as a build's snapshot does, and a state folder.
+    let packages = s.path("cache/v1/packages");
+    fs::create_dir_all(packages.join("debs")).unwrap();
+    fs::create_dir_all(packages.join("apt/0123/root")).unwrap();
+    fs::write(packages.join("debs/a_1_amd64.deb"), vec![7u8; 50_000]).unwrap();
+    fs::write(packages.join("apt/0123/root/lists"), vec![1u8; 3_000]).unwrap();
+    let snapshot = s.path("cache/v1/tmp/1-snapshot.tmp");
+    fs::create_dir_all(&snapshot).unwrap();
+    fs::hard_link(packages.join("debs/a_1_amd64.deb"), snapshot.join("a.deb")).unwrap();
+
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.total_bytes(), du_sb(&s.path("cache")), "{stats}");
+    assert!(stats.package_bytes >= 53_000, "{stats}");
+    assert!(
+        stats.temp_bytes < 50_000,
+        "the linked package counts once: {stats}"
+    );
+    assert!(stats.index_bytes > 0 && stats.checkout_bytes > 0, "{stats}");
+    assert_eq!(stats.blob_bytes, 25);
+    assert!(stats.to_string().contains("packages"), "{stats}");
+}
+
+/// Sets the modification time of `path` to `seconds_ago` before now.
+fn age(path: &Path, seconds_ago: u64) {
+    let file = fs::File::open(path).unwrap();
+    let when = std::time::SystemTime::now() - Duration::from_secs(seconds_ago);
+    file.set_modified(when).unwrap();
+}
+
+#[test]
+fn gc_removes_package_files_and_states_no_kept_build_used() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, _) = small_tree(store, "x", 0o644);
+    let packages = s.path("cache/v1/packages");
+    for dir in ["debs", "apt/old/root", "apt/used/root"] {
+        fs::create_dir_all(packages.join(dir)).unwrap();
+    }
+    for file in [
+        "debs/old.deb",
+        "debs/used.deb",
+        "apt/old/root/l",
+        "apt/used/root/l",
+    ] {
+        fs::write(packages.join(file), b"package data").unwrap();
+    }
+    // Used before the kept build started: only by builds gc drops.
+    age(&packages.join("debs/old.deb"), 3600);
+    age(&packages.join("apt/old"), 3600);
+    record_build(store, "r", &[run("rootfs", tree, OutputKind::Tree, &[])]);
+    // Used by the kept build, as the packages stage marks what it uses.
+    age(&packages.join("debs/used.deb"), 0);
+    age(&packages.join("apt/used"), 0);
+    let report = store.gc(GcPolicy::default()).unwrap();
+    assert_eq!(report.packages_removed, 2, "{report}");
+    assert!(report.bytes_freed >= 24, "{report}");
+    assert!(!packages.join("debs/old.deb").exists());
+    assert!(!packages.join("apt/old").exists());
+    assert!(packages.join("debs/used.deb").exists());
+    assert!(packages.join("apt/used/root/l").exists());
+
+    // With no build to keep, nothing of it is kept.
+    let empty = Scratch::new();
+    let debs = empty.path("cache/v1/packages/debs");
+    fs::create_dir_all(&debs).unwrap();
+    fs::write(debs.join("fresh.deb"), b"package data").unwrap();
+    let report = empty.store.gc(GcPolicy::default()).unwrap();
+    assert_eq!(report.packages_removed, 1, "{report}");
+    assert!(fs::read_dir(&debs).unwrap().next().is_none());
+}
+
+#[test]
+fn lost_page_cache_leaves_no_record_pointing_at_a_missing_object() {
+    let s = Scratch::new();
+    let store = &s.store;
+    // The seam has teeth: objects written and not flushed are lost with it.
+    let (lost, lost_blob) = small_tree(store, "never flushed", 0o644);
+    assert_eq!(store.lose_unsynced_objects(), 2);
+    assert!(!store.has_tree(&lost) && !store.has_blob(&lost_blob));
+
+    // Recording flushes first: losing what is unflushed just before each
+    // record takes nothing a record names.
+    store.lose_unsynced_before_records(true);
+    let (tree, blob) = small_tree(store, "flushed before its record", 0o644);
+    let (other, _) = small_tree(store, "a second stage", 0o755);
+    record_build(
+        store,
+        "r",
+        &[
+            run("rootfs", tree, OutputKind::Tree, &[]),
+            run("finalize", other, OutputKind::Tree, &[tree]),
+        ],
+    );
+    assert!(store.has_tree(&tree) && store.has_blob(&blob));
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(store.make_durable().unwrap(), 0, "nothing left to flush");
 }

@@ -174,9 +174,9 @@ fn root_hardlink_checkout_shares_one_variant_per_metadata() {
     with_xattr.xattrs = BTreeMap::from([("trusted.k".to_owned(), b"v".to_vec())]);
     let m = Manifest::from_entries(vec![
         Entry::new("", EntryKind::Dir, 0o755),
-        file("plain", 0o444, 0),
-        file("a", 0o644, 0),
-        file("b", 0o644, 0),
+        file("plain", 0o644, 0),
+        file("a", 0o444, 0),
+        file("b", 0o444, 0),
         file("c", 0o755, 0),
         file("d", 0o644, 4242),
         with_xattr,

@@ -980,6 +980,53 @@ mod tests {
     }
 
     #[test]
+    fn records_name_only_objects_that_survive_a_lost_page_cache() {
+        let fixture = Fixture::new();
+        // Before each record, the store drops whatever it wrote and did not flush.
+        fixture.store.lose_unsynced_before_records(true);
+        let stage = |name: &str, upstream: &[&str]| {
+            Box::new(TestStage {
+                name: name.to_string(),
+                upstream: upstream.iter().map(|s| s.to_string()).collect(),
+                value: name.to_string(),
+                constant: false,
+                fail: false,
+                runs: Arc::default(),
+            }) as Box<dyn Stage>
+        };
+        // A chain, one worker: no stage writes while another is recorded.
+        let graph = Graph::new(vec![
+            stage("a", &[]),
+            stage("b", &["a"]),
+            stage("c", &["b"]),
+        ])
+        .unwrap();
+        let options = BuildOptions {
+            recipe: "test".to_string(),
+            project_dir: fixture.dir.path().to_path_buf(),
+            force_rerun: false,
+            jobs: 1,
+        };
+        for ran in [3, 0] {
+            let plan = plan(
+                &graph,
+                Some(&fixture.store),
+                fixture.dir.path(),
+                crate::plan::PlanOptions::build(false, false),
+            )
+            .unwrap();
+            let report = execute(&graph, &plan, &fixture.store, &options, &SilentReporter)
+                .expect("every stage reads what the one before recorded");
+            assert_eq!(report.ran().len(), ran);
+            for stage in &report.stages {
+                assert!(fixture.store.has_blob(&stage.output), "{}", stage.name);
+            }
+        }
+        let verified = fixture.store.verify().unwrap();
+        assert!(verified.is_clean(), "{verified}");
+    }
+
+    #[test]
     fn one_worker_and_many_agree() {
         let mut serial = Fixture::new();
         let mut parallel = Fixture::new();

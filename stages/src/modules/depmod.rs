@@ -31,8 +31,9 @@ const CONFIG_DIRS: [&str; 4] = [
 ];
 
 /// Mode and owner of entries checked out for depmod: those of a plain store object, so the
-/// checkout links the objects themselves and makes no metadata variant.
-const OBJECT_MODE: u32 = 0o444;
+/// checkout links the objects themselves and makes no metadata variant. depmod reads them and
+/// writes its indexes under new names (`<index>.tmp`, renamed), never into an existing file.
+use kiln_cache::OBJECT_MODE;
 
 /// Runs depmod for `kver` on the kept modules of `tree` and puts the indexes it writes into
 /// `tree`. `depmod` is the program to run; `scratch` an empty directory of this run; `log`

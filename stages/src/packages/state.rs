@@ -14,6 +14,10 @@
 //! └── pkgs/                    downloaded .pkg.tar.* files, shared by every build
 //! ```
 //!
+//! Each entry of these folders (a state folder, a package file) is a unit `kiln cache gc` may
+//! remove: using one sets its modification time ([`mark_used`]), and gc removes those no kept
+//! build used (see the cache's gc).
+//!
 //! Package files are written to a stage's scratch directory first and hard-linked into the cache
 //! under their final name (a link never replaces an existing file), so two builds sharing the
 //! cache need no lock for it. The index a resolution read is hard-linked into a temporary folder
@@ -41,6 +45,15 @@ pub fn packages_dir(store: &Store) -> PathBuf {
 pub fn state_dir(store: &Store, manager: &str, identity: &str) -> PathBuf {
     let digest = Digest::of_bytes(identity.as_bytes()).to_hex();
     packages_dir(store).join(manager).join(&digest[..32])
+}
+
+/// Record that a build uses `path` (a state folder or a package file): its modification time
+/// becomes now, which keeps it from `kiln cache gc` while a build that used it is kept. Best
+/// effort: a unit whose time cannot be set is at worst downloaded again after a gc.
+pub fn mark_used(path: &Path) {
+    if let Ok(file) = File::open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
 }
 
 /// Create a directory and its parents.
@@ -71,6 +84,7 @@ impl StateLock {
             .map_err(|source| PackagesError::io("open", &path, source))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|error| PackagesError::io("lock", &path, error.into()))?;
+        mark_used(dir);
         Ok(StateLock { _file: file })
     }
 }
@@ -210,6 +224,7 @@ impl PackageCache {
             let cached = self.dir.join(file);
             if cached.is_file() {
                 link_or_copy(&cached, &dest.join(file))?;
+                mark_used(&cached);
                 count += 1;
             }
         }
@@ -231,6 +246,7 @@ impl PackageCache {
             }
             let target = self.dir.join(&name);
             if target.exists() {
+                mark_used(&target);
                 continue;
             }
             // Written under a temporary name, then linked to the final one, which never replaces
@@ -243,6 +259,8 @@ impl PackageCache {
             let _ = fs::set_permissions(&temp, fs::Permissions::from_mode(0o444));
             let linked = fs::hard_link(&temp, &target);
             let _ = fs::remove_file(&temp);
+            // A downloaded file may carry the server's time: it is used now.
+            mark_used(&target);
             match linked {
                 Ok(()) => count += 1,
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
