@@ -565,7 +565,8 @@ fn debian_killed_builds_at_random_moments_and_named_points_keep_store_and_output
         };
         let (pause, nth) = match &trigger {
             Trigger::Pause(point) => {
-                // A build writes one output, and many objects and runs.
+                // The first rename is the UKI's (the initrd and kernel beside it follow, and are
+                // skipped when up to date); objects and runs come by the dozen.
                 let nth = if *point == "output-rename" {
                     1
                 } else {
