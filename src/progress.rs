@@ -90,6 +90,10 @@ impl TerminalReporter {
 
 impl Reporter for TerminalReporter {
     fn stage_started(&self, stage: &str) {
+        // In a log (`-v`, no terminal), say when each stage starts, not only when it ends.
+        if self.verbose && !self.interactive {
+            self.println(&format!("{stage}: started"));
+        }
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         running.insert(
             stage.to_string(),

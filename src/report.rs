@@ -36,6 +36,11 @@ pub enum CliError {
     #[diagnostic(transparent)]
     Setting(Box<SettingReport>),
 
+    /// An error, with a hint of the binary's own (a full filesystem).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    WithHelp(Box<WithHelp>),
+
     #[error(transparent)]
     #[diagnostic(transparent)]
     Pipeline(#[from] kiln_stages::pipeline::PipelineError),
@@ -173,6 +178,47 @@ impl CliError {
             CliError::NoProjectDir { .. } => 2,
             _ => 1,
         }
+    }
+}
+
+/// An error shown as it is, with the help text replaced by one that says what to do.
+#[derive(Debug)]
+pub struct WithHelp {
+    pub error: CliError,
+    pub help: String,
+}
+
+impl std::fmt::Display for WithHelp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for WithHelp {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl Diagnostic for WithHelp {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.error.code()
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(&self.help))
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.error.source_code()
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.error.labels()
+    }
+
+    fn diagnostic_source(&self) -> Option<&dyn Diagnostic> {
+        self.error.diagnostic_source()
     }
 }
 

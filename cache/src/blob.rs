@@ -120,6 +120,7 @@ impl Store {
         source: io::Error,
     ) -> StoreError {
         if source.kind() == ErrorKind::NotFound {
+            self.note_damaged(id);
             StoreError::MissingBlob { id: *id, path }
         } else {
             StoreError::Read { path, source }

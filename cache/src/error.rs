@@ -156,14 +156,24 @@ pub enum StoreError {
         /// Where it should be.
         path: PathBuf,
     },
-    /// A stored tree manifest does not decode.
+    /// A stored tree manifest does not decode, or does not hash to its name. kiln removed it.
     #[error("Tree manifest `{path}` is corrupt")]
     CorruptTree {
+        /// The tree.
+        id: Digest,
         /// The manifest file.
         path: PathBuf,
         /// What is wrong with it.
         #[source]
         source: DecodeError,
+    },
+    /// A blob's content does not hash to its name: the disk changed it. kiln removed it.
+    #[error("Blob `{path}` is corrupt: its content does not match its digest")]
+    CorruptBlob {
+        /// The blob.
+        id: Digest,
+        /// Its object file.
+        path: PathBuf,
     },
     /// A path or symlink target in a directory being ingested is not UTF-8.
     #[error("`{}` is not valid UTF-8", path.display())]
@@ -237,10 +247,17 @@ impl StoreError {
                 "Run `kiln cache verify` to drop cache entries that refer to missing objects"
                     .to_owned()
             }
-            StoreError::CorruptTree { .. } => {
-                "Run `kiln cache verify` to remove corrupt objects; they are rebuilt on the next build"
+            StoreError::CorruptTree { .. } | StoreError::CorruptBlob { .. } => {
+                "kiln removed the damaged object; build again to rebuild the stage that made it, \
+                 and run `kiln cache verify` to check the rest of the store"
                     .to_owned()
             }
+            _ if self.is_disk_full() => format!(
+                "The filesystem holding `{}` is full. Free some space (`kiln cache gc` removes \
+                 what no recent build used) or point `--cache-dir` at a larger filesystem, then \
+                 build again: nothing half-written is kept",
+                self.path().display()
+            ),
             StoreError::IndexTooNew { .. } => {
                 "Use a newer kiln, or point this one at another cache directory".to_owned()
             }
@@ -261,6 +278,75 @@ impl StoreError {
             _ => return None,
         })
     }
+}
+
+impl StoreError {
+    /// The file or folder the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            StoreError::CreateDir { path, .. }
+            | StoreError::Create { path, .. }
+            | StoreError::Read { path, .. }
+            | StoreError::Write { path, .. }
+            | StoreError::Remove { path, .. }
+            | StoreError::Sync { path, .. }
+            | StoreError::SetMetadata { path, .. }
+            | StoreError::ReadXattr { path, .. }
+            | StoreError::SetXattr { path, .. }
+            | StoreError::Lock { path, .. }
+            | StoreError::InUse { path, .. }
+            | StoreError::MissingBlob { path, .. }
+            | StoreError::MissingTree { path, .. }
+            | StoreError::CorruptTree { path, .. }
+            | StoreError::CorruptBlob { path, .. }
+            | StoreError::NonUtf8 { path }
+            | StoreError::InvalidManifest { path, .. }
+            | StoreError::DestinationNotEmpty { path }
+            | StoreError::NotADirectory { path }
+            | StoreError::Index { path, .. }
+            | StoreError::IndexTooNew { path, .. }
+            | StoreError::IndexValue { path, .. } => path,
+            StoreError::Rename { to, .. } => to,
+            StoreError::Link { path, .. } => path,
+        }
+    }
+
+    /// Whether the error is a full filesystem (`ENOSPC`, `EDQUOT`, or SQLite's "database or
+    /// disk is full").
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Index { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            StoreError::CreateDir { source, .. }
+            | StoreError::Create { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Rename { source, .. }
+            | StoreError::Link { source, .. }
+            | StoreError::Sync { source, .. }
+            | StoreError::SetXattr { source, .. }
+            | StoreError::SetMetadata { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+
+    /// The object a damaged or missing-object error is about: building again after
+    /// [`crate::Store::forget_damaged`] rebuilds the stage that made it.
+    pub fn damaged_object(&self) -> Option<Digest> {
+        match self {
+            StoreError::CorruptBlob { id, .. }
+            | StoreError::CorruptTree { id, .. }
+            | StoreError::MissingBlob { id, .. }
+            | StoreError::MissingTree { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an I/O error says the filesystem is full.
+pub fn is_disk_full(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::StorageFull
+        || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// A manifest breaks one of the rules every tree follows.

@@ -322,6 +322,58 @@ pub(crate) fn schema_version(path: &Path) -> Result<i64> {
         })
 }
 
+/// Moves a damaged index aside so that a new one can be created: SQLite keeps no checksums, but
+/// a flipped bit in a page's structure makes `PRAGMA quick_check` (a few milliseconds on an
+/// index of this size) or opening fail with "malformed" or "not a database". Returns where the
+/// damaged file went, `None` when the index is sound or missing. The damaged file is kept for
+/// inspection; the action cache starts empty, so the next build runs every stage again (objects
+/// already stored are not written again).
+pub(crate) fn recover_damaged(path: &Path) -> Result<Option<PathBuf>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let damaged = |error: &rusqlite::Error| {
+        matches!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    };
+    let check = connect(path).and_then(|conn| {
+        let verdict: rusqlite::Result<String> =
+            conn.query_row("PRAGMA quick_check(1)", [], |row| row.get(0));
+        match verdict {
+            Ok(verdict) => Ok(verdict != "ok"),
+            Err(error) if damaged(&error) => Ok(true),
+            Err(source) => Err(StoreError::Index {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    });
+    let is_damaged = match check {
+        Ok(is_damaged) => is_damaged,
+        Err(StoreError::Index { source, .. }) if damaged(&source) => true,
+        Err(error) => return Err(error),
+    };
+    if !is_damaged {
+        return Ok(None);
+    }
+    let moved = path.with_extension(format!("sqlite.damaged-{}", now_ms()));
+    std::fs::rename(path, &moved).map_err(|source| StoreError::Rename {
+        from: path.to_owned(),
+        to: moved.clone(),
+        source,
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let mut aside = moved.as_os_str().to_owned();
+        aside.push(suffix);
+        let _ = std::fs::rename(&side, &aside);
+    }
+    Ok(Some(moved))
+}
+
 /// Creates or upgrades the index of `store` to [`SCHEMA_VERSION`], changing
 /// the store's files where a migration says so, within the index's write
 /// transaction (other processes opening the store wait for it).
@@ -571,16 +623,35 @@ impl Index {
         let Some((output, kind)) = row else {
             return Ok(None);
         };
-        let result = ActionResult {
-            output: self.parse("output id", &output)?,
-            kind: self.parse("output kind", &kind)?,
+        let parsed = self
+            .parse("output id", &output)
+            .and_then(|output| Ok((output, self.parse("output kind", &kind)?)));
+        let Ok((output, kind)) = parsed else {
+            // A damaged row: the stage runs again and records a sound one.
+            self.delete_actions(&[*key])?;
+            self.store.note_repair(format!(
+                "the build index `{}` held an unreadable action cache entry for key {}; \
+                 dropped it, so its stage runs again",
+                self.path.display(),
+                key.short()
+            ));
+            return Ok(None);
         };
+        let result = ActionResult { output, kind };
         let present = match result.kind {
             OutputKind::Tree => self.store.has_tree(&result.output),
             OutputKind::Blob => self.store.has_blob(&result.output),
         };
         if !present {
             self.delete_actions(&[*key])?;
+            self.store.note_repair(format!(
+                "the action cache entry for key {} in `{}` names {} {}, which is not in the \
+                 store; dropped it, so its stage runs again",
+                key.short(),
+                self.path.display(),
+                result.kind,
+                result.output.short()
+            ));
             return Ok(None);
         }
         Ok(Some(result))
@@ -662,6 +733,7 @@ impl Index {
                 .map_err(|e| self.err(e))?;
             }
         }
+        crate::testpoint::pause_at("index-write");
         tx.commit().map_err(|e| self.err(e))
     }
 

@@ -38,10 +38,15 @@
 //! ```
 //!
 //! Objects are written to `tmp/` and renamed into place: a reader sees a
-//! whole object or none. Nothing is flushed per object; the objects written
-//! since the last record are flushed together, with their folders, before an
-//! action or run is recorded ([`Store::make_durable`]), so a power loss never
-//! leaves a record naming an object that is not on disk.
+//! whole object or none. What goes into an output is hashed again as it is
+//! read ([`Store::verify_blob`]; manifests on every load): a damaged object is
+//! removed, named in the error, and forgotten with the cache entries that used
+//! it ([`Store::forget_damaged`]), so the next build makes it again. A damaged
+//! index is moved aside to `index.sqlite.damaged-<ms>` when the store opens.
+//! Nothing is flushed per object; the objects written since the last record
+//! are flushed together, with their folders, before an action or run is
+//! recorded ([`Store::make_durable`]), so a power loss never leaves a record
+//! naming an object that is not on disk.
 //!
 //! # Locking
 //!
@@ -110,9 +115,11 @@ mod lock;
 mod maintenance;
 mod manifest;
 pub mod remote;
+mod repair;
 mod shared;
 mod statcache;
 mod store;
+pub mod testpoint;
 mod tree;
 mod update;
 mod variant;
@@ -125,7 +132,7 @@ pub use checkout::{CheckoutMode, CheckoutOptions};
 pub use clone::clone_hardlinked;
 pub use diff::{Change, ChangeKind, Modification};
 pub use digest::{BlobId, Digest, TreeId};
-pub use error::{DecodeError, ManifestError, ParseDigestError, Result, StoreError};
+pub use error::{DecodeError, ManifestError, ParseDigestError, Result, StoreError, is_disk_full};
 pub use gc::{GcPolicy, GcReport};
 pub use index::{
     ActionResult, BuildId, BuildInfo, BuildStatus, Index, OutputKind, RecordedInput, RunStatus,
@@ -134,6 +141,7 @@ pub use index::{
 pub use ingest::{IngestOptions, IngestReport};
 pub use maintenance::{Stats, human_bytes};
 pub use manifest::{Entry, EntryKind, Manifest, compare_paths, validate_path};
+pub use repair::Forgotten;
 pub use statcache::RACY_MARGIN_NS;
 pub use store::Store;
 pub use update::UpdateReport;

@@ -71,6 +71,10 @@ struct Inner {
     unsynced: Mutex<Unsynced>,
     /// Test seam: lose the unsynced objects before every record.
     lose_before_record: AtomicBool,
+    /// What the store found damaged and repaired on its own, for the binary to show.
+    repairs: Mutex<Vec<String>>,
+    /// Objects found damaged or missing when read, for the build to forget and rebuild.
+    damaged: Mutex<Vec<Digest>>,
 }
 
 /// Object files not known to be on disk yet, with the directories whose
@@ -123,8 +127,18 @@ impl Store {
                 owner,
                 unsynced: Mutex::default(),
                 lose_before_record: AtomicBool::new(false),
+                repairs: Mutex::new(Vec::new()),
+                damaged: Mutex::new(Vec::new()),
             }),
         };
+        if let Some(moved) = crate::index::recover_damaged(&store.index_path())? {
+            store.note_repair(format!(
+                "the build index `{}` was damaged: moved it to `{}` and started a new one, \
+                 so every stage runs again",
+                store.index_path().display(),
+                moved.display()
+            ));
+        }
         crate::index::migrate(&store)?;
         Ok(store)
     }
@@ -160,6 +174,8 @@ impl Store {
                 owner,
                 unsynced: Mutex::default(),
                 lose_before_record: AtomicBool::new(false),
+                repairs: Mutex::new(Vec::new()),
+                damaged: Mutex::new(Vec::new()),
             }),
         }))
     }
@@ -271,6 +287,52 @@ impl Store {
         }
     }
 
+    /// Keeps a note of something the store found damaged and repaired.
+    pub(crate) fn note_repair(&self, note: String) {
+        self.inner
+            .repairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(note);
+    }
+
+    /// What the store found damaged and repaired since the last call, one sentence each (the
+    /// binary shows them as warnings).
+    pub fn take_repairs(&self) -> Vec<String> {
+        std::mem::take(
+            &mut self
+                .inner
+                .repairs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Keeps the id of an object a read found damaged or missing.
+    pub(crate) fn note_damaged(&self, id: &Digest) {
+        let mut damaged = self
+            .inner
+            .damaged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !damaged.contains(id) {
+            damaged.push(*id);
+        }
+    }
+
+    /// The objects reads found damaged (and removed) or missing since the last call. A build
+    /// that failed on one of them forgets each ([`Store::forget_damaged`]) and runs again, so
+    /// the stages that made them run again.
+    pub fn take_damaged(&self) -> Vec<Digest> {
+        std::mem::take(
+            &mut self
+                .inner
+                .damaged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// `v1/index.sqlite`.
     pub(crate) fn index_path(&self) -> PathBuf {
         self.inner.base.join("index.sqlite")
@@ -351,6 +413,7 @@ impl Store {
             self.unsynced_object(dest, false);
             return remove_file(temp);
         }
+        crate::testpoint::pause_at("store-commit");
         match rename_noreplace(temp, dest) {
             Err(e) if e.kind() == ErrorKind::NotFound && temp.exists() => {
                 if let Some(parent) = dest.parent() {

@@ -43,6 +43,7 @@ impl Store {
         let path = self.tree_path(id);
         let bytes = fs::read(&path).map_err(|source| {
             if source.kind() == ErrorKind::NotFound {
+                self.note_damaged(id);
                 StoreError::MissingTree {
                     id: *id,
                     path: path.clone(),
@@ -54,17 +55,28 @@ impl Store {
                 }
             }
         })?;
-        if Digest::of_bytes(&bytes) != *id {
-            return Err(StoreError::CorruptTree {
+        let decoded = if Digest::of_bytes(&bytes) != *id {
+            Err(DecodeError {
+                offset: 0,
+                reason: "content does not match its digest".to_owned(),
+            })
+        } else {
+            Manifest::decode_canonical(&bytes)
+        };
+        decoded.map_err(|source| {
+            // A damaged manifest is never read again: its stage is rebuilt, which stores it anew.
+            let _ = fs::remove_file(&path);
+            self.note_damaged(id);
+            self.note_repair(format!(
+                "removed the corrupt tree manifest `{}` ({source})",
+                path.display()
+            ));
+            StoreError::CorruptTree {
+                id: *id,
                 path,
-                source: DecodeError {
-                    offset: 0,
-                    reason: "content does not match its digest".to_owned(),
-                },
-            });
-        }
-        Manifest::decode_canonical(&bytes)
-            .map_err(|source| StoreError::CorruptTree { path, source })
+                source,
+            }
+        })
     }
 
     /// Whether the tree's manifest is in the store.

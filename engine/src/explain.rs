@@ -37,6 +37,8 @@ pub struct StageExplanation {
     pub name: String,
     pub status: &'static str,
     pub output_changed: bool,
+    /// The id of its output (a tree or a blob in the store).
+    pub output: String,
     pub reasons: Vec<Reason>,
     /// What the stage noted about how it resolved its inputs or what its run did.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -170,6 +172,7 @@ pub fn explain_with(
             // `remote`: its notes say where it came from and what the build that made it noted.
             status: run.status.as_str(),
             output_changed: run.output_changed,
+            output: run.output.output.to_string(),
             reasons,
             notes: run.notes.clone(),
         });

@@ -48,44 +48,80 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         .map(|(remote, _)| RemoteSession::new(remote, &reporter));
     timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
-    let plan = plan_with_remote(
-        &pipeline.graph,
-        Some(&store),
-        &project.loaded.dir,
-        PlanOptions::build(force_rerun, settings.offline),
-        session.as_ref(),
-    )
-    .map_err(|error| project.locate(error.into()))?;
     let options = BuildOptions {
         recipe: project.recipe_key.clone(),
         project_dir: project.loaded.dir.clone(),
         force_rerun,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    timings.lap("plan (inputs read, packages resolved)");
-    let report = execute_with_remote(
-        &pipeline.graph,
-        &plan,
-        &store,
-        &options,
-        &reporter,
-        session.as_ref(),
-    )?;
-    timings.lap("stages");
-    let mut exported = Vec::new();
-    for artifact in &pipeline.export.artifacts {
-        let output = report
-            .stage(&artifact.stage)
-            .map(|stage| stage.output)
-            .expect("every build runs the stages of its artifacts");
-        exported.push(export(
-            &store,
-            &pipeline.export.with_digest(artifact, output),
-            settings.force >= 1,
-        )?);
-    }
+    // A damaged object found on the way (a blob or manifest that no longer hashes to its name,
+    // or one that is missing) is forgotten with what it made unservable, and the build runs
+    // again: the stages that made it run again.
+    let mut repairs = 0;
+    let (report, exported) = loop {
+        let attempt = (|| {
+            let plan = plan_with_remote(
+                &pipeline.graph,
+                Some(&store),
+                &project.loaded.dir,
+                PlanOptions::build(force_rerun, settings.offline),
+                session.as_ref(),
+            )
+            .map_err(|error| project.locate(error.into()))?;
+            timings.lap("plan (inputs read, packages resolved)");
+            let report = execute_with_remote(
+                &pipeline.graph,
+                &plan,
+                &store,
+                &options,
+                &reporter,
+                session.as_ref(),
+            )?;
+            timings.lap("stages");
+            let mut exported = Vec::new();
+            for artifact in &pipeline.export.artifacts {
+                let output = report
+                    .stage(&artifact.stage)
+                    .map(|stage| stage.output)
+                    .expect("every build runs the stages of its artifacts");
+                exported.push(export(
+                    &store,
+                    &pipeline.export.with_digest(artifact, output),
+                    settings.force >= 1,
+                )?);
+            }
+            timings.lap("export");
+            Ok::<_, CliError>((report, exported))
+        })();
+        warn_repairs(&store);
+        match attempt {
+            Ok(done) => break done,
+            Err(error) => {
+                let damaged = store.take_damaged();
+                if damaged.is_empty() || repairs == MAX_REPAIRS {
+                    return Err(with_store_help(error, &store, &pipeline.export.output_dir));
+                }
+                repairs += 1;
+                for object in &damaged {
+                    let forgotten =
+                        store
+                            .forget_damaged(object)
+                            .map_err(|source| CliError::Store {
+                                path: store.root().to_path_buf(),
+                                source,
+                            })?;
+                    eprintln!(
+                        "warning: {error}: object {} is damaged or missing; forgot the {} cache \
+                         entries that used it and building again",
+                        object.short(),
+                        forgotten.actions.len()
+                    );
+                }
+                warn_repairs(&store);
+            }
+        }
+    };
     let main = exported.first().expect("every format has a main artifact");
-    timings.lap("export");
     if let (Some((remote, true)), Some(session)) = (&remote, &session) {
         crate::commands::cache::push_after_build(remote, session, &store, report.build);
         timings.lap("push");
@@ -121,6 +157,51 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         format_duration(started.elapsed())
     );
     Ok(())
+}
+
+/// How many times one build forgets damaged objects and runs again before it gives up.
+const MAX_REPAIRS: usize = 3;
+
+/// Shows what the store found damaged and repaired on its own.
+fn warn_repairs(store: &kiln_cache::Store) {
+    for repair in store.take_repairs() {
+        eprintln!("warning: {repair}");
+    }
+}
+
+/// A failed build's error, with a hint when a filesystem kiln writes to is full.
+fn with_store_help(
+    error: CliError,
+    store: &kiln_cache::Store,
+    output_dir: &std::path::Path,
+) -> CliError {
+    let mut disk_full = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        disk_full |= current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(kiln_cache::is_disk_full)
+            || current
+                .downcast_ref::<kiln_cache::StoreError>()
+                .is_some_and(kiln_cache::StoreError::is_disk_full);
+        cause = current.source();
+    }
+    // A tool that ran out of room says so in its output, which the error carries.
+    disk_full |= format!("{:?}", error).contains("No space left on device");
+    if !disk_full {
+        return error;
+    }
+    CliError::WithHelp(Box::new(crate::report::WithHelp {
+        help: format!(
+            "A filesystem kiln writes to is full: the store `{}` (with the stages' scratch \
+             space) or the output folder `{}`. Free some space there (`kiln cache gc` removes \
+             what recent builds did not use) or point --cache-dir at a larger filesystem, then \
+             build again; nothing half-written was kept",
+            store.root().display(),
+            output_dir.display()
+        ),
+        error,
+    }))
 }
 
 /// With `-v`, where a build's time went, phase by phase.

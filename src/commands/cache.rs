@@ -53,10 +53,17 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
         CacheVerb::Verify => {
             let report = store.verify().map_err(store_error)?;
             outln!("{}", report.to_string().trim_end());
-            let corrupt =
-                report.removed.len() + report.incomplete_trees.len() + report.actions_removed.len();
+            // What opening the store found and repaired (a damaged index moved aside).
+            let repairs = store.take_repairs();
+            for repair in &repairs {
+                eprintln!("warning: {repair}");
+            }
+            let corrupt = report.removed.len()
+                + report.incomplete_trees.len()
+                + report.actions_removed.len()
+                + repairs.len();
             outln!("corrupt: {corrupt}");
-            if report.is_clean() {
+            if corrupt == 0 {
                 Ok(())
             } else {
                 Err(CliError::StoreRepaired {

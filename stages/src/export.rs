@@ -10,6 +10,12 @@
 //! output are carried over by that update; `-f` reads the output back (checking each file's
 //! type, size, mode, owner and mtime against the image, and reading only files that differ)
 //! and undoes them, again by the difference. A file output is copied afresh with `-f`.
+//!
+//! Every blob whose bytes are copied into the output is hashed again first
+//! ([`Store::verify_blob`]): a damaged object fails the export, naming its file, instead of
+//! reaching the image. A directory output replaces the old one with one atomic exchange
+//! (`renameat2(RENAME_EXCHANGE)`), so at every instant the output's name holds a whole output,
+//! the old or the new; what a killed build left staged beside it is removed by the next export.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +56,11 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         move |source| OutputError::Write { path, source }
     };
     std::fs::create_dir_all(&export.output_dir).map_err(write_error(&export.output_dir))?;
+    // What killed builds left staged beside the output goes first, whether or not it is written.
+    remove_leftovers(&export.output_dir, &file_name);
+    if let Some(link) = &export.link {
+        remove_leftovers(&export.output_dir, link);
+    }
     let marker = marker_value(&export.digest, export.source_date_epoch);
     let previous = read_marker(&path);
     if previous.as_deref() == Some(marker.as_str()) && !force {
@@ -116,6 +127,26 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
                     written: false,
                 });
             }
+            // What the checkout copies is read from the store: hash it first. Updating the
+            // previous output copies only the blobs it did not hold.
+            let copied: Vec<&Digest> = match &updatable {
+                Some(old) => {
+                    let held: std::collections::HashSet<&Digest> =
+                        old.blobs().map(|(blob, _)| blob).collect();
+                    manifest
+                        .blobs()
+                        .map(|(blob, _)| blob)
+                        .filter(|blob| !held.contains(blob))
+                        .collect()
+                }
+                None => manifest.blobs().map(|(blob, _)| blob).collect(),
+            };
+            store
+                .verify_blobs(copied)
+                .map_err(|source| OutputError::Checkout {
+                    path: staging.clone(),
+                    source,
+                })?;
             let updated = updatable.is_some_and(|old| {
                 let done = kiln_cache::clone_hardlinked(&path, &staging).is_ok()
                     && store
@@ -136,6 +167,12 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
             }
         }
         false => {
+            store
+                .verify_blob(&export.digest)
+                .map_err(|source| OutputError::Checkout {
+                    path: staging.clone(),
+                    source,
+                })?;
             std::fs::copy(store.blob_path(&export.digest), &staging)
                 .map_err(write_error(&staging))?;
             // The store's objects are read-only; an output is the user's file.
@@ -148,12 +185,25 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
         }
     }
     write_marker(&staging, &marker);
+    kiln_cache::testpoint::pause_at("output-rename");
     // A directory cannot be renamed over another, nor over a symlink (the unversioned link a
-    // versioned build left under this name): move the old one aside first. A file is replaced
-    // by the rename itself.
+    // versioned build left under this name): the two are exchanged in one step, and the old
+    // one, now under the staging name, removed. A file is replaced by the rename itself.
     let staged_dir = staging.is_dir() && !staging.is_symlink();
-    if (path.is_dir() && !path.is_symlink()) || (staged_dir && path.is_symlink()) {
-        std::fs::rename(&path, &retired).map_err(write_error(&path))?;
+    let replaces_dir = path.is_dir() && !path.is_symlink();
+    if replaces_dir || (staged_dir && path.is_symlink()) {
+        match exchange(&staging, &path) {
+            Ok(()) => {
+                remove_any(&staging);
+                link(export, &file_name)?;
+                return Ok(Exported {
+                    path,
+                    written: true,
+                });
+            }
+            // A filesystem without RENAME_EXCHANGE: the old output moves aside first.
+            Err(_) => std::fs::rename(&path, &retired).map_err(write_error(&path))?,
+        }
     }
     if let Err(source) = std::fs::rename(&staging, &path) {
         // Put the previous output back: a failed export leaves it as it was.
@@ -197,6 +247,43 @@ fn link(export: &Export, file_name: &str) -> Result<(), OutputError> {
         path: link_path.clone(),
         source,
     })
+}
+
+/// Swaps two paths in one step (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(std::io::Error::from)
+}
+
+/// Removes what killed exports of `file_name` left beside it: `.NAME.kiln-new-PID`,
+/// `.NAME.kiln-old-PID` and `.NAME.kiln-link-PID` of processes that are gone.
+fn remove_leftovers(output_dir: &Path, file_name: &str) {
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return;
+    };
+    let prefix = format!(".{file_name}.kiln-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|name| name.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = ["new-", "old-", "link-"]
+            .iter()
+            .find_map(|kind| rest.strip_prefix(kind))
+            .and_then(|pid| pid.parse::<i32>().ok());
+        let gone = pid.is_some_and(|pid| {
+            pid as u32 != std::process::id()
+                && rustix::process::Pid::from_raw(pid).is_none_or(|pid| {
+                    matches!(
+                        rustix::process::test_kill_process(pid),
+                        Err(rustix::io::Errno::SRCH)
+                    )
+                })
+        });
+        if gone {
+            remove_any(&entry.path());
+        }
+    }
 }
 
 fn remove_any(path: &Path) {

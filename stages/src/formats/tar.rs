@@ -67,6 +67,9 @@ impl Stage for TarStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
         let manifest = ctx.store.manifest(&ctx.input("tree")?)?;
+        // Every file's bytes go into the archive: a damaged object fails the stage instead.
+        ctx.store
+            .verify_blobs(manifest.blobs().map(|(blob, _)| blob))?;
         let path = ctx.scratch.join("image.tar");
         write_tar(ctx.store, &manifest, self.source_date_epoch, &path).map_err(|source| {
             StageError::failed(crate::error::OutputError::Write {

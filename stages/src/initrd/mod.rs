@@ -303,6 +303,14 @@ fn concatenate(
         path: path.to_owned(),
         source,
     };
+    // Reused segments were compressed by an earlier build: hash them before they go into the
+    // image (a damaged one fails the stage, and its cache entry goes with it).
+    store.verify_blobs(
+        reports
+            .iter()
+            .filter(|report| report.reused)
+            .map(|report| &report.blob),
+    )?;
     let mut sources = Vec::with_capacity(reports.len());
     let mut offset = 0;
     for report in reports.iter_mut() {

@@ -162,7 +162,8 @@ impl Segment {
     }
 }
 
-/// Copies a blob of `size` bytes, checking that the store holds exactly that.
+/// Copies a blob of `size` bytes, checking that the store holds exactly that and that it hashes
+/// to its id: a damaged object fails the stage (and is removed) instead of entering the image.
 fn copy_blob(
     store: &Store,
     id: &BlobId,
@@ -184,7 +185,11 @@ fn copy_blob(
             found,
         });
     }
-    let copied = io::copy(&mut file.take(size), out).map_err(read_err)?;
+    let mut hashing = HashingWriter {
+        out,
+        hasher: blake3::Hasher::new(),
+    };
+    let copied = io::copy(&mut file.take(size), &mut hashing).map_err(read_err)?;
     if copied != size {
         return Err(InitrdError::BlobSize {
             blob: *id,
@@ -192,7 +197,33 @@ fn copy_blob(
             found: copied,
         });
     }
+    if BlobId::from(hashing.hasher.finalize()) != *id {
+        // Hash it again on its own: that removes it and names the file.
+        store.verify_blob(id)?;
+        return Err(InitrdError::Store(kiln_cache::StoreError::CorruptBlob {
+            id: *id,
+            path,
+        }));
+    }
     Ok(())
+}
+
+/// Passes bytes on and hashes them on the way.
+struct HashingWriter<'a, W: Write> {
+    out: &'a mut W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.out.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// An entry, or a whole hard link group, written together.

@@ -475,13 +475,19 @@ impl AptSetup {
             let setup_hook = write_hook(&hooks, "setup", &setup)?;
             let customize_hook = write_hook(&hooks, "customize", &customize)?;
             // mmdebstrap mounts /proc, /sys and /dev in the tree: in a mount namespace of its
-            // own they vanish with it, whatever happens.
+            // own they vanish with it, whatever happens. It is PID 1 of a PID namespace of its
+            // own too, killed with `unshare` (`--kill-child`), which dies with kiln: when kiln
+            // is killed, the apt and dpkg it started die with it instead of writing on into a
+            // tree the next build reclaims.
             let mut command = clean_command("unshare");
             command
                 .args([
                     "--mount",
                     "--propagation",
                     "private",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
                     "mmdebstrap",
                     "--mode=root",
                     "--format=directory",

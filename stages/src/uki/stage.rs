@@ -176,6 +176,8 @@ impl UkiStage {
         let stub = find_stub(&esp_manifest, efi_arch, &hints)?;
         let kernel = find_kernel(store, &esp_manifest, &hints)?;
         let os_release = os_release.ok_or(UkiError::MissingOsRelease)?;
+        // Their bytes make the UKI: a damaged object fails the stage instead.
+        store.verify_blobs([&stub.blob, &kernel.file.blob, &os_release.blob, initrd])?;
         let inputs = UkiInputs {
             stub: store.blob_path(&stub.blob),
             kernel: store.blob_path(&kernel.file.blob),
