@@ -12,8 +12,6 @@
 //! terminal in raw mode (it was killed before restoring it), kiln restores the settings the
 //! terminal had before.
 
-use std::io;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -54,27 +52,7 @@ pub(crate) fn run_foreground(invocation: &ToolInvocation) -> Result<i32, HostErr
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut command = Command::new(&invocation.program);
     command.args(&invocation.args);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before the death signal was armed.
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
+    process::die_with_kiln(&mut command);
     let terminal = TerminalState::save();
     let handlers = Handlers::install();
     PENDING.store(0, Ordering::SeqCst);

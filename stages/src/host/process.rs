@@ -36,15 +36,9 @@ pub struct Finished {
     pub duration: Duration,
 }
 
-/// Spawns `cmd` and streams its merged output to `sink` until it exits.
-///
-/// `cmd`'s stdin, stdout and stderr are replaced; its environment and arguments are left as set.
-pub fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished> {
-    let (reader, writer) = io::pipe()?;
-    cmd.stdin(Stdio::null())
-        .stdout(writer.try_clone()?)
-        .stderr(writer)
-        .process_group(0);
+/// Arms `PR_SET_PDEATHSIG(SIGKILL)` in the child `cmd` will start, so that a kiln that is killed
+/// takes the child along; a child whose parent died before that is armed exits at once.
+pub(crate) fn die_with_kiln(cmd: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
     unsafe {
@@ -66,6 +60,18 @@ pub fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished>
             Ok(())
         });
     }
+}
+
+/// Spawns `cmd` and streams its merged output to `sink` until it exits.
+///
+/// `cmd`'s stdin, stdout and stderr are replaced; its environment and arguments are left as set.
+pub fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished> {
+    let (reader, writer) = io::pipe()?;
+    cmd.stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0);
+    die_with_kiln(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     // The command holds the pipe's write ends: close them here so the reader sees end of file.

@@ -9,7 +9,6 @@
 //! again.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -151,19 +150,7 @@ pub fn probe_kvm(qemu: &Path, firmware_code: &Path, firmware_vars: &Path) -> Kvm
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    crate::host::process::die_with_kiln(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => return failed(format!("cannot start {}: {error}", qemu.display())),
