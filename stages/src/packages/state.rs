@@ -66,6 +66,16 @@ pub fn write_file(path: &Path, content: &[u8]) -> Result<(), PackagesError> {
     fs::write(path, content).map_err(|source| PackagesError::io("write", path, source))
 }
 
+/// Remove a file that may not exist.
+pub fn remove_file_if_exists(path: &Path) -> Result<(), PackagesError> {
+    match fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(PackagesError::io("remove", path, source))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An exclusive `flock` on a state's `lock` file, released when dropped.
 pub struct StateLock {
     _file: File,
