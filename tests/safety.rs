@@ -1082,6 +1082,11 @@ fn a_full_disk_fails_the_build_clearly_and_leaves_the_store_usable() {
         "no help that says what to do:\n{stderr}"
     );
     assert!(stderr.contains(store.to_str().unwrap()), "{stderr}");
+    // The extra tree was read: what failed is storing it.
+    assert!(
+        stderr.contains("cannot store `mkosi.extra`") && !stderr.contains("cannot read"),
+        "{stderr}"
+    );
     // Nothing half-written stays, and the store is sound.
     assert!(scratch(&store).is_empty(), "{:?}", scratch(&store));
     assert_verified(&project, "after the disk was full");

@@ -36,6 +36,17 @@ pub enum InputError {
         #[source]
         source: Box<StoreError>,
     },
+    /// The input was read but the store could not take it (its file system is full).
+    #[error("Input `{input}` of stage `{stage}`: cannot store `{}`", path.display())]
+    NotStored {
+        stage: String,
+        input: String,
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+        #[help]
+        help: Option<String>,
+    },
 }
 
 /// Resolve an input that does not depend on another stage. Returns `None` for stage inputs,
@@ -49,11 +60,22 @@ pub fn resolve_static(
     store: &Store,
     put: PutMode,
 ) -> Result<Option<RecordedInput>, InputError> {
-    let unreadable = |path: &Path, source| InputError::Unreadable {
-        stage: stage.to_string(),
-        input: input.name.clone(),
-        path: path.to_path_buf(),
-        source: Box::new(source),
+    let unreadable = |path: &Path, source: StoreError| {
+        if source.is_disk_full() {
+            return InputError::NotStored {
+                stage: stage.to_string(),
+                input: input.name.clone(),
+                path: path.to_path_buf(),
+                help: source.help(),
+                source: Box::new(source),
+            };
+        }
+        InputError::Unreadable {
+            stage: stage.to_string(),
+            input: input.name.clone(),
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
     };
     let existing = |path: &PathBuf| {
         let full = project_dir.join(path);
