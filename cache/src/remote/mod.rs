@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! {base}/
-//! ├── cas/{blake3}     content-addressed objects: blobs (file contents, initrd segments,
-//! │                    images) and tree manifests in their canonical encoding, each named by
+//! ├── cas/{blake3}     content-addressed objects: blobs (file contents, images) and tree
+//! │                    manifests in their canonical encoding, each named by
 //! │                    the blake3 of its uncompressed content and stored as one zstd frame
 //! └── ac/{key}         action results: one signed JSON record per stage key (see `record`)
 //! ```

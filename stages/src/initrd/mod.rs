@@ -9,10 +9,11 @@
 //! in a trailer, then goes on with the next one, skipping zero padding between them. It forgets
 //! the inodes it has seen at each trailer, so a hard link group never crosses a segment.
 //!
-//! Segments are compressed in parallel, each stored in the store as a blob and recorded in the
+//! Segments are compressed in parallel; the initrd is their concatenation, written to the
+//! stage's scratch directory and moved into the store. Each segment is then recorded in the
 //! action cache under its key (the digest of everything its bytes depend on, see
-//! [`Segment::key`]), after the blob is stored. The initrd is the concatenation of the segments'
-//! blobs, written to the stage's scratch directory and moved into the store.
+//! [`Segment::key`]) as a range of that initrd, so its bytes are stored once: the next initrd
+//! copies a cached segment from the initrd that holds it.
 //!
 //! `zstd -dc initrd | cpio -t` lists the first segment only (GNU cpio stops at the first
 //! trailer); [`split_frames`] splits an initrd into its segments for tools. Extended attributes
@@ -87,8 +88,8 @@ impl Default for InitrdOptions {
 pub struct SegmentReport {
     /// The segment's key in the action cache.
     pub key: Digest,
-    /// The compressed segment.
-    pub blob: BlobId,
+    /// Where the compressed segment starts in the initrd.
+    pub offset: u64,
     /// The first entry's name in the archive.
     pub first_path: String,
     /// Entries in the segment.
@@ -161,59 +162,127 @@ pub fn write_initrd(
     let index = store.index()?;
     let mut cached = Vec::with_capacity(segments.len());
     for key in &keys {
-        cached.push(index.lookup_action(key)?.map(|found| found.output));
+        let found = index.lookup_action(key)?;
+        cached.push(found.and_then(|found| SegmentLocation::read(store, &found.output)));
     }
 
-    // Compress what the cache lacks, in parallel; each worker stores its own blobs.
-    let outcomes: Vec<(BlobId, bool)> = segments
+    // Compress what the cache lacks, in parallel.
+    let sources: Vec<SegmentSource> = segments
         .par_iter()
-        .zip(&cached)
+        .zip(cached)
         .map_init(
             || Compressor::new(opts.level),
             |compressor, (segment, cached)| match cached {
-                Some(blob) => Ok((*blob, true)),
-                None => {
-                    let bytes = compressor.compress(store, segment)?;
-                    Ok((store.put_bytes(&bytes)?, false))
-                }
+                Some(location) => Ok(SegmentSource::Cached(location)),
+                None => Ok(SegmentSource::Compressed(
+                    compressor.compress(store, segment)?,
+                )),
             },
         )
         .collect::<Result<_, InitrdError>>()?;
-    // The blobs are stored: now the cache may name them.
-    for (key, (blob, reused)) in keys.iter().zip(&outcomes) {
-        if !reused {
-            let result = ActionResult {
-                output: *blob,
-                kind: OutputKind::Blob,
-            };
-            index.record_action(key, result)?;
-        }
-    }
 
     let mut reports: Vec<SegmentReport> = segments
         .iter()
-        .zip(keys)
-        .zip(outcomes)
-        .map(|((segment, key), (blob, reused))| SegmentReport {
-            key,
-            blob,
+        .zip(&keys)
+        .zip(&sources)
+        .map(|((segment, key), source)| SegmentReport {
+            key: *key,
             first_path: segment.first_path.clone(),
             entries: segment.entries,
             uncompressed: segment.len,
+            compressed: source.len(),
             // Filled in by `concatenate`.
-            compressed: 0,
-            reused,
+            offset: 0,
+            reused: matches!(source, SegmentSource::Cached(_)),
         })
         .collect();
 
     let path = scratch.join("initrd.cpio.zst");
-    let size = concatenate(store, &mut reports, &path)?;
+    let size = concatenate(store, &mut reports, &sources, &path)?;
     let blob = store.put_file(&path, PutMode::Move)?;
+    // The initrd is stored: now the cache may name the new segments' places in it.
+    for report in reports.iter().filter(|report| !report.reused) {
+        let location = SegmentLocation {
+            initrd: blob,
+            offset: report.offset,
+            len: report.compressed,
+        };
+        let result = ActionResult {
+            output: store.put_bytes(location.encode().as_bytes())?,
+            kind: OutputKind::Blob,
+        };
+        index.record_action(&report.key, result)?;
+    }
     Ok(InitrdReport {
         blob,
         size,
         segments: reports,
     })
+}
+
+/// Where a compressed segment is kept: a range of an initrd the store holds. The segment's
+/// action cache entry names a small blob holding this, so that a segment's bytes are stored
+/// once, inside the initrd, and not a second time as a blob of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegmentLocation {
+    initrd: BlobId,
+    offset: u64,
+    len: u64,
+}
+
+impl SegmentLocation {
+    const MAGIC: &str = "kiln initrd segment 1";
+
+    fn encode(&self) -> String {
+        format!(
+            "{}\n{} {} {}\n",
+            Self::MAGIC,
+            self.initrd,
+            self.offset,
+            self.len
+        )
+    }
+
+    fn decode(text: &str) -> Option<SegmentLocation> {
+        let mut lines = text.lines();
+        if lines.next()? != Self::MAGIC {
+            return None;
+        }
+        let mut fields = lines.next()?.split(' ');
+        let location = SegmentLocation {
+            initrd: fields.next()?.parse().ok()?,
+            offset: fields.next()?.parse().ok()?,
+            len: fields.next()?.parse().ok()?,
+        };
+        (fields.next().is_none() && lines.next().is_none()).then_some(location)
+    }
+
+    /// The location `blob` records, if it and the initrd it names are in the store and the
+    /// range lies inside that initrd; anything else is a cache miss.
+    fn read(store: &Store, blob: &BlobId) -> Option<SegmentLocation> {
+        let location =
+            SegmentLocation::decode(&String::from_utf8(store.read_blob(blob).ok()?).ok()?)?;
+        let initrd_len = std::fs::metadata(store.blob_path(&location.initrd))
+            .ok()?
+            .len();
+        (location.len > 0 && location.offset.checked_add(location.len)? <= initrd_len)
+            .then_some(location)
+    }
+}
+
+/// A segment's compressed bytes: in a stored initrd, or just compressed.
+enum SegmentSource {
+    Cached(SegmentLocation),
+    Compressed(Vec<u8>),
+}
+
+impl SegmentSource {
+    fn len(&self) -> u64 {
+        match self {
+            SegmentSource::Cached(location) => location.len,
+            SegmentSource::Compressed(bytes) => bytes.len() as u64,
+        }
+    }
 }
 
 /// One segment as the initrd holds it: one zstd frame with its content size and checksum.
@@ -292,57 +361,77 @@ fn compress_streaming(
     encoder.finish().map_err(err)
 }
 
-/// Writes the segments' blobs one after the other to `path`, in parallel at their offsets; fills
-/// in the compressed length of reused segments and returns the total.
+/// Writes the segments one after the other to `path`, in parallel at their offsets: cached
+/// ones copied from the initrds that hold them, new ones from memory. Fills in each segment's
+/// offset and returns the total length.
 fn concatenate(
     store: &Store,
     reports: &mut [SegmentReport],
+    sources: &[SegmentSource],
     path: &Path,
 ) -> Result<u64, InitrdError> {
     let write_err = |source| InitrdError::Write {
         path: path.to_owned(),
         source,
     };
-    // Reused segments were compressed by an earlier build: hash them before they go into the
-    // image (a damaged one fails the stage, and its cache entry goes with it).
-    store.verify_blobs(
-        reports
-            .iter()
-            .filter(|report| report.reused)
-            .map(|report| &report.blob),
-    )?;
-    let mut sources = Vec::with_capacity(reports.len());
+    // Cached segments were compressed by an earlier build: hash the initrds they come from
+    // before their bytes go into the image (a damaged one fails the stage and is removed, and
+    // the next build compresses its segments again).
+    let mut initrds: Vec<BlobId> = sources
+        .iter()
+        .filter_map(|source| match source {
+            SegmentSource::Cached(location) => Some(location.initrd),
+            SegmentSource::Compressed(_) => None,
+        })
+        .collect();
+    initrds.sort();
+    initrds.dedup();
+    store.verify_blobs(&initrds)?;
+    let mut open = std::collections::BTreeMap::new();
+    for initrd in initrds {
+        open.insert(initrd, store.open_blob(&initrd)?);
+    }
     let mut offset = 0;
     for report in reports.iter_mut() {
-        let blob = store.open_blob(&report.blob)?;
-        let len = blob
-            .metadata()
-            .map_err(|source| InitrdError::ReadBlob {
-                blob: report.blob,
-                path: store.blob_path(&report.blob),
-                source,
-            })?
-            .len();
-        report.compressed = len;
-        sources.push((blob, offset, len));
-        offset += len;
+        report.offset = offset;
+        offset += report.compressed;
     }
     let out = File::create(path).map_err(write_err)?;
     out.set_len(offset).map_err(write_err)?;
-    sources
+    reports
         .par_iter()
-        .try_for_each(|(blob, at, len)| copy_range(blob, &out, *at, *len))
+        .zip(sources)
+        .try_for_each(|(report, source)| match source {
+            SegmentSource::Cached(location) => copy_range(
+                &open[&location.initrd],
+                location.offset,
+                &out,
+                report.offset,
+                location.len,
+            ),
+            SegmentSource::Compressed(bytes) => {
+                use std::os::unix::fs::FileExt;
+                out.write_all_at(bytes, report.offset)
+            }
+        })
         .map_err(write_err)?;
     Ok(offset)
 }
 
-/// Copies all of `from` to `to` at `offset`: in the kernel (copy_file_range), else through a
-/// buffer.
-fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
+/// Copies `len` bytes of `from` at `from_offset` to `to` at `to_offset`: in the kernel
+/// (copy_file_range), else through a buffer.
+fn copy_range(
+    from: &File,
+    from_offset: u64,
+    to: &File,
+    to_offset: u64,
+    len: u64,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let (mut read, mut write) = (0u64, offset);
-    while read < len {
-        let want = usize::try_from(len - read)
+    let end = from_offset + len;
+    let (mut read, mut write) = (from_offset, to_offset);
+    while read < end {
+        let want = usize::try_from(end - read)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
         match rustix::fs::copy_file_range(from, Some(&mut read), to, Some(&mut write), want) {
@@ -350,11 +439,14 @@ fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL)
-                if read == 0 =>
+                if read == from_offset =>
             {
                 let mut buf = vec![0; 1 << 20];
-                while read < len {
-                    let n = from.read_at(&mut buf, read)?;
+                while read < end {
+                    let want = usize::try_from(end - read)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    let n = from.read_at(&mut buf[..want], read)?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -488,6 +580,100 @@ mod tests {
         assert_eq!(split_frames(&bytes).unwrap().len(), first.segments.len());
         let whole = zstd::decode_all(&bytes[..]).unwrap();
         assert_eq!(whole.len() as u64, first.uncompressed());
+    }
+
+    fn object_bytes(store: &Store) -> u64 {
+        walkdir::WalkDir::new(store.root().join("v1/objects"))
+            .into_iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_type().is_file())
+            .map(|entry| entry.metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn segments_are_stored_once_inside_the_initrd() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let manifest = tree(&store, 200, 3);
+        let files = object_bytes(&store);
+        let report = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        let added = object_bytes(&store) - files;
+        // The initrd, and a line per segment saying where it is.
+        let locations = added - report.size;
+        assert!(
+            locations <= 128 * report.segments.len() as u64,
+            "{added} bytes added for a {}-byte initrd of {} segments",
+            report.size,
+            report.segments.len()
+        );
+    }
+
+    #[test]
+    fn segments_of_a_removed_initrd_are_compressed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let manifest = tree(&store, 200, 4);
+        let first = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        std::fs::remove_file(store.blob_path(&first.blob)).unwrap();
+        let again = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        assert_eq!(again.reused(), 0, "{}", again.summary());
+        assert_eq!(again.blob, first.blob);
+        assert!(store.has_blob(&first.blob));
+    }
+
+    /// `manifest` with its last file's content changed.
+    fn with_last_file_changed(store: &Store, manifest: &Manifest) -> Manifest {
+        let mut entries: Vec<Entry> = manifest.entries().cloned().collect();
+        let content = b"changed".to_vec();
+        entries.last_mut().unwrap().kind = EntryKind::File {
+            blob: store.put_bytes(&content).unwrap(),
+            size: content.len() as u64,
+        };
+        Manifest::from_entries(entries).unwrap()
+    }
+
+    #[test]
+    fn a_changed_file_reuses_the_other_segments_from_the_last_initrd() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let manifest = tree(&store, 200, 5);
+        let first = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
+        let changed = with_last_file_changed(&store, &manifest);
+        let second = write_initrd(&store, &changed, &opts(), dir.path()).unwrap();
+        assert_eq!(second.compressed(), 1, "{}", second.summary());
+        assert_ne!(first.blob, second.blob);
+        // The same bytes a store that never saw the first initrd writes.
+        let fresh = tempfile::tempdir().unwrap();
+        let clean = Store::open(&fresh.path().join("store")).unwrap();
+        let changed_clean = with_last_file_changed(&clean, &tree(&clean, 200, 5));
+        let from_scratch = write_initrd(&clean, &changed_clean, &opts(), fresh.path()).unwrap();
+        assert_eq!(from_scratch.reused(), 0);
+        assert_eq!(from_scratch.blob, second.blob);
+        // And a third write takes its segments from both earlier initrds.
+        let third = write_initrd(&store, &changed, &opts(), dir.path()).unwrap();
+        assert_eq!(third.compressed(), 0, "{}", third.summary());
+        assert_eq!(third.blob, second.blob);
+    }
+
+    #[test]
+    fn a_segment_location_is_read_back_only_when_whole() {
+        let location = SegmentLocation {
+            initrd: Digest::of_bytes(b"initrd"),
+            offset: 12,
+            len: 34,
+        };
+        assert_eq!(SegmentLocation::decode(&location.encode()), Some(location));
+        for bad in [
+            String::new(),
+            "kiln initrd segment 1\n".to_owned(),
+            location.encode().replace(" 34", " x"),
+            location.encode().replace(" 34", " 34 5"),
+            format!("{}extra\n", location.encode()),
+            location.encode().replace("segment 1", "segment 2"),
+        ] {
+            assert_eq!(SegmentLocation::decode(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

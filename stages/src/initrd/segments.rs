@@ -105,9 +105,10 @@ pub struct Segment {
 impl Segment {
     /// The segment's key in the cache: everything its compressed bytes depend on, which is the
     /// format version, the zstd library and level, and every header with the blob or bytes
-    /// that follow it.
+    /// that follow it. The action cache records under it where the segment lies in a stored
+    /// initrd (a store that recorded the segment as a blob of its own used another context).
     pub fn key(&self, level: i32) -> Digest {
-        let mut hasher = blake3::Hasher::new_derive_key("kiln initrd segment");
+        let mut hasher = blake3::Hasher::new_derive_key("kiln initrd segment location");
         hasher.update(&SEGMENT_FORMAT_VERSION.to_le_bytes());
         hasher.update(&zstd::zstd_safe::version_number().to_le_bytes());
         hasher.update(&level.to_le_bytes());
