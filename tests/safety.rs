@@ -66,15 +66,6 @@ impl State {
                 self.hostname, self.cmdline
             ),
         );
-        // mandb's database is not reproducible: two stores building the same state get
-        // different postinst trees (and UKIs) from debian-rescue's own postinst. A chroot script
-        // that works on the same tree reproducibly takes its place, so that outputs can be
-        // compared bit for bit.
-        project.write(
-            "mkosi.postinst.chroot",
-            "#!/usr/bin/env bash\nset -euo pipefail\necho \"Listing the manual pages\"\n\
-             find /usr/share/man -type f | LC_ALL=C sort > /usr/share/kiln-manual-pages\n",
-        );
         project.write(
             "mkosi.finalize",
             &format!(

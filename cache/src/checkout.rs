@@ -42,7 +42,9 @@ pub struct CheckoutOptions {
     /// Set the modification (and access) time of every entry, symlinks
     /// included, to this many seconds since the epoch (SOURCE_DATE_EPOCH for
     /// final outputs). In hardlink mode this changes the time of the shared
-    /// store objects, which is harmless: no manifest records times.
+    /// store objects, which shared checkouts date
+    /// [`SHARED_CHECKOUT_MTIME`](crate::SHARED_CHECKOUT_MTIME): a hardlink
+    /// checkout takes that value or `None`, never another.
     pub mtime: Option<i64>,
     /// Without root, owners cannot be set: with this flag every entry is
     /// created with the current user's uid and gid instead of failing. As root

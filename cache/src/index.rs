@@ -133,10 +133,20 @@ CREATE TABLE remote_actions (
     r#"
 -- plain objects: mode 0644
 "#,
+    // Shared checkouts date every entry `SHARED_CHECKOUT_MTIME` (see `shared`): those made
+    // before kept the times their objects were written at, which differ from store to store.
+    // `Store::remove_shared_checkouts` drops them within this migration's transaction; the next
+    // build makes them again.
+    r#"
+-- shared checkouts: every entry dated SHARED_CHECKOUT_MTIME
+"#,
 ];
 
 /// The migration (counted from 0) that comes with re-moding the plain objects.
 const PLAIN_MODE_MIGRATION: usize = 4;
+
+/// The migration (counted from 0) that comes with dating shared checkouts.
+const DATED_CHECKOUTS_MIGRATION: usize = 5;
 
 /// The schema version this kiln writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -407,11 +417,12 @@ pub(crate) fn migrate(store: &Store) -> Result<()> {
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)?;
-            if from == PLAIN_MODE_MIGRATION {
-                store
-                    .relax_object_modes()
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            }
+            let files = match from {
+                PLAIN_MODE_MIGRATION => store.relax_object_modes(),
+                DATED_CHECKOUTS_MIGRATION => store.remove_shared_checkouts().map(|_| ()),
+                _ => Ok(()),
+            };
+            files.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             conn.pragma_update(None, "user_version", from as i64 + 1)?;
         }
         let dangling: Option<String> = conn
@@ -1050,7 +1061,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         assert_eq!(store.stat_cache_rows().unwrap(), 0);
         let build = index.last_build("r").unwrap().unwrap();
         assert!(index.runs(build).unwrap().is_empty());
@@ -1170,6 +1181,33 @@ mod tests {
         let again = store.shared_checkout(&tree).unwrap();
         let mode = fs::metadata(again.join("f")).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o444);
+    }
+
+    #[test]
+    fn version_5_store_loses_its_shared_checkouts_made_with_write_times() {
+        let (dir, store) = store();
+        let blob = store.put_bytes(b"written at some time").unwrap();
+        let (uid, gid) = store.owner();
+        let owned = |path: &str, kind, mode| crate::Entry {
+            uid,
+            gid,
+            ..crate::Entry::new(path, kind, mode)
+        };
+        let manifest = crate::Manifest::from_entries(vec![
+            owned("", crate::EntryKind::Dir, 0o755),
+            owned("f", crate::EntryKind::File { blob, size: 20 }, 0o644),
+        ])
+        .unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let checkout = store.shared_checkout(&tree).unwrap();
+        let conn = Connection::open(store.index_path()).unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        drop((conn, store));
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema_version(&store.index_path()).unwrap(), SCHEMA_VERSION);
+        assert!(!checkout.exists());
+        assert_eq!(store.read_blob(&blob).unwrap(), b"written at some time");
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
 //!     ├── checkouts/<tree id>/ read-only hardlink checkouts shared by builds as
-//!     │                        overlay lower layers (removed by gc)
+//!     │                        overlay lower layers, every entry (and so every
+//!     │                        object they link) dated 0 (removed by gc)
 //!     ├── packages/<area>/<unit> package managers' private states and downloaded
 //!     │                        packages, kept by the packages stage (not
 //!     │                        content-addressed): a unit's mtime is its last
@@ -142,6 +143,7 @@ pub use ingest::{IngestOptions, IngestReport};
 pub use maintenance::{Stats, human_bytes};
 pub use manifest::{Entry, EntryKind, Manifest, compare_paths, validate_path};
 pub use repair::Forgotten;
+pub use shared::SHARED_CHECKOUT_MTIME;
 pub use statcache::RACY_MARGIN_NS;
 pub use store::Store;
 pub use update::UpdateReport;

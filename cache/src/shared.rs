@@ -8,6 +8,15 @@
 //! layers, and their files are the store's own objects. gc removes them all (under its exclusive
 //! lock); verify removes them all when it found a damaged object, since a checkout shares its
 //! inodes.
+//!
+//! Manifests record no times, so a checkout has to choose them, and what runs on a shared
+//! checkout sees them: `mandb` writes each manual page's mtime into its `index.db`, `fc-cache`
+//! each directory's, Python each source's into the `.pyc` it rewrites. Every entry of a shared
+//! checkout, and so every store object it links, is dated [`SHARED_CHECKOUT_MTIME`], whatever
+//! build made the checkout and whenever the object was written: the same tree gives the same
+//! times in every store. One constant rather than the recipe's `SOURCE_DATE_EPOCH`, because an
+//! object has one inode, linked from the checkouts of every build that holds it (ostree dates
+//! its objects 0 for the same reason); 0 is also kiln's default `SOURCE_DATE_EPOCH`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,14 +27,19 @@ use crate::error::{Result, StoreError};
 use crate::maintenance::read_dir_paths;
 use crate::store::Store;
 
+/// The modification (and access) time, in seconds since the epoch, of every entry of a shared
+/// checkout and of every store object a hardlink checkout links.
+pub const SHARED_CHECKOUT_MTIME: i64 = 0;
+
 impl Store {
     /// `v1/checkouts/`.
     fn checkouts_dir(&self) -> PathBuf {
         self.tmp_dir().with_file_name("checkouts")
     }
 
-    /// A read-only hardlink checkout of `tree`, made on first use and shared afterwards.
-    /// Treat it as immutable: mount it as an overlay's lower layer, or read it.
+    /// A read-only hardlink checkout of `tree`, made on first use and shared afterwards, every
+    /// entry dated [`SHARED_CHECKOUT_MTIME`]. Treat it as immutable: mount it as an overlay's
+    /// lower layer, or read it.
     pub fn shared_checkout(&self, tree: &TreeId) -> Result<PathBuf> {
         let dir = self.checkouts_dir();
         let path = dir.join(tree.to_hex());
@@ -40,6 +54,7 @@ impl Store {
         let staging = self.temp_path();
         let options = CheckoutOptions {
             mode: CheckoutMode::Hardlink,
+            mtime: Some(SHARED_CHECKOUT_MTIME),
             ..CheckoutOptions::default()
         };
         if let Err(error) = self.checkout(&manifest, &staging, options) {
@@ -118,5 +133,40 @@ mod tests {
         assert_eq!(inode(&second.join("etc/hostname")), before, "made again");
         assert_eq!(store.remove_shared_checkouts().unwrap(), 1);
         assert!(!first.exists());
+    }
+
+    #[test]
+    fn every_entry_of_a_shared_checkout_and_its_objects_are_dated_the_same() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(source.join("usr/share/man/man1")).unwrap();
+        std::fs::write(source.join("usr/share/man/man1/ls.1.gz"), "ls\n").unwrap();
+        std::os::unix::fs::symlink("ls.1.gz", source.join("usr/share/man/man1/dir.1.gz")).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let options = IngestOptions {
+            owner: Some(store_owner()),
+            ..IngestOptions::default()
+        };
+        let manifest = store.ingest_dir(&source, options).unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let checkout = store.shared_checkout(&tree).unwrap();
+        for path in [
+            "",
+            "usr",
+            "usr/share/man/man1",
+            "usr/share/man/man1/ls.1.gz",
+            "usr/share/man/man1/dir.1.gz",
+        ] {
+            let meta = std::fs::symlink_metadata(checkout.join(path)).unwrap();
+            assert_eq!(
+                (meta.mtime(), meta.mtime_nsec()),
+                (super::SHARED_CHECKOUT_MTIME, 0),
+                "{path}"
+            );
+        }
+        // The file is the store's object itself: its time is the object's.
+        let file = std::fs::metadata(checkout.join("usr/share/man/man1/ls.1.gz")).unwrap();
+        assert!(file.nlink() > 1);
     }
 }

@@ -6,6 +6,11 @@
 //! what the scripts changed, is turned into the output manifest (whiteouts become removals).
 //! Without overlayfs the tree is copied and ingested whole.
 //!
+//! Every entry of the input tree is dated [`kiln_cache::SHARED_CHECKOUT_MTIME`] (1970-01-01,
+//! kiln's default `SOURCE_DATE_EPOCH`): manifests record no times, and what a script writes
+//! from the times it reads (`mandb` stores each manual page's mtime in `index.db`) is then the
+//! same in every store.
+//!
 //! A variable such as `IMAGE_VERSION` is an input of the stage only when a script's text names
 //! it (BitBake's rule for shell variables): a date-stamped `--image-version` does not re-run a
 //! postinst that never reads it. A script sees exactly the variables that are its inputs, so
@@ -102,7 +107,9 @@ impl Stage for ScriptsStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the input tree's entries are dated `SHARED_CHECKOUT_MTIME`, not when the store
+        // wrote them.
+        2
     }
 
     fn inputs(&self) -> Vec<Input> {
