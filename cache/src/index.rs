@@ -1142,24 +1142,36 @@ mod tests {
         assert_eq!(index.remote_action(&key).unwrap(), None);
     }
 
-    #[test]
-    fn version_4_store_gets_0644_objects_and_loses_its_shared_checkouts() {
-        use std::os::unix::fs::PermissionsExt;
-        let (dir, store) = store();
-        let blob = store.put_bytes(b"written with 0444 objects").unwrap();
+    /// A tree of one file `f` holding `content` with `mode`, owned as the store's objects are,
+    /// and its shared checkout.
+    fn one_file_checkout(
+        store: &Store,
+        content: &[u8],
+        mode: u32,
+    ) -> (crate::BlobId, crate::TreeId, std::path::PathBuf) {
+        let blob = store.put_bytes(content).unwrap();
         let (uid, gid) = store.owner();
         let owned = |path: &str, kind, mode| crate::Entry {
             uid,
             gid,
             ..crate::Entry::new(path, kind, mode)
         };
+        let size = content.len() as u64;
         let manifest = crate::Manifest::from_entries(vec![
             owned("", crate::EntryKind::Dir, 0o755),
-            owned("f", crate::EntryKind::File { blob, size: 25 }, 0o444),
+            owned("f", crate::EntryKind::File { blob, size }, mode),
         ])
         .unwrap();
         let tree = store.put_manifest(&manifest).unwrap();
         let checkout = store.shared_checkout(&tree).unwrap();
+        (blob, tree, checkout)
+    }
+
+    #[test]
+    fn version_4_store_gets_0644_objects_and_loses_its_shared_checkouts() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store();
+        let (blob, tree, checkout) = one_file_checkout(&store, b"written with 0444 objects", 0o444);
         let old_mode = fs::Permissions::from_mode(0o444);
         fs::set_permissions(store.blob_path(&blob), old_mode.clone()).unwrap();
         fs::set_permissions(store.object_path(ObjectDir::Trees, &tree), old_mode).unwrap();
@@ -1186,20 +1198,7 @@ mod tests {
     #[test]
     fn version_5_store_loses_its_shared_checkouts_made_with_write_times() {
         let (dir, store) = store();
-        let blob = store.put_bytes(b"written at some time").unwrap();
-        let (uid, gid) = store.owner();
-        let owned = |path: &str, kind, mode| crate::Entry {
-            uid,
-            gid,
-            ..crate::Entry::new(path, kind, mode)
-        };
-        let manifest = crate::Manifest::from_entries(vec![
-            owned("", crate::EntryKind::Dir, 0o755),
-            owned("f", crate::EntryKind::File { blob, size: 20 }, 0o644),
-        ])
-        .unwrap();
-        let tree = store.put_manifest(&manifest).unwrap();
-        let checkout = store.shared_checkout(&tree).unwrap();
+        let (blob, _, checkout) = one_file_checkout(&store, b"written at some time", 0o644);
         let conn = Connection::open(store.index_path()).unwrap();
         conn.pragma_update(None, "user_version", 5).unwrap();
         drop((conn, store));

@@ -105,19 +105,30 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_shared_checkout_is_made_once_and_removed_by_gc() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("source");
-        std::fs::create_dir_all(source.join("etc")).unwrap();
-        std::fs::write(source.join("etc/hostname"), "tiny\n").unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
+    /// The tree of `source` (made by `make`) in a new store beside it, owned as objects are.
+    fn stored_tree(
+        dir: &std::path::Path,
+        make: impl FnOnce(&std::path::Path),
+    ) -> (Store, crate::TreeId) {
+        let source = dir.join("source");
+        make(&source);
+        let store = Store::open(&dir.join("store")).unwrap();
         let options = IngestOptions {
             owner: Some(store_owner()),
             ..IngestOptions::default()
         };
         let manifest = store.ingest_dir(&source, options).unwrap();
         let tree = store.put_manifest(&manifest).unwrap();
+        (store, tree)
+    }
+
+    #[test]
+    fn a_shared_checkout_is_made_once_and_removed_by_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tree) = stored_tree(dir.path(), |source| {
+            std::fs::create_dir_all(source.join("etc")).unwrap();
+            std::fs::write(source.join("etc/hostname"), "tiny\n").unwrap();
+        });
         let first = store.shared_checkout(&tree).unwrap();
         assert_eq!(
             std::fs::read_to_string(first.join("etc/hostname")).unwrap(),
@@ -139,17 +150,12 @@ mod tests {
     fn every_entry_of_a_shared_checkout_and_its_objects_are_dated_the_same() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("source");
-        std::fs::create_dir_all(source.join("usr/share/man/man1")).unwrap();
-        std::fs::write(source.join("usr/share/man/man1/ls.1.gz"), "ls\n").unwrap();
-        std::os::unix::fs::symlink("ls.1.gz", source.join("usr/share/man/man1/dir.1.gz")).unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        let options = IngestOptions {
-            owner: Some(store_owner()),
-            ..IngestOptions::default()
-        };
-        let manifest = store.ingest_dir(&source, options).unwrap();
-        let tree = store.put_manifest(&manifest).unwrap();
+        let (store, tree) = stored_tree(dir.path(), |source| {
+            let man1 = source.join("usr/share/man/man1");
+            std::fs::create_dir_all(&man1).unwrap();
+            std::fs::write(man1.join("ls.1.gz"), "ls\n").unwrap();
+            std::os::unix::fs::symlink("ls.1.gz", man1.join("dir.1.gz")).unwrap();
+        });
         let checkout = store.shared_checkout(&tree).unwrap();
         for path in [
             "",
