@@ -217,6 +217,11 @@ fn pe_reader_survives_its_corpus_and_mutations() {
     fuzz("pe_inspect");
 }
 
+#[test]
+fn uki_assembler_survives_any_stub() {
+    fuzz("stub_assemble");
+}
+
 /// The mutator changes its inputs: a fuzz run that only replayed the seeds could not fail on
 /// anything new.
 #[test]

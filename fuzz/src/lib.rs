@@ -12,6 +12,7 @@
 //! | `manifest_decode` | `Manifest::decode_canonical` (the store's tree objects) | a decoded manifest is valid and encodes to exactly the input |
 //! | `tar_ingest` | `Store::ingest_tar` (package managers' base trees) | the manifest is valid: no path leaves the root, nothing lives below a symlink |
 //! | `pe_inspect` | `uki::inspect` (`kiln inspect`) | the text and JSON forms render |
+//! | `stub_assemble` | `uki::assemble_uki` given the bytes as its systemd-stub | a UKI it writes, `uki::inspect` reads |
 //!
 //! This file depends only on kiln's crates and the standard library, so that both the fuzz
 //! package and the workspace's tests compile it as it is.
@@ -23,12 +24,13 @@ use kiln_cache::{Manifest, Store};
 use kiln_engine::recipe::{LoadOptions, from_ron, load_project, to_ron};
 
 /// The targets, by the names of their `fuzz_targets/*.rs` and `corpus/*` directories.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "mkosi_conf",
     "recipe_ron",
     "manifest_decode",
     "tar_ingest",
     "pe_inspect",
+    "stub_assemble",
 ];
 
 /// A private directory for the readers that read files, and a store for the tar reader.
@@ -60,7 +62,27 @@ impl Workdir {
             "manifest_decode" => manifest_decode(data),
             "tar_ingest" => self.tar_ingest(data),
             "pe_inspect" => pe_inspect(data),
+            "stub_assemble" => self.stub_assemble(data),
             other => panic!("no fuzz target `{other}`"),
+        }
+    }
+
+    /// `data` as the systemd-stub of a UKI with small sections: the assembler writes a UKI or
+    /// returns an error, and kiln reads back what it wrote.
+    pub fn stub_assemble(&mut self, data: &[u8]) {
+        use kiln_stages::uki::{UkiSection, assemble_uki};
+        let stub = self.dir.join("stub");
+        let out = self.dir.join("uki.efi");
+        std::fs::write(&stub, data).expect("writing the stub");
+        let sections = [
+            UkiSection::bytes(".osrel", "ID=fuzz\n"),
+            UkiSection::bytes(".uname", "6.1.0"),
+            UkiSection::bytes(".linux", vec![0x90; 700]).with_virtual_size(Some(0x2000)),
+            UkiSection::bytes(".sbat", vec![b's'; 300]),
+        ];
+        if assemble_uki(&stub, &sections, &out).is_ok() {
+            let mut file = std::fs::File::open(&out).expect("the UKI just written");
+            kiln_stages::uki::inspect(&mut file).expect("kiln reads the UKIs it writes");
         }
     }
 
