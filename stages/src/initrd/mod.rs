@@ -39,7 +39,8 @@ pub mod segments;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use kiln_cache::{ActionResult, BlobId, Digest, Manifest, OutputKind, PutMode, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};
@@ -166,7 +167,9 @@ pub fn write_initrd(
         cached.push(found.and_then(|found| SegmentLocation::read(store, &found.output)));
     }
 
-    // Compress what the cache lacks, in parallel.
+    // Compress what the cache lacks, in parallel, each segment appended to a spill file as it
+    // is done (in whatever order), so that memory holds one segment per worker.
+    let spill = Spill::create(&scratch.join("segments.zst"))?;
     let sources: Vec<SegmentSource> = segments
         .par_iter()
         .zip(cached)
@@ -174,9 +177,11 @@ pub fn write_initrd(
             || Compressor::new(opts.level),
             |compressor, (segment, cached)| match cached {
                 Some(location) => Ok(SegmentSource::Cached(location)),
-                None => Ok(SegmentSource::Compressed(
-                    compressor.compress(store, segment)?,
-                )),
+                None => {
+                    let bytes = compressor.compress(store, segment)?;
+                    let (offset, len) = spill.append(&bytes)?;
+                    Ok(SegmentSource::Spilled { offset, len })
+                }
             },
         )
         .collect::<Result<_, InitrdError>>()?;
@@ -198,7 +203,8 @@ pub fn write_initrd(
         .collect();
 
     let path = scratch.join("initrd.cpio.zst");
-    let size = concatenate(store, &mut reports, &sources, &path)?;
+    let size = concatenate(store, &mut reports, &sources, &spill, &path)?;
+    spill.remove();
     let blob = store.put_file(&path, PutMode::Move)?;
     // The initrd is stored: now the cache may name the new segments' places in it.
     for report in reports.iter().filter(|report| !report.reused) {
@@ -270,18 +276,69 @@ impl SegmentLocation {
     }
 }
 
-/// A segment's compressed bytes: in a stored initrd, or just compressed.
+/// A segment's compressed bytes: in a stored initrd, or just compressed into the spill file.
 enum SegmentSource {
     Cached(SegmentLocation),
-    Compressed(Vec<u8>),
+    Spilled { offset: u64, len: u64 },
 }
 
 impl SegmentSource {
     fn len(&self) -> u64 {
         match self {
             SegmentSource::Cached(location) => location.len,
-            SegmentSource::Compressed(bytes) => bytes.len() as u64,
+            SegmentSource::Spilled { len, .. } => *len,
         }
+    }
+}
+
+/// The scratch file new segments are appended to by the compressing workers.
+struct Spill {
+    path: PathBuf,
+    file: File,
+    end: Mutex<u64>,
+}
+
+impl Spill {
+    fn create(path: &Path) -> Result<Spill, InitrdError> {
+        // Read back by copy_file_range, so opened for reading too.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| InitrdError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Spill {
+            path: path.to_owned(),
+            file,
+            end: Mutex::new(0),
+        })
+    }
+
+    /// Appends `bytes`; returns where they start and their length.
+    fn append(&self, bytes: &[u8]) -> Result<(u64, u64), InitrdError> {
+        use std::os::unix::fs::FileExt;
+        let offset = {
+            let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+            let offset = *end;
+            *end += bytes.len() as u64;
+            offset
+        };
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|source| InitrdError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok((offset, bytes.len() as u64))
+    }
+
+    fn remove(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -362,12 +419,13 @@ fn compress_streaming(
 }
 
 /// Writes the segments one after the other to `path`, in parallel at their offsets: cached
-/// ones copied from the initrds that hold them, new ones from memory. Fills in each segment's
-/// offset and returns the total length.
+/// ones copied from the initrds that hold them, new ones from the spill file. Fills in each
+/// segment's offset and returns the total length.
 fn concatenate(
     store: &Store,
     reports: &mut [SegmentReport],
     sources: &[SegmentSource],
+    spill: &Spill,
     path: &Path,
 ) -> Result<u64, InitrdError> {
     let write_err = |source| InitrdError::Write {
@@ -381,7 +439,7 @@ fn concatenate(
         .iter()
         .filter_map(|source| match source {
             SegmentSource::Cached(location) => Some(location.initrd),
-            SegmentSource::Compressed(_) => None,
+            SegmentSource::Spilled { .. } => None,
         })
         .collect();
     initrds.sort();
@@ -409,9 +467,8 @@ fn concatenate(
                 report.offset,
                 location.len,
             ),
-            SegmentSource::Compressed(bytes) => {
-                use std::os::unix::fs::FileExt;
-                out.write_all_at(bytes, report.offset)
+            SegmentSource::Spilled { offset, len } => {
+                copy_range(&spill.file, *offset, &out, report.offset, *len)
             }
         })
         .map_err(write_err)?;
