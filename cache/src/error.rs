@@ -311,6 +311,12 @@ impl StoreError {
         }
     }
 
+    /// Whether the error is SQLite's "database is locked": another process holds the index.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Index { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+    }
+
     /// Whether the error is a full filesystem (`ENOSPC`, `EDQUOT`, or SQLite's "database or
     /// disk is full").
     pub fn is_disk_full(&self) -> bool {

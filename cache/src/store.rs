@@ -139,7 +139,17 @@ impl Store {
                 moved.display()
             ));
         }
-        crate::index::migrate(&store)?;
+        // A first open can meet another process creating the same index: SQLite answers
+        // "database is locked" to switching a new database to WAL without waiting, so wait here.
+        let started = std::time::Instant::now();
+        loop {
+            match crate::index::migrate(&store) {
+                Err(error) if error.is_busy() && started.elapsed() < crate::index::BUSY_TIMEOUT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => break result?,
+            }
+        }
         Ok(store)
     }
 
