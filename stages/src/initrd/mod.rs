@@ -179,7 +179,8 @@ pub fn write_initrd(
                 Some(location) => Ok(SegmentSource::Cached(location)),
                 None => {
                     let bytes = compressor.compress(store, segment)?;
-                    let (offset, len) = spill.append(&bytes)?;
+                    let offset = spill.append(&bytes)?;
+                    let len = bytes.len() as u64;
                     Ok(SegmentSource::Spilled { offset, len })
                 }
             },
@@ -318,8 +319,8 @@ impl Spill {
         })
     }
 
-    /// Appends `bytes`; returns where they start and their length.
-    fn append(&self, bytes: &[u8]) -> Result<(u64, u64), InitrdError> {
+    /// Appends `bytes`; returns where they start.
+    fn append(&self, bytes: &[u8]) -> Result<u64, InitrdError> {
         use std::os::unix::fs::FileExt;
         let offset = {
             let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
@@ -333,7 +334,7 @@ impl Spill {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok((offset, bytes.len() as u64))
+        Ok(offset)
     }
 
     fn remove(self) {
@@ -435,15 +436,13 @@ fn concatenate(
     // Cached segments were compressed by an earlier build: hash the initrds they come from
     // before their bytes go into the image (a damaged one fails the stage and is removed, and
     // the next build compresses its segments again).
-    let mut initrds: Vec<BlobId> = sources
+    let initrds: std::collections::BTreeSet<BlobId> = sources
         .iter()
         .filter_map(|source| match source {
             SegmentSource::Cached(location) => Some(location.initrd),
             SegmentSource::Spilled { .. } => None,
         })
         .collect();
-    initrds.sort();
-    initrds.dedup();
     store.verify_blobs(&initrds)?;
     let mut open = std::collections::BTreeMap::new();
     for initrd in initrds {
