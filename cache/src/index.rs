@@ -524,12 +524,12 @@ impl Index {
         })
     }
 
-    /// Records the start of a build of `recipe` from `dir`.
-    pub fn begin_build(&self, recipe: &str, dir: &Path) -> Result<BuildId> {
+    /// Records the start of a build of `recipe` from `dir`, begun at `started`.
+    pub fn begin_build(&self, recipe: &str, dir: &Path, started: SystemTime) -> Result<BuildId> {
         self.conn
             .execute(
                 "INSERT INTO builds (recipe, recipe_dir, started_ms, status) VALUES (?1, ?2, ?3, 'running')",
-                params![recipe, dir.to_string_lossy(), now_ms()],
+                params![recipe, dir.to_string_lossy(), to_ms(started)],
             )
             .map_err(|e| self.err(e))?;
         Ok(BuildId(self.conn.last_insert_rowid()))
@@ -1108,7 +1108,9 @@ mod tests {
             .query_row("SELECT count(*) FROM run_inputs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
-        let build = index.begin_build("r", Path::new("/r")).unwrap();
+        let build = index
+            .begin_build("r", Path::new("/r"), std::time::SystemTime::now())
+            .unwrap();
         let mut remote = run("base", Digest::of_bytes(b"not stored here"));
         remote.status = RunStatus::Remote;
         index.record_run(build, &remote).unwrap();
@@ -1132,7 +1134,9 @@ mod tests {
         index
             .remember_remote_action(&other, "http://cache", "{other}")
             .unwrap();
-        let build = index.begin_build("r", Path::new("/r")).unwrap();
+        let build = index
+            .begin_build("r", Path::new("/r"), std::time::SystemTime::now())
+            .unwrap();
         let mut remote = run("base", Digest::of_bytes(b"out"));
         remote.status = RunStatus::Remote;
         index.record_run(build, &remote).unwrap();
@@ -1231,13 +1235,17 @@ mod tests {
         let (_dir, store) = store();
         let index = store.index().unwrap();
         let dir = Path::new("/src/arch-rescue");
-        let first = index.begin_build("arch-rescue", dir).unwrap();
+        let first = index
+            .begin_build("arch-rescue", dir, std::time::SystemTime::now())
+            .unwrap();
         let tree = store.put_manifest(&crate::Manifest::new()).unwrap();
         let r = run("packages", tree);
         index.record_run(first, &r).unwrap();
         index.finish_build(first, true).unwrap();
 
-        let second = index.begin_build("arch-rescue", dir).unwrap();
+        let second = index
+            .begin_build("arch-rescue", dir, std::time::SystemTime::now())
+            .unwrap();
         assert!(second > first);
         let mut cached = r.clone();
         cached.status = RunStatus::Cached;
@@ -1252,7 +1260,9 @@ mod tests {
         assert_eq!(index.runs(second).unwrap(), vec![cached.clone()]);
         assert_eq!(index.last_build("arch-rescue").unwrap(), Some(second));
         assert_eq!(index.last_build("other").unwrap(), None);
-        let third = index.begin_build("arch-rescue", dir).unwrap();
+        let third = index
+            .begin_build("arch-rescue", dir, std::time::SystemTime::now())
+            .unwrap();
         // The failed second build is skipped.
         assert_eq!(
             index.previous_build("arch-rescue", third).unwrap(),
@@ -1337,7 +1347,11 @@ mod tests {
                 std::thread::spawn(move || {
                     let index = store.index().unwrap();
                     let build = index
-                        .begin_build(&format!("recipe{t}"), Path::new("/r"))
+                        .begin_build(
+                            &format!("recipe{t}"),
+                            Path::new("/r"),
+                            std::time::SystemTime::now(),
+                        )
                         .unwrap();
                     for i in 0..25 {
                         let output = store.put_bytes(format!("{t}/{i}").as_bytes()).unwrap();

@@ -232,7 +232,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let index = store.index().unwrap();
-        let build = index.begin_build("tiny", dir.path()).unwrap();
+        let build = index
+            .begin_build("tiny", dir.path(), std::time::SystemTime::now())
+            .unwrap();
         index.finish_build(build, true).unwrap();
         drop(index);
         drop(store);

@@ -57,7 +57,9 @@ fn run(stage: &str, output: Digest, kind: OutputKind, inputs: &[Digest]) -> Stag
 /// Records a finished build with the given runs, each also in the action cache.
 fn record_build(store: &Store, recipe: &str, runs: &[StageRun]) {
     let index = store.index().unwrap();
-    let build = index.begin_build(recipe, Path::new("/recipes")).unwrap();
+    let build = index
+        .begin_build(recipe, Path::new("/recipes"), std::time::SystemTime::now())
+        .unwrap();
     for r in runs {
         index.record_action(&r.key, r.output).unwrap();
         index.record_run(build, r).unwrap();
@@ -277,7 +279,9 @@ fn gc_keeps_the_last_successful_build() {
     let failed_output = store.put_bytes(b"partial").unwrap();
     record_build(store, "r", &[run("uki", good, OutputKind::Blob, &[])]);
     let index = store.index().unwrap();
-    let failed = index.begin_build("r", Path::new("/r")).unwrap();
+    let failed = index
+        .begin_build("r", Path::new("/r"), std::time::SystemTime::now())
+        .unwrap();
     index
         .record_run(failed, &run("rootfs", failed_output, OutputKind::Blob, &[]))
         .unwrap();

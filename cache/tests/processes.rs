@@ -95,7 +95,9 @@ fn wait_ready(child: &mut Child) {
 
 fn write_builds(store: &Store, recipe: &str, runs: usize) {
     let index = store.index().unwrap();
-    let build = index.begin_build(recipe, Path::new("/r")).unwrap();
+    let build = index
+        .begin_build(recipe, Path::new("/r"), std::time::SystemTime::now())
+        .unwrap();
     for i in 0..runs {
         let output = store.put_bytes(format!("{recipe}/{i}").as_bytes()).unwrap();
         let shared = store.put_bytes(b"shared by all writers").unwrap();

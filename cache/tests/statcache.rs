@@ -148,7 +148,9 @@ fn rows_follow_files_away_and_blobs_out_of_the_store() {
     // gc keeps the rows of the blobs it keeps...
     let tree = s.store.put_manifest(&m).unwrap();
     let index = s.store.index().unwrap();
-    let build = index.begin_build("r", Path::new("/r")).unwrap();
+    let build = index
+        .begin_build("r", Path::new("/r"), std::time::SystemTime::now())
+        .unwrap();
     index.record_run(build, &run(tree)).unwrap();
     index.finish_build(build, true).unwrap();
     drop(index);

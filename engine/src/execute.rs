@@ -41,6 +41,9 @@ pub struct BuildOptions {
     pub force_rerun: bool,
     /// How many stages may run at once.
     pub jobs: usize,
+    /// When the build began, before its plan resolved packages: what it used
+    /// since is what `kiln cache gc` keeps for it.
+    pub started: std::time::SystemTime,
 }
 
 /// One stage of a finished build.
@@ -166,7 +169,7 @@ pub fn execute_with_remote(
         });
     }
     let index = store.index()?;
-    let build = index.begin_build(&options.recipe, &options.project_dir)?;
+    let build = index.begin_build(&options.recipe, &options.project_dir, options.started)?;
     let mut earlier = BTreeMap::new();
     let result = loop {
         let pass = Scheduler {
@@ -918,6 +921,7 @@ mod tests {
             )
             .unwrap();
             let options = BuildOptions {
+                started: std::time::SystemTime::now(),
                 recipe: "test".to_string(),
                 project_dir: self.dir.path().to_path_buf(),
                 force_rerun: false,
@@ -1002,6 +1006,7 @@ mod tests {
         ])
         .unwrap();
         let options = BuildOptions {
+            started: std::time::SystemTime::now(),
             recipe: "test".to_string(),
             project_dir: fixture.dir.path().to_path_buf(),
             force_rerun: false,

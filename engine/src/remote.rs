@@ -611,6 +611,7 @@ mod tests {
             )
             .unwrap();
             let options = BuildOptions {
+                started: std::time::SystemTime::now(),
                 recipe: "test".to_string(),
                 project_dir: self.dir.path().to_path_buf(),
                 force_rerun: false,

@@ -49,6 +49,7 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     timings.lap("read the recipe and open the store");
     let force_rerun = settings.force >= 2;
     let options = BuildOptions {
+        started: std::time::SystemTime::now(),
         recipe: project.recipe_key.clone(),
         project_dir: project.loaded.dir.clone(),
         force_rerun,
@@ -254,6 +255,7 @@ pub fn check(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     )
     .map_err(|error| project.locate(error.into()))?;
     let options = BuildOptions {
+        started: std::time::SystemTime::now(),
         recipe: project.recipe_key.clone(),
         project_dir: project.loaded.dir.clone(),
         force_rerun: true,

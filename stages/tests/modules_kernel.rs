@@ -299,6 +299,7 @@ impl Bench {
         )
         .unwrap();
         let options = BuildOptions {
+            started: std::time::SystemTime::now(),
             recipe: "modules".to_string(),
             project_dir: project,
             force_rerun: false,
@@ -956,6 +957,7 @@ fn a_rule_that_does_not_compile_fails_the_stage_naming_it() {
     )
     .unwrap();
     let options = BuildOptions {
+        started: std::time::SystemTime::now(),
         recipe: "modules".to_string(),
         project_dir: project,
         force_rerun: false,

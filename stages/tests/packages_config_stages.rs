@@ -72,6 +72,7 @@ impl Fixture {
         )
         .unwrap();
         let options = BuildOptions {
+            started: std::time::SystemTime::now(),
             recipe: "config-stages".to_string(),
             project_dir: self.project.clone(),
             force_rerun: false,

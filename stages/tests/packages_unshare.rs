@@ -69,6 +69,7 @@ fn build(dir: &Path) -> (Store, TreeId) {
     )
     .unwrap();
     let options = BuildOptions {
+        started: std::time::SystemTime::now(),
         recipe: "rootless".to_string(),
         project_dir: project.clone(),
         force_rerun: false,

@@ -482,6 +482,7 @@ impl Project {
         )
         .unwrap();
         let options = BuildOptions {
+            started: std::time::SystemTime::now(),
             recipe: "sign-test".to_string(),
             project_dir: self.path(),
             force_rerun: false,
@@ -571,6 +572,7 @@ fn the_key_is_read_when_the_stage_runs_and_must_be_the_planned_one() {
     .unwrap();
     kiln_key_pair(&project.path(), "mkosi of kiln-test, swapped");
     let options = BuildOptions {
+        started: std::time::SystemTime::now(),
         recipe: "sign-test".to_string(),
         project_dir: project.path(),
         force_rerun: false,
