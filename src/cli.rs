@@ -255,6 +255,10 @@ pub enum CacheVerb {
         /// Then drop the oldest builds until the store is under this many bytes
         #[arg(long, value_name = "BYTES")]
         max_size: Option<u64>,
+        /// Also remove the downloaded package files kept builds used (package managers' states
+        /// stay); a build whose package set changes downloads what it needs again
+        #[arg(long)]
+        drop_package_files: bool,
     },
     /// Rehash every object; remove corrupt ones
     Verify,

@@ -655,6 +655,38 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
     assert!(!root.is_symlink());
     assert_same_tree(&content_listing(&root), &clean);
 
+    // `kiln cache gc` keeps every stage cached and freezes (compresses) the blobs nothing links;
+    // an edit then thaws what its stages read, and the tree is the same as before.
+    let gc = kiln_inside(project, &["cache", "gc"]);
+    let said = String::from_utf8_lossy(&gc.stdout);
+    assert!(
+        gc.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let frozen: usize = said
+        .split("froze ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("gc said: {said}"));
+    assert!(frozen > 1000, "gc froze only {frozen} blobs: {said}");
+    let outcomes = build_inside(project, &[]);
+    assert!(ran(&outcomes).is_empty(), "{outcomes:?}");
+    project.write("mkosi.extra/etc/kiln-edit-loop", "after gc\n");
+    let outcomes = build_inside(project, &[]);
+    assert_eq!(ran(&outcomes), from_stage("extra-trees"), "{outcomes:?}");
+    assert_eq!(project.read("etc/kiln-edit-loop"), "after gc\n");
+    project.remove("mkosi.extra/etc/kiln-edit-loop");
+    build_inside(project, &[]);
+    assert_same_tree(&content_listing(&root), &clean);
+    let verify = kiln_inside(project, &["cache", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
     // A clean build (every stage run again, in the same store): the same tree.
     let outcomes = build_inside(project, &["-ff"]);
     assert!(

@@ -68,26 +68,27 @@ impl Store {
         self.put_file_sized(path, mode).map(|(id, _)| id)
     }
 
-    /// The path of a blob's object file (whether or not it exists). The file
-    /// is shared: never write to it.
-    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
-        self.object_path(ObjectDir::Objects, id)
+    /// The path of a blob's object file, thawed first if gc froze it (see
+    /// `freeze`). A missing blob gives the path where it belongs, so reading
+    /// it fails as missing. The file is shared: never write to it.
+    pub fn blob_path(&self, id: &BlobId) -> Result<PathBuf> {
+        self.thaw(id)
     }
 
-    /// Whether the blob is in the store.
+    /// Whether the blob is in the store, plain or frozen.
     pub fn has_blob(&self, id: &BlobId) -> bool {
-        self.blob_path(id).is_file()
+        self.plain_blob_path(id).is_file() || self.has_frozen(id)
     }
 
     /// Reads a whole blob into memory.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let path = self.blob_path(id);
+        let path = self.blob_path(id)?;
         fs::read(&path).map_err(|source| self.blob_read_error(id, path, source))
     }
 
     /// Opens a blob for reading.
     pub fn open_blob(&self, id: &BlobId) -> Result<File> {
-        let path = self.blob_path(id);
+        let path = self.blob_path(id)?;
         File::open(&path).map_err(|source| self.blob_read_error(id, path, source))
     }
 
@@ -182,7 +183,7 @@ impl Store {
         })();
         match result {
             Ok((id, size)) => {
-                self.install(&temp, &self.blob_path(&id))?;
+                self.install(&temp, &self.plain_blob_path(&id))?;
                 Ok(Some((id, size)))
             }
             Err(e) => {
@@ -269,7 +270,7 @@ impl Store {
         drop(out);
         match result {
             Ok((id, size)) => {
-                self.install(&temp, &self.blob_path(&id))?;
+                self.install(&temp, &self.plain_blob_path(&id))?;
                 Ok((id, size))
             }
             Err(e) => {
@@ -387,12 +388,12 @@ mod tests {
         assert_eq!(id, Digest::of_bytes(b"hello kiln\n"));
         assert!(store.has_blob(&id));
         assert_eq!(store.read_blob(&id).unwrap(), b"hello kiln\n");
-        let meta = fs::metadata(store.blob_path(&id)).unwrap();
+        let meta = fs::metadata(store.plain_blob_path(&id)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, OBJECT_MODE);
         let ino = meta.ino();
         assert_eq!(store.put_bytes(b"hello kiln\n").unwrap(), id);
         // Idempotent: the object was not rewritten.
-        assert_eq!(fs::metadata(store.blob_path(&id)).unwrap().ino(), ino);
+        assert_eq!(fs::metadata(store.plain_blob_path(&id)).unwrap().ino(), ino);
         assert!(tmp_is_empty(&store));
         let missing = Digest::of_bytes(b"nope");
         assert!(!store.has_blob(&missing));
@@ -431,7 +432,7 @@ mod tests {
         let ino = fs::metadata(&src).unwrap().ino();
         let id = store.put_file(&src, PutMode::Move).unwrap();
         assert!(!src.exists());
-        let meta = fs::metadata(store.blob_path(&id)).unwrap();
+        let meta = fs::metadata(store.plain_blob_path(&id)).unwrap();
         assert_eq!(meta.ino(), ino, "same filesystem: renamed, not copied");
         assert_eq!(meta.permissions().mode() & 0o7777, OBJECT_MODE);
         assert_eq!(store.read_blob(&id).unwrap(), b"moved content");
@@ -441,7 +442,7 @@ mod tests {
         fs::write(&src, b"moved content").unwrap();
         assert_eq!(store.put_file(&src, PutMode::Move).unwrap(), id);
         assert!(!src.exists());
-        assert_eq!(fs::metadata(store.blob_path(&id)).unwrap().ino(), ino);
+        assert_eq!(fs::metadata(store.plain_blob_path(&id)).unwrap().ino(), ino);
     }
 
     #[test]
@@ -456,7 +457,7 @@ mod tests {
         assert!(!src.exists());
         let other_meta = fs::metadata(&other).unwrap();
         assert_ne!(
-            fs::metadata(store.blob_path(&id)).unwrap().ino(),
+            fs::metadata(store.plain_blob_path(&id)).unwrap().ino(),
             other_meta.ino()
         );
         // The other link keeps its mode: the store did not touch its inode.
@@ -474,7 +475,7 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
         assert_ne!(
             meta.ino(),
-            fs::metadata(store.blob_path(&id)).unwrap().ino()
+            fs::metadata(store.plain_blob_path(&id)).unwrap().ino()
         );
     }
 }

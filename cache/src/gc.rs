@@ -15,7 +15,14 @@
 //! its package cache for the builds that use it), so gc removes the units
 //! last used before the oldest kept build started: no kept build used them.
 //! With no build kept, every unit goes. The next build that needs one
-//! downloads it again. `max_bytes` counts objects only.
+//! downloads it again. `max_bytes` counts objects only. With
+//! `drop_package_files`, every package file goes (mkosi's `clean -ff` drops
+//! its package cache likewise): every stage stays cached, and the next build
+//! whose package set changes downloads again what it installs.
+//!
+//! Kept blobs nothing links (the shared checkouts are gone by then) are
+//! frozen: compressed at rest, and thawed when a build reads them again (see
+//! `freeze`). Kept variants nothing links go: a checkout makes them again.
 //!
 //! gc holds the store lock exclusively: no build runs meanwhile. Index rows
 //! are deleted before the objects they name, trees before blobs, so a gc
@@ -45,6 +52,9 @@ pub struct GcPolicy {
     pub max_bytes: Option<u64>,
     /// How long to wait for other users of the store to go away.
     pub lock_timeout: Duration,
+    /// Remove every package file of `v1/packages/` (downloaded packages),
+    /// used or not; package managers' states (folders) follow the rule above.
+    pub drop_package_files: bool,
 }
 
 impl Default for GcPolicy {
@@ -53,6 +63,7 @@ impl Default for GcPolicy {
             keep_builds_per_recipe: 3,
             max_bytes: None,
             lock_timeout: Duration::from_secs(5),
+            drop_package_files: false,
         }
     }
 }
@@ -70,8 +81,11 @@ pub struct GcReport {
     pub trees_removed: usize,
     /// Blobs deleted.
     pub blobs_removed: usize,
-    /// Variants deleted.
+    /// Variants deleted: those no kept build needs, and those nothing links
+    /// (a checkout that needs one makes it again).
     pub variants_removed: usize,
+    /// Blobs compressed at rest, nothing linking them (see `freeze`).
+    pub blobs_frozen: usize,
     /// Temp files deleted.
     pub temp_removed: usize,
     /// Units of `v1/packages/` deleted: package files and package managers'
@@ -95,14 +109,15 @@ impl fmt::Display for GcReport {
         write!(
             f,
             "removed {} blobs, {} variants, {} trees, {} cache entries, {} temp files, \
-             {} package files and states: {} freed",
+             {} package files and states: {} freed; froze {} unused blobs",
             self.blobs_removed,
             self.variants_removed,
             self.trees_removed,
             self.actions_removed,
             self.temp_removed,
             self.packages_removed,
-            human_bytes(self.bytes_freed)
+            human_bytes(self.bytes_freed),
+            self.blobs_frozen
         )
     }
 }
@@ -186,6 +201,7 @@ impl Store {
                 live = self.live(&index, &kept, &mut manifests)?;
             }
         }
+        self.keep_references(&mut live);
         report.builds_kept = kept.len();
         report.bytes_kept = live.bytes(&disk);
 
@@ -213,9 +229,13 @@ impl Store {
         // Stat cache rows must not outlive their blobs (see `statcache`).
         self.prune_stat_cache(|blob| live.blobs.contains(blob))?;
 
+        // Nothing links the objects any more but outputs a user keeps.
+        self.remove_shared_checkouts()?;
         for dir in [ObjectDir::Trees, ObjectDir::Variants, ObjectDir::Objects] {
             for object in self.list_objects(dir)? {
-                if live.keeps(dir, object.name) {
+                if live.keeps(dir, object.name)
+                    && !(dir == ObjectDir::Variants && unlinked(&object.path))
+                {
                     continue;
                 }
                 remove_file(&object.path)?;
@@ -227,6 +247,10 @@ impl Store {
                 }
             }
         }
+        let references = self.delta_references(&index, &kept, &disk)?;
+        let frozen = self.freeze_unlinked(&self.list_objects(ObjectDir::Objects)?, &references)?;
+        report.blobs_frozen = frozen.blobs;
+        report.bytes_kept = report.bytes_kept.saturating_sub(frozen.bytes_saved);
         report.temp_removed = self.clean_temp(true)?.len();
         // Units used since the oldest kept build started are kept.
         let cutoff = builds
@@ -235,17 +259,17 @@ impl Store {
             .map(|b| b.started)
             .min()
             .unwrap_or_else(SystemTime::now);
-        let (units, bytes) = self.collect_packages(cutoff)?;
+        let (units, bytes) = self.collect_packages(cutoff, policy.drop_package_files)?;
         report.packages_removed = units;
         report.bytes_freed += bytes;
-        self.remove_shared_checkouts()?;
         index.checkpoint();
         Ok(report)
     }
 
     /// Removes the units of `v1/packages/` (entries of its folders) last
-    /// modified before `cutoff`; returns how many went and their bytes.
-    fn collect_packages(&self, cutoff: SystemTime) -> Result<(usize, u64)> {
+    /// modified before `cutoff`, and every package file (a unit that is a
+    /// file) if `package_files` says so; returns how many went and their bytes.
+    fn collect_packages(&self, cutoff: SystemTime, package_files: bool) -> Result<(usize, u64)> {
         let (mut units, mut bytes) = (0, 0);
         let packages = self.tmp_dir().with_file_name("packages");
         for area in read_dir_paths(&packages)? {
@@ -256,7 +280,8 @@ impl Store {
                 let Ok(meta) = fs::symlink_metadata(&unit) else {
                     continue;
                 };
-                if meta.modified().is_ok_and(|used| used >= cutoff) {
+                let dropped = package_files && meta.is_file();
+                if !dropped && meta.modified().is_ok_and(|used| used >= cutoff) {
                     continue;
                 }
                 let size = DiskUsage::of(&unit)?;
@@ -276,7 +301,8 @@ impl Store {
         let mut sizes = HashMap::new();
         for dir in [ObjectDir::Trees, ObjectDir::Variants, ObjectDir::Objects] {
             for object in self.list_objects(dir)? {
-                sizes.insert((dir, object.name), object.size);
+                // A blob both plain and frozen (thawed since the last gc) counts both files.
+                *sizes.entry((dir, object.name)).or_insert(0) += object.size;
             }
         }
         Ok(OnDisk { sizes })
@@ -308,6 +334,67 @@ impl Store {
             }
         }
         Ok(live)
+    }
+
+    /// Keeps the blobs that kept frozen differences are decoded with.
+    fn keep_references(&self, live: &mut Live) {
+        let mut todo: Vec<BlobId> = live.blobs.iter().copied().collect();
+        while let Some(blob) = todo.pop() {
+            if let Some(reference) = self.frozen_reference(&blob)
+                && live.blobs.insert(reference)
+            {
+                todo.push(reference);
+            }
+        }
+    }
+
+    /// For each blob output of the kept runs, the largest blob among the
+    /// run's inputs: what it is frozen as a difference from (see `freeze`).
+    fn delta_references(
+        &self,
+        index: &Index,
+        builds: &[BuildId],
+        disk: &OnDisk,
+    ) -> Result<HashMap<BlobId, BlobId>> {
+        let size = |blob: &BlobId| disk.size(ObjectDir::Objects, ObjectName::Digest(*blob));
+        let mut references: HashMap<BlobId, BlobId> = HashMap::new();
+        for build in builds {
+            for run in index.runs(*build)? {
+                if run.output.kind != OutputKind::Blob
+                    || references.contains_key(&run.output.output)
+                {
+                    continue;
+                }
+                let output = run.output.output;
+                let largest = run
+                    .inputs
+                    .iter()
+                    .map(|input| input.digest)
+                    .filter(|digest| *digest != output && size(digest) > 0)
+                    .max_by_key(|digest| (size(digest), *digest));
+                let Some(reference) = largest else {
+                    continue;
+                };
+                // Never a chain that leads back to the output.
+                let mut next = Some(reference);
+                let mut cycle = false;
+                for _ in 0..32 {
+                    let Some(link) = next else { break };
+                    if link == output {
+                        cycle = true;
+                        break;
+                    }
+                    next = references
+                        .get(&link)
+                        .copied()
+                        .or_else(|| self.frozen_reference(&link));
+                }
+                if !cycle && next.is_none() {
+                    references.insert(output, reference);
+                }
+            }
+        }
+        Ok(references)
     }
 
     fn keep_tree(
@@ -347,6 +434,12 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether nothing but the store links the file at `path`.
+fn unlinked(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.nlink() == 1)
 }
 
 /// The last `keep` builds of each recipe and its last successful one,

@@ -24,7 +24,9 @@
 //!     │                        of ingested files, signed records kept from
 //!     │                        the shared cache (WAL: -wal, -shm)
 //!     ├── objects/ab/cdef…     blobs, named by the blake3 of their content;
-//!     │                        mode 0644, owned by the store's user, no xattrs
+//!     │                        mode 0644, owned by the store's user, no xattrs;
+//!     │                        `cdef….zst`: a blob no checkout links, kept
+//!     │                        compressed by gc and thawed when read
 //!     ├── trees/ab/cdef…       canonical manifest encodings, named by their blake3
 //!     ├── variants/ab/cdef….m… a blob's copy with a mode, owner and xattrs,
 //!     │                        for hardlink checkouts: <blob id>.<metadata digest>
@@ -108,6 +110,7 @@ mod clone;
 mod diff;
 mod digest;
 mod error;
+mod freeze;
 mod gc;
 pub mod index;
 mod ingest;

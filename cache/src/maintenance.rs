@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use crate::freeze::frozen_stem;
 use crate::index::Table;
 use crate::store::{ObjectDir, Store, remove_file};
 use crate::variant::parse_variant_name;
@@ -30,6 +31,10 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 pub struct Stats {
     /// Blob objects.
     pub blobs: u64,
+    /// Blobs kept compressed (see `gc`): a read thaws them.
+    pub frozen_blobs: u64,
+    /// Their compressed size in bytes (part of `blob_bytes`).
+    pub frozen_bytes: u64,
     /// Their total size in bytes.
     pub blob_bytes: u64,
     /// Metadata variants.
@@ -82,6 +87,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let counted = [
             ("blobs", self.blobs, self.blob_bytes),
+            ("  frozen", self.frozen_blobs, self.frozen_bytes),
             ("variants", self.variants, self.variant_bytes),
             ("trees", self.trees, self.tree_bytes),
         ];
@@ -206,18 +212,29 @@ pub(crate) struct StoredObject {
     pub(crate) path: PathBuf,
     pub(crate) name: ObjectName,
     pub(crate) size: u64,
+    /// A blob's compressed form (see `freeze`).
+    pub(crate) frozen: bool,
 }
 
 impl Store {
     /// Counts what the store holds.
     pub fn stats(&self) -> Result<Stats> {
-        let blobs = self.list_objects(ObjectDir::Objects)?.len() as u64;
+        let blob_files = self.list_objects(ObjectDir::Objects)?;
+        let frozen_blobs = blob_files.iter().filter(|o| o.frozen).count() as u64;
+        let frozen_bytes = blob_files.iter().filter(|o| o.frozen).map(|o| o.size).sum();
+        let blobs = blob_files
+            .iter()
+            .map(|o| o.name)
+            .collect::<HashSet<_>>()
+            .len() as u64;
         let variants = self.list_objects(ObjectDir::Variants)?.len() as u64;
         let trees = self.list_objects(ObjectDir::Trees)?.len() as u64;
         let usage = self.disk_usage()?;
         let index = self.index()?;
         Ok(Stats {
             blobs,
+            frozen_blobs,
+            frozen_bytes,
             blob_bytes: usage.get(Part::Blobs),
             variants,
             variant_bytes: usage.get(Part::Variants),
@@ -269,10 +286,12 @@ impl Store {
                 continue;
             }
             for path in read_dir_paths(&prefix_dir)? {
-                let name = file_name(&path);
+                let whole_name = file_name(&path);
+                let frozen_name = frozen_stem(&whole_name).filter(|_| kind == ObjectDir::Objects);
+                let name = frozen_name.unwrap_or(&whole_name);
                 let parsed = match kind {
                     _ if !valid_prefix => ObjectName::Invalid,
-                    ObjectDir::Variants => match parse_variant_name(&prefix, &name) {
+                    ObjectDir::Variants => match parse_variant_name(&prefix, name) {
                         Some((blob, meta)) => ObjectName::Variant(blob, meta),
                         None => ObjectName::Invalid,
                     },
@@ -287,9 +306,10 @@ impl Store {
                     Err(source) => return Err(StoreError::Read { path, source }),
                 };
                 objects.push(StoredObject {
-                    path,
                     name: parsed,
                     size,
+                    frozen: frozen_name.is_some(),
+                    path,
                 });
             }
         }

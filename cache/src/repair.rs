@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use crate::blob::hash_reader;
 use crate::digest::{BlobId, Digest};
 use crate::error::{Result, StoreError};
+use crate::freeze::frozen_path;
 use crate::index::OutputKind;
 use crate::store::{Store, remove_file};
 
@@ -38,7 +39,7 @@ impl Store {
     /// Rehashes a blob before its bytes go into an output. A blob whose content does not match
     /// its name is removed, and the error names its file.
     pub fn verify_blob(&self, id: &BlobId) -> Result<()> {
-        let path = self.blob_path(id);
+        let path = self.blob_path(id)?;
         let mut file =
             File::open(&path).map_err(|source| self.blob_read_error(id, path.clone(), source))?;
         let (actual, _) = hash_reader(&mut file, &path)?;
@@ -70,9 +71,15 @@ impl Store {
     pub fn forget_damaged(&self, object: &Digest) -> Result<Forgotten> {
         let mut forgotten = Forgotten::default();
         // Both remove a damaged file themselves.
-        let blob = self.blob_path(object);
-        if blob.exists() && self.verify_blob(object).is_err() {
-            forgotten.removed.push(blob);
+        let plain = self.plain_blob_path(object);
+        let files: Vec<_> = [frozen_path(&plain), plain]
+            .into_iter()
+            .filter(|path| path.exists())
+            .collect();
+        if !files.is_empty() && self.verify_blob(object).is_err() {
+            forgotten
+                .removed
+                .extend(files.into_iter().filter(|path| !path.exists()));
         }
         let tree = self.tree_path(object);
         if tree.exists() && self.manifest(object).is_err() {
@@ -119,7 +126,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let id = store.put_bytes(b"the kernel").unwrap();
         store.verify_blob(&id).unwrap();
-        let path = store.blob_path(&id);
+        let path = store.blob_path(&id).unwrap();
         damage(&path);
         let error = store.verify_blob(&id).unwrap_err();
         assert!(
@@ -178,9 +185,9 @@ mod tests {
         };
         index.record_action(&other_key, other_result).unwrap();
 
-        damage(&store.blob_path(&hostname));
+        damage(&store.blob_path(&hostname).unwrap());
         let forgotten = store.forget_damaged(&hostname).unwrap();
-        assert_eq!(forgotten.removed, vec![store.blob_path(&hostname)]);
+        assert_eq!(forgotten.removed, vec![store.plain_blob_path(&hostname)]);
         let mut dropped = forgotten.actions.clone();
         dropped.sort();
         let mut expected = vec![tree_key, blob_key];

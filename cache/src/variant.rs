@@ -81,7 +81,7 @@ impl Store {
     /// hard-linked: the plain blob if it fits, else a variant (made if missing).
     pub(crate) fn linkable(&self, blob: &BlobId, meta: &FileMeta<'_>) -> Result<PathBuf> {
         if self.is_plain(meta) {
-            return Ok(self.blob_path(blob));
+            return self.blob_path(blob);
         }
         let path = self.variant_path(blob, &meta.digest());
         if fs::symlink_metadata(&path).is_ok() {

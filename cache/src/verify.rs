@@ -111,7 +111,11 @@ impl Store {
         let blobs = self.list_objects(ObjectDir::Objects)?;
         report.blobs_checked = blobs.len();
         let mut present: HashSet<BlobId> = HashSet::new();
-        for (object, check) in blobs.iter().zip(self.check_all(&blobs, check_blob)?) {
+        let checks = self.check_all(&blobs, |object| match object.frozen {
+            true => self.check_frozen(object),
+            false => check_blob(object),
+        })?;
+        for (object, check) in blobs.iter().zip(checks) {
             match (check, object.name) {
                 (Check::Corrupt, _) => report.removed.push(object.path.clone()),
                 (check, ObjectName::Digest(id)) => {
@@ -187,7 +191,7 @@ impl Store {
     fn check_all(
         &self,
         objects: &[StoredObject],
-        check: fn(&StoredObject) -> Result<Check>,
+        check: impl Fn(&StoredObject) -> Result<Check> + Sync,
     ) -> Result<Vec<Check>> {
         objects
             .par_iter()
@@ -222,6 +226,17 @@ impl Store {
         Ok(Some(manifest.blobs().all(|(blob, _)| {
             present.contains(blob) || self.has_blob(blob)
         })))
+    }
+
+    /// A frozen blob is good if it decodes to content that hashes to its name.
+    fn check_frozen(&self, object: &StoredObject) -> Result<Check> {
+        let ObjectName::Digest(id) = object.name else {
+            return Ok(Check::Corrupt);
+        };
+        Ok(match self.frozen_digest(&object.path)? {
+            Some(digest) if digest == id => Check::Good,
+            _ => Check::Corrupt,
+        })
     }
 
     fn tree_is_complete(&self, id: &TreeId) -> bool {

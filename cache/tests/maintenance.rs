@@ -106,7 +106,7 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
         .unwrap();
     assert!(store.verify().unwrap().is_clean());
 
-    overwrite(&store.blob_path(&blob), b"tampered");
+    overwrite(&store.blob_path(&blob).unwrap(), b"tampered");
     let bogus_tree_path = store.tree_path(&Digest::of_bytes(b"bogus"));
     fs::create_dir_all(bogus_tree_path.parent().unwrap()).unwrap();
     fs::write(&bogus_tree_path, b"not a manifest").unwrap();
@@ -118,7 +118,7 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
     assert_eq!(report.variants_checked, 1);
     let mut removed = report.removed.clone();
     removed.sort();
-    let mut want = vec![store.blob_path(&blob), bogus_tree_path];
+    let mut want = vec![store.blob_path(&blob).unwrap(), bogus_tree_path];
     want.sort();
     assert_eq!(removed, want);
     assert_eq!(report.incomplete_trees, vec![tree]);
@@ -148,7 +148,7 @@ fn verify_removes_a_corrupt_blob_and_the_actions_that_need_it() {
     assert_eq!(report.removed, vec![variants[0].clone()]);
 
     // A plain blob whose mode was changed is repaired, not removed.
-    let mode_changed = store.blob_path(&uki);
+    let mode_changed = store.blob_path(&uki).unwrap();
     fs::set_permissions(&mode_changed, fs::Permissions::from_mode(0o444)).unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.repaired, vec![mode_changed.clone()]);
@@ -208,6 +208,7 @@ fn gc_keeps_what_the_last_builds_use() {
         keep_builds_per_recipe: 1,
         max_bytes: None,
         lock_timeout: Duration::from_millis(100),
+        drop_package_files: false,
     };
     let err = store.gc(policy).unwrap_err();
     assert!(matches!(err, StoreError::InUse { .. }), "{err}");
@@ -263,10 +264,13 @@ fn gc_drops_oldest_builds_to_fit_max_bytes() {
         keep_builds_per_recipe: 10,
         max_bytes: Some(250_000),
         lock_timeout: Duration::from_secs(1),
+        drop_package_files: false,
     };
     let report = store.gc(policy).unwrap();
     assert_eq!(report.builds_removed, 1);
-    assert_eq!(report.bytes_kept, 200_000);
+    // What is kept is then frozen: 100,000 equal bytes compress to a few.
+    assert_eq!(report.blobs_frozen, 2);
+    assert!(report.bytes_kept < 1_000, "{report}");
     assert!(!store.has_blob(&a));
     assert!(store.has_blob(&b) && store.has_blob(&c));
 }
@@ -415,6 +419,17 @@ fn gc_removes_package_files_and_states_no_kept_build_used() {
     assert!(packages.join("debs/used.deb").exists());
     assert!(packages.join("apt/used/root/l").exists());
 
+    // Asked to, gc drops every package file, and still keeps the states kept builds used.
+    let report = store
+        .gc(GcPolicy {
+            drop_package_files: true,
+            ..GcPolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.packages_removed, 1, "{report}");
+    assert!(!packages.join("debs/used.deb").exists());
+    assert!(packages.join("apt/used/root/l").exists());
+
     // With no build to keep, nothing of it is kept.
     let empty = Scratch::new();
     let debs = empty.path("cache/v1/packages/debs");
@@ -451,4 +466,152 @@ fn lost_page_cache_leaves_no_record_pointing_at_a_missing_object() {
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(store.make_durable().unwrap(), 0, "nothing left to flush");
+}
+
+/// A blob's plain object file and its frozen file.
+fn blob_files(store: &Store, blob: &Digest) -> (PathBuf, PathBuf) {
+    let hex = blob.to_hex();
+    let plain = store
+        .root()
+        .join("v1/objects")
+        .join(&hex[..2])
+        .join(&hex[2..]);
+    let frozen = plain.with_file_name(format!("{}.zst", &hex[2..]));
+    (plain, frozen)
+}
+
+#[test]
+fn gc_freezes_blobs_nothing_links_and_a_read_thaws_them() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let text = "a line of a manual page that repeats\n".repeat(2000);
+    let (tree, compressible) = small_tree(store, &text, 0o644);
+    let mut noise = vec![0u8; 64 * 1024];
+    blake3::Hasher::new()
+        .update(b"noise")
+        .finalize_xof()
+        .fill(&mut noise);
+    let incompressible = store.put_bytes(&noise).unwrap();
+    let one_block = store.put_bytes(&text.as_bytes()[..3000]).unwrap();
+    let (linked_tree, linked) = small_tree(store, &text.replace("page", "note"), 0o644);
+    let hardlinks = CheckoutOptions {
+        mode: CheckoutMode::Hardlink,
+        ..CheckoutOptions::default()
+    };
+    let out = s.path("linked");
+    let linked_manifest = store.manifest(&linked_tree).unwrap();
+    store.checkout(&linked_manifest, &out, hardlinks).unwrap();
+    let runs = [
+        run("rootfs", tree, OutputKind::Tree, &[linked_tree]),
+        run("uki", incompressible, OutputKind::Blob, &[]),
+        run("os-release", one_block, OutputKind::Blob, &[]),
+    ];
+    record_build(store, "rescue", &runs);
+
+    let report = store.gc(GcPolicy::default()).unwrap();
+    assert_eq!(report.blobs_frozen, 1, "{report}");
+    assert_eq!(report.blobs_removed, 0, "{report}");
+    let (plain, frozen) = blob_files(store, &compressible);
+    assert!(!plain.exists() && frozen.exists());
+    assert!(fs::metadata(&frozen).unwrap().len() < 4096);
+    for stays_plain in [incompressible, one_block, linked] {
+        let (plain, frozen) = blob_files(store, &stays_plain);
+        assert!(plain.exists() && !frozen.exists(), "{stays_plain}");
+    }
+    assert!(store.has_blob(&compressible));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.blobs, stats.frozen_blobs), (4, 1));
+    assert!(store.verify().unwrap().is_clean());
+
+    // A read thaws it, checked against its name; the frozen file waits for gc.
+    assert_eq!(store.read_blob(&compressible).unwrap(), text.as_bytes());
+    assert!(plain.exists() && frozen.exists());
+    assert_eq!(store.stats().unwrap().blobs, 4);
+    store.gc(GcPolicy::default()).unwrap();
+    assert!(
+        !plain.exists() && frozen.exists(),
+        "nothing links it: frozen again"
+    );
+    // A checkout links it: gc keeps the plain form and drops the frozen one.
+    let manifest = store.manifest(&tree).unwrap();
+    store.checkout(&manifest, &s.path("co"), hardlinks).unwrap();
+    assert_eq!(fs::read(s.path("co/file")).unwrap(), text.as_bytes());
+    store.gc(GcPolicy::default()).unwrap();
+    assert!(plain.exists() && !frozen.exists());
+    fs::remove_dir_all(s.path("co")).unwrap();
+    store.gc(GcPolicy::default()).unwrap();
+    assert!(!plain.exists() && frozen.exists());
+
+    // A damaged frozen file is found, named and removed, on read and by verify.
+    let good = fs::read(&frozen).unwrap();
+    overwrite(&frozen, b"not zstd at all");
+    let error = store.read_blob(&compressible).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CorruptBlob { path, .. } if *path == frozen),
+        "{error:?}"
+    );
+    assert!(!frozen.exists() && !plain.exists());
+    assert_eq!(store.take_damaged(), vec![compressible]);
+    let mut flipped = good;
+    let last = flipped.len() - 5;
+    flipped[last] ^= 0x40;
+    fs::write(&frozen, flipped).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.removed, vec![frozen.clone()]);
+    assert!(!store.has_blob(&compressible));
+}
+
+#[test]
+fn a_blob_made_from_a_larger_blob_is_frozen_as_a_difference_from_it() {
+    let s = Scratch::new();
+    let store = &s.store;
+    // An initrd (compressed: incompressible) and a UKI that holds it.
+    let mut initrd = vec![0u8; 512 * 1024];
+    blake3::Hasher::new()
+        .update(b"initrd")
+        .finalize_xof()
+        .fill(&mut initrd);
+    let mut uki_bytes = b"MZ stub and sections\n".repeat(100);
+    uki_bytes.extend_from_slice(&initrd);
+    uki_bytes.extend_from_slice(b".cmdline console=ttyS0\n");
+    let initrd_blob = store.put_bytes(&initrd).unwrap();
+    let uki = store.put_bytes(&uki_bytes).unwrap();
+    record_build(
+        store,
+        "rescue",
+        &[
+            run("initrd", initrd_blob, OutputKind::Blob, &[]),
+            run("uki", uki, OutputKind::Blob, &[initrd_blob]),
+        ],
+    );
+    let report = store.gc(GcPolicy::default()).unwrap();
+    assert_eq!(report.blobs_frozen, 1, "{report}");
+    let (initrd_plain, _) = blob_files(store, &initrd_blob);
+    assert!(initrd_plain.exists(), "an incompressible blob stays plain");
+    let (uki_plain, uki_frozen) = blob_files(store, &uki);
+    assert!(!uki_plain.exists());
+    let frozen_len = fs::metadata(&uki_frozen).unwrap().len();
+    assert!(frozen_len < 8 * 1024, "{frozen_len} bytes");
+    assert!(store.verify().unwrap().is_clean());
+
+    // A later build keeps only the UKI: gc keeps what it is decoded with.
+    record_build(store, "rescue", &[run("sign", uki, OutputKind::Blob, &[])]);
+    let policy = GcPolicy {
+        keep_builds_per_recipe: 1,
+        ..GcPolicy::default()
+    };
+    let report = store.gc(policy).unwrap();
+    assert_eq!(report.builds_removed, 1, "{report}");
+    assert!(initrd_plain.exists(), "the reference went: {report}");
+    assert_eq!(store.read_blob(&uki).unwrap(), uki_bytes);
+
+    // Without its reference the difference cannot be decoded: a corrupt blob.
+    store.gc(policy).unwrap();
+    assert!(!uki_plain.exists());
+    fs::remove_file(&initrd_plain).unwrap();
+    let error = store.read_blob(&uki).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CorruptBlob { path, .. } if *path == uki_frozen),
+        "{error:?}"
+    );
 }

@@ -189,7 +189,9 @@ fn root_hardlink_checkout_shares_one_variant_per_metadata() {
     let ino = |p: &str| fs::metadata(dest.join(p)).unwrap().ino();
     assert_eq!(
         ino("plain"),
-        fs::metadata(s.store.blob_path(&blob)).unwrap().ino()
+        fs::metadata(s.store.blob_path(&blob).unwrap())
+            .unwrap()
+            .ino()
     );
     assert_eq!(ino("a"), ino("b"));
     let distinct: std::collections::HashSet<u64> = ["plain", "a", "c", "d", "e"]

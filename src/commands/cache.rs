@@ -39,11 +39,16 @@ pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<
             print_remote(crate::remote::resolve(settings)?.as_ref());
             Ok(())
         }
-        CacheVerb::Gc { keep, max_size } => {
+        CacheVerb::Gc {
+            keep,
+            max_size,
+            drop_package_files,
+        } => {
             let report = store
                 .gc(GcPolicy {
                     keep_builds_per_recipe: keep,
                     max_bytes: max_size,
+                    drop_package_files,
                     ..GcPolicy::default()
                 })
                 .map_err(store_error)?;

@@ -167,14 +167,13 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
             }
         }
         false => {
-            store
-                .verify_blob(&export.digest)
-                .map_err(|source| OutputError::Checkout {
-                    path: staging.clone(),
-                    source,
-                })?;
-            std::fs::copy(store.blob_path(&export.digest), &staging)
-                .map_err(write_error(&staging))?;
+            let checkout_error = |source| OutputError::Checkout {
+                path: staging.clone(),
+                source,
+            };
+            store.verify_blob(&export.digest).map_err(checkout_error)?;
+            let blob = store.blob_path(&export.digest).map_err(checkout_error)?;
+            std::fs::copy(blob, &staging).map_err(write_error(&staging))?;
             // The store's objects are read-only; an output is the user's file.
             std::fs::set_permissions(
                 &staging,

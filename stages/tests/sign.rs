@@ -491,7 +491,7 @@ impl Project {
         let report = execute(graph, &plan, &self.store, &options, &SilentReporter).unwrap();
         let ran = report.ran().iter().map(|name| name.to_string()).collect();
         let output = report.stage("sign").unwrap().output;
-        (plan, ran, self.store.blob_path(&output))
+        (plan, ran, self.store.blob_path(&output).unwrap())
     }
 }
 

@@ -481,7 +481,7 @@ fn run_stage(
             .unwrap_or_default();
         format!("{error}\nhelp: {help}")
     })?;
-    Ok(store.blob_path(&output))
+    Ok(store.blob_path(&output).unwrap())
 }
 
 const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";

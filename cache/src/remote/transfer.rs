@@ -222,7 +222,7 @@ impl Remote {
         drop(file);
         match result {
             Ok(total) => {
-                store.install(&temp, &store.blob_path(id))?;
+                store.install(&temp, &store.plain_blob_path(id))?;
                 let wire = decoder.get_ref().get_ref().wire_bytes;
                 self.count_fetched(total, Some(wire));
                 Ok(())
@@ -300,7 +300,7 @@ impl Remote {
             let file = store.open_blob(id)?;
             let encoder = zstd::stream::read::Encoder::new(file, LEVEL).map_err(|source| {
                 StoreError::Read {
-                    path: store.blob_path(id),
+                    path: store.plain_blob_path(id),
                     source,
                 }
             })?;

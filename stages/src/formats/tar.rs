@@ -126,7 +126,7 @@ pub fn write_tar(
             EntryKind::File { blob, size } => {
                 header.set_entry_type(EntryType::Regular);
                 header.set_size(*size);
-                let content = File::open(store.blob_path(blob))?;
+                let content = store.open_blob(blob).map_err(std::io::Error::other)?;
                 builder.append_data(&mut header, &entry.path, content)?;
                 if let Some(group) = entry.hardlink {
                     first_of_group.insert(group, entry.path.clone());

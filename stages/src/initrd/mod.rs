@@ -269,7 +269,7 @@ impl SegmentLocation {
     fn read(store: &Store, blob: &BlobId) -> Option<SegmentLocation> {
         let location =
             SegmentLocation::decode(&String::from_utf8(store.read_blob(blob).ok()?).ok()?)?;
-        let initrd_len = std::fs::metadata(store.blob_path(&location.initrd))
+        let initrd_len = std::fs::metadata(store.blob_path(&location.initrd).ok()?)
             .ok()?
             .len();
         (location.len > 0 && location.offset.checked_add(location.len)? <= initrd_len)
@@ -671,7 +671,7 @@ mod tests {
         let store = Store::open(&dir.path().join("store")).unwrap();
         let manifest = tree(&store, 200, 4);
         let first = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
-        std::fs::remove_file(store.blob_path(&first.blob)).unwrap();
+        std::fs::remove_file(store.blob_path(&first.blob).unwrap()).unwrap();
         let again = write_initrd(&store, &manifest, &opts(), dir.path()).unwrap();
         assert_eq!(again.reused(), 0, "{}", again.summary());
         assert_eq!(again.blob, first.blob);

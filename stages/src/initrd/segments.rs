@@ -171,7 +171,7 @@ fn copy_blob(
     size: u64,
     out: &mut impl Write,
 ) -> Result<(), InitrdError> {
-    let path = store.blob_path(id);
+    let path = store.blob_path(id)?;
     let read_err = |source| InitrdError::ReadBlob {
         blob: *id,
         path: path.clone(),

@@ -337,7 +337,10 @@ pub fn prune_kernel(
             }
         };
         let selection = select::select(&inventory, rules, |rel| match blob_of(rel) {
-            Some(blob) => modinfo::read_module_file(&store.blob_path(&blob)),
+            Some(blob) => match store.blob_path(&blob) {
+                Ok(path) => modinfo::read_module_file(&path),
+                Err(e) => Err(modinfo::ModInfoError::Io(std::io::Error::other(e))),
+            },
             None => Err(modinfo::ModInfoError::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "it is a symlink that leads nowhere in the image",

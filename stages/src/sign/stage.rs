@@ -257,9 +257,9 @@ impl Stage for SignStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let uki = ctx.store.blob_path(&ctx.input("uki")?);
+        let uki = ctx.store.blob_path(&ctx.input("uki")?)?;
         let certificate: PathBuf = if self.plan.certificate_is_file() {
-            ctx.store.blob_path(&ctx.input("SecureBootCertificate")?)
+            ctx.store.blob_path(&ctx.input("SecureBootCertificate")?)?
         } else {
             self.plan.certificate.clone()
         };

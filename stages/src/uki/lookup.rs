@@ -11,8 +11,6 @@
 //! `.osrel` is `usr/lib/os-release`, the file mkosi hands to ukify (and the one its
 //! IMAGE_ID=/IMAGE_VERSION= edit writes), else `etc/os-release`.
 
-use std::fs::File;
-
 use kiln_cache::{BlobId, Entry, EntryKind, Manifest, Store};
 use kiln_engine::recipe::compare_versions;
 
@@ -217,7 +215,7 @@ fn child_name<'a>(dir: &str, path: &'a str) -> Option<&'a str> {
 
 /// mkosi's test for a UKI among kernel images: a PE with `.linux`, `.sdmagic` and `.osrel`.
 fn is_uki(store: &Store, file: &TreeFile) -> bool {
-    let Ok(mut blob) = File::open(store.blob_path(&file.blob)) else {
+    let Ok(mut blob) = store.open_blob(&file.blob) else {
         return false;
     };
     match PeHeaders::read(&mut blob) {

@@ -179,11 +179,11 @@ impl UkiStage {
         // Their bytes make the UKI: a damaged object fails the stage instead.
         store.verify_blobs([&stub.blob, &kernel.file.blob, &os_release.blob, initrd])?;
         let inputs = UkiInputs {
-            stub: store.blob_path(&stub.blob),
-            kernel: store.blob_path(&kernel.file.blob),
+            stub: store.blob_path(&stub.blob)?,
+            kernel: store.blob_path(&kernel.file.blob)?,
             kernel_version: kernel.version,
-            os_release: store.blob_path(&os_release.blob),
-            initrd: store.blob_path(initrd),
+            os_release: store.blob_path(&os_release.blob)?,
+            initrd: store.blob_path(initrd)?,
             cmdline: self.cmdline(),
         };
         assemble_uki(&inputs.stub, &ukify_sections(&inputs)?, out)?;
