@@ -20,6 +20,9 @@
 //! its package cache likewise): every stage stays cached, and the next build
 //! whose package set changes downloads again what it installs.
 //!
+//! An action cache entry anchored to an object (an initrd segment's, to its
+//! initrd) is kept with its output as long as that object is.
+//!
 //! Kept blobs nothing links (the shared checkouts are gone by then) are
 //! frozen: compressed at rest, and thawed when a build reads them again (see
 //! `freeze`). Kept variants nothing links go: a checkout makes them again.
@@ -201,6 +204,7 @@ impl Store {
                 live = self.live(&index, &kept, &mut manifests)?;
             }
         }
+        self.keep_anchored(&index, &mut live, &mut manifests)?;
         self.keep_references(&mut live);
         report.builds_kept = kept.len();
         report.bytes_kept = live.bytes(&disk);
@@ -334,6 +338,28 @@ impl Store {
             }
         }
         Ok(live)
+    }
+
+    /// Keeps the outputs of the action cache entries anchored to a kept object
+    /// (and so the entries themselves).
+    fn keep_anchored(
+        &self,
+        index: &Index,
+        live: &mut Live,
+        manifests: &mut HashMap<TreeId, Manifest>,
+    ) -> Result<()> {
+        for (_, result, anchor) in index.anchored_actions()? {
+            if !live.blobs.contains(&anchor) && !live.trees.contains(&anchor) {
+                continue;
+            }
+            match result.kind {
+                OutputKind::Blob => {
+                    live.blobs.insert(result.output);
+                }
+                OutputKind::Tree => self.keep_tree(&result.output, live, manifests)?,
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the blobs that kept frozen differences are decoded with.

@@ -141,9 +141,12 @@ CREATE TABLE remote_actions (
 -- shared checkouts: every entry dated SHARED_CHECKOUT_MTIME
 "#,
     // gc keeps blobs no checkout links compressed, as `objects/ab/<rest>.zst` (see `freeze`):
-    // the index is unchanged; the version keeps a kiln that would not find those blobs away.
+    // the version keeps a kiln that would not find those blobs away. An action may be anchored
+    // to another object: gc keeps it as long as that object is kept (an initrd segment's entry
+    // names a range of an initrd, and lives as long as that initrd).
     r#"
 -- frozen blobs: objects/ab/<rest>.zst
+ALTER TABLE actions ADD COLUMN anchor TEXT;
 "#,
 ];
 
@@ -694,6 +697,66 @@ impl Index {
         Ok(())
     }
 
+    /// Records what a key produced, as [`Index::record_action`], for as long
+    /// as `anchor` (a blob or tree) is kept: gc keeps the entry and its
+    /// output while it keeps the anchor, though no build's run names them.
+    pub fn record_anchored_action(
+        &self,
+        key: &Digest,
+        result: ActionResult,
+        anchor: &Digest,
+    ) -> Result<()> {
+        self.durable_before_record()?;
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO actions (key, output, output_kind, created_ms, last_used_ms, anchor)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                params![
+                    key.to_string(),
+                    result.output.to_string(),
+                    result.kind.as_str(),
+                    now,
+                    anchor.to_string()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The anchored action cache entries: key, output and anchor.
+    pub(crate) fn anchored_actions(&self) -> Result<Vec<(Digest, ActionResult, Digest)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, output, output_kind, anchor FROM actions WHERE anchor IS NOT NULL",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(key, output, kind, anchor)| {
+                Ok((
+                    self.parse("stage key", &key)?,
+                    ActionResult {
+                        output: self.parse("output id", &output)?,
+                        kind: self.parse("output kind", &kind)?,
+                    },
+                    self.parse("anchor id", &anchor)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Flushes every object written since the last flush, so the record about
     /// to be made names only objects on disk (see [`Store::make_durable`]).
     fn durable_before_record(&self) -> Result<()> {
@@ -1176,6 +1239,12 @@ mod tests {
         (blob, tree, checkout)
     }
 
+    /// Makes a new index's action table what it was before migration 7.
+    fn as_before_anchors(conn: &Connection) {
+        conn.execute_batch("ALTER TABLE actions DROP COLUMN anchor")
+            .unwrap();
+    }
+
     #[test]
     fn version_4_store_gets_0644_objects_and_loses_its_shared_checkouts() {
         use std::os::unix::fs::PermissionsExt;
@@ -1185,6 +1254,7 @@ mod tests {
         fs::set_permissions(store.blob_path(&blob).unwrap(), old_mode.clone()).unwrap();
         fs::set_permissions(store.object_path(ObjectDir::Trees, &tree), old_mode).unwrap();
         let conn = Connection::open(store.index_path()).unwrap();
+        as_before_anchors(&conn);
         conn.pragma_update(None, "user_version", 4).unwrap();
         drop((conn, store));
 
@@ -1209,6 +1279,7 @@ mod tests {
         let (dir, store) = store();
         let (blob, _, checkout) = one_file_checkout(&store, b"written at some time", 0o644);
         let conn = Connection::open(store.index_path()).unwrap();
+        as_before_anchors(&conn);
         conn.pragma_update(None, "user_version", 5).unwrap();
         drop((conn, store));
 

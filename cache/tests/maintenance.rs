@@ -615,3 +615,34 @@ fn a_blob_made_from_a_larger_blob_is_frozen_as_a_difference_from_it() {
         "{error:?}"
     );
 }
+
+#[test]
+fn an_anchored_cache_entry_lives_as_long_as_its_anchor() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let initrd = store.put_bytes(b"an initrd").unwrap();
+    let location = store.put_bytes(b"segment 1 of the initrd").unwrap();
+    let key = Digest::of_bytes(b"segment key");
+    let result = ActionResult {
+        output: location,
+        kind: OutputKind::Blob,
+    };
+    let index = store.index().unwrap();
+    index.record_anchored_action(&key, result, &initrd).unwrap();
+    record_build(store, "r", &[run("initrd", initrd, OutputKind::Blob, &[])]);
+    let report = store.gc(GcPolicy::default()).unwrap();
+    assert_eq!((report.actions_removed, report.blobs_removed), (0, 0));
+    assert_eq!(index.lookup_action(&key).unwrap(), Some(result));
+    assert!(store.has_blob(&location));
+
+    // The next build makes another initrd: once the first goes, so does its entry.
+    let other = store.put_bytes(b"another initrd").unwrap();
+    record_build(store, "r", &[run("initrd", other, OutputKind::Blob, &[])]);
+    let policy = GcPolicy {
+        keep_builds_per_recipe: 1,
+        ..GcPolicy::default()
+    };
+    store.gc(policy).unwrap();
+    assert_eq!(index.lookup_action(&key).unwrap(), None);
+    assert!(!store.has_blob(&initrd) && !store.has_blob(&location));
+}

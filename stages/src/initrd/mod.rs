@@ -218,7 +218,7 @@ pub fn write_initrd(
             output: store.put_bytes(location.encode().as_bytes())?,
             kind: OutputKind::Blob,
         };
-        index.record_action(&report.key, result)?;
+        index.record_anchored_action(&report.key, result, &blob)?;
     }
     Ok(InitrdReport {
         blob,
