@@ -75,7 +75,7 @@ const MAX_DELTA_DEPTH: usize = 16;
 pub(crate) struct Frozen {
     /// Blobs now kept compressed.
     pub(crate) blobs: usize,
-    /// Bytes their plain files took, less those of their frozen files.
+    /// Bytes of the plain files removed, less those of the frozen files written.
     pub(crate) bytes_saved: u64,
 }
 
@@ -277,7 +277,8 @@ impl Store {
             .collect();
         let plain: Vec<&StoredObject> = objects.iter().filter(|o| !o.frozen).collect();
         // First the new frozen files, flushed; only then the plain files go.
-        let outcomes: Vec<Option<(PathBuf, u64)>> = plain
+        // Each plain file to remove, with the bytes that saves and whether it was frozen now.
+        let outcomes: Vec<Option<(PathBuf, u64, bool)>> = plain
             .par_iter()
             .map(|object| {
                 let ObjectName::Digest(id) = object.name else {
@@ -298,7 +299,7 @@ impl Store {
                     // Thawed since the last gc: keep the form that is used, the frozen one only
                     // if it still decodes to the blob (a power loss may have cut it short).
                     if links == 1 && self.frozen_digest(&target)? == Some(id) {
-                        return Ok(Some((object.path.clone(), 0)));
+                        return Ok(Some((object.path.clone(), object.size, false)));
                     }
                     remove_file(&target)?;
                     if links > 1 {
@@ -309,18 +310,18 @@ impl Store {
                     return Ok(None);
                 }
                 let saved = self.compress(object, references.get(&id), &target)?;
-                Ok(saved.map(|saved| (object.path.clone(), saved)))
+                Ok(saved.map(|saved| (object.path.clone(), saved, true)))
             })
             .collect::<Result<_>>()?;
-        let outcomes: Vec<(PathBuf, u64)> = outcomes.into_iter().flatten().collect();
+        let outcomes: Vec<(PathBuf, u64, bool)> = outcomes.into_iter().flatten().collect();
         if outcomes.is_empty() {
             return Ok(Frozen::default());
         }
         self.sync()?;
         let mut done = Frozen::default();
-        for (path, saved) in outcomes {
+        for (path, saved, frozen_now) in outcomes {
             remove_file(&path)?;
-            done.blobs += usize::from(saved > 0);
+            done.blobs += usize::from(frozen_now);
             done.bytes_saved += saved;
         }
         Ok(done)

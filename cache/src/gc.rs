@@ -89,6 +89,8 @@ pub struct GcReport {
     pub variants_removed: usize,
     /// Blobs compressed at rest, nothing linking them (see `freeze`).
     pub blobs_frozen: usize,
+    /// What freezing them saved.
+    pub bytes_saved_by_freezing: u64,
     /// Temp files deleted.
     pub temp_removed: usize,
     /// Units of `v1/packages/` deleted: package files and package managers'
@@ -112,7 +114,8 @@ impl fmt::Display for GcReport {
         write!(
             f,
             "removed {} blobs, {} variants, {} trees, {} cache entries, {} temp files, \
-             {} package files and states: {} freed; froze {} unused blobs",
+             {} package files and states: {} freed; froze {} blobs nothing links \
+             (compressed until a build reads them): {} saved",
             self.blobs_removed,
             self.variants_removed,
             self.trees_removed,
@@ -120,7 +123,8 @@ impl fmt::Display for GcReport {
             self.temp_removed,
             self.packages_removed,
             human_bytes(self.bytes_freed),
-            self.blobs_frozen
+            self.blobs_frozen,
+            human_bytes(self.bytes_saved_by_freezing)
         )
     }
 }
@@ -254,7 +258,8 @@ impl Store {
         let references = self.delta_references(&index, &kept, &disk)?;
         let frozen = self.freeze_unlinked(&self.list_objects(ObjectDir::Objects)?, &references)?;
         report.blobs_frozen = frozen.blobs;
-        report.bytes_kept = report.bytes_kept.saturating_sub(frozen.bytes_saved);
+        report.bytes_saved_by_freezing = frozen.bytes_saved;
+        report.bytes_kept = self.on_disk()?.sizes.values().sum();
         report.temp_removed = self.clean_temp(true)?.len();
         // Units used since the oldest kept build started are kept.
         let cutoff = builds
