@@ -211,7 +211,6 @@ impl Store {
         self.keep_anchored(&index, &mut live, &mut manifests)?;
         self.keep_references(&mut live);
         report.builds_kept = kept.len();
-        report.bytes_kept = live.bytes(&disk);
 
         let doomed_builds: Vec<BuildId> = builds
             .iter()

@@ -680,21 +680,7 @@ impl Index {
     /// processes that computed the same key agree, or the first one wins).
     /// Follow the integrity rule of this module: store objects first.
     pub fn record_action(&self, key: &Digest, result: ActionResult) -> Result<()> {
-        self.durable_before_record()?;
-        let now = now_ms();
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO actions (key, output, output_kind, created_ms, last_used_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![
-                    key.to_string(),
-                    result.output.to_string(),
-                    result.kind.as_str(),
-                    now
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.insert_action(key, result, None)
     }
 
     /// Records what a key produced, as [`Index::record_action`], for as long
@@ -705,6 +691,15 @@ impl Index {
         key: &Digest,
         result: ActionResult,
         anchor: &Digest,
+    ) -> Result<()> {
+        self.insert_action(key, result, Some(anchor))
+    }
+
+    fn insert_action(
+        &self,
+        key: &Digest,
+        result: ActionResult,
+        anchor: Option<&Digest>,
     ) -> Result<()> {
         self.durable_before_record()?;
         let now = now_ms();
@@ -717,7 +712,7 @@ impl Index {
                     result.output.to_string(),
                     result.kind.as_str(),
                     now,
-                    anchor.to_string()
+                    anchor.map(Digest::to_string)
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -726,35 +721,11 @@ impl Index {
 
     /// The anchored action cache entries: key, output and anchor.
     pub(crate) fn anchored_actions(&self) -> Result<Vec<(Digest, ActionResult, Digest)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, output, output_kind, anchor FROM actions WHERE anchor IS NOT NULL",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-            .map_err(|e| self.err(e))?;
-        rows.into_iter()
-            .map(|(key, output, kind, anchor)| {
-                Ok((
-                    self.parse("stage key", &key)?,
-                    ActionResult {
-                        output: self.parse("output id", &output)?,
-                        kind: self.parse("output kind", &kind)?,
-                    },
-                    self.parse("anchor id", &anchor)?,
-                ))
-            })
-            .collect()
+        Ok(self
+            .action_rows("WHERE anchor IS NOT NULL")?
+            .into_iter()
+            .filter_map(|(key, result, anchor)| Some((key, result, anchor?)))
+            .collect())
     }
 
     /// Flushes every object written since the last flush, so the record about
@@ -947,9 +918,21 @@ impl Index {
 
     /// Every action cache entry.
     pub(crate) fn actions(&self) -> Result<Vec<(Digest, ActionResult)>> {
+        Ok(self
+            .action_rows("")?
+            .into_iter()
+            .map(|(key, result, _)| (key, result))
+            .collect())
+    }
+
+    /// The action cache entries `filter` (an SQL `WHERE` clause, or nothing)
+    /// selects, with their anchors.
+    fn action_rows(&self, filter: &str) -> Result<Vec<(Digest, ActionResult, Option<Digest>)>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT key, output, output_kind FROM actions")
+            .prepare_cached(&format!(
+                "SELECT key, output, output_kind, anchor FROM actions {filter}"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -957,18 +940,22 @@ impl Index {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             .map_err(|e| self.err(e))?;
         rows.into_iter()
-            .map(|(key, output, kind)| {
+            .map(|(key, output, kind, anchor)| {
                 Ok((
                     self.parse("stage key", &key)?,
                     ActionResult {
                         output: self.parse("output id", &output)?,
                         kind: self.parse("output kind", &kind)?,
                     },
+                    anchor
+                        .map(|anchor| self.parse("anchor id", &anchor))
+                        .transpose()?,
                 ))
             })
             .collect()
