@@ -300,6 +300,70 @@ mkdir -p /run/not-in-tree
     assert_eq!(after, before, "only the script's write is left in the tree");
 }
 
+/// What a root script inside bubblewrap could do with every capability: mount over the project's
+/// bind, make a device node for the host's disk, open a host file by handle through a bind. Each
+/// attempt is made, and each must be refused; the capabilities left are the kept ones.
+#[test]
+fn chroot_script_cannot_mount_make_devices_or_open_by_handle() {
+    if !is_root("chroot_script_cannot_mount_make_devices_or_open_by_handle") {
+        return;
+    }
+    let l = layout();
+    fs::write(l.project.join("canary"), "host file\n").unwrap();
+    let s = script(
+        &l.project,
+        "mkosi.postinst.chroot",
+        r#"#!/bin/sh
+grep CapEff /proc/self/status
+grep CapPrm /proc/self/status
+grep NoNewPrivs /proc/self/status
+mount -t tmpfs none /work/src 2>/dev/null && echo mount allowed || echo mount refused
+mknod /tmp/disk b 8 0 2>/dev/null && echo mknod allowed || echo mknod refused
+/usr/bin/python3 - <<'PY'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int), ("f", ctypes.c_ubyte * 128)]
+handle, mount_id = Handle(), ctypes.c_int()
+handle.bytes = 128
+if libc.name_to_handle_at(-100, b"/work/src/canary", ctypes.byref(handle), ctypes.byref(mount_id), 0):
+    print("name_to_handle_at failed:", os.strerror(ctypes.get_errno()))
+fd = libc.open_by_handle_at(os.open("/work/src", os.O_RDONLY), ctypes.byref(handle), 0)
+print("open_by_handle_at allowed" if fd >= 0 else "open_by_handle_at refused: " + os.strerror(ctypes.get_errno()))
+PY
+"#,
+    );
+    let mut inv = ScriptInvocation::new(&s, "postinst", &l.root, &l.project, &l.output);
+    minimal_tree(&mut inv);
+    let (tail, _) = collect(&RealHost::new(), &inv);
+    let tail = tail.unwrap();
+    let kept: u64 = [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31]
+        .iter()
+        .map(|bit| 1u64 << bit)
+        .sum();
+    let mask =
+        |line: &str| u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert!(tail[0].starts_with("CapEff:"), "{tail:?}");
+    assert_eq!(mask(&tail[0]), kept, "effective capabilities: {tail:?}");
+    assert_eq!(mask(&tail[1]), kept, "permitted capabilities: {tail:?}");
+    assert_eq!(
+        tail[2], "NoNewPrivs:\t1",
+        "neither set-uid programs nor file capabilities give any back"
+    );
+    assert_eq!(
+        tail[3..],
+        [
+            "mount refused".to_owned(),
+            "mknod refused".to_owned(),
+            "open_by_handle_at refused: Operation not permitted".to_owned(),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(l.project.join("canary")).unwrap(),
+        "host file\n"
+    );
+}
+
 #[test]
 fn host_script_can_enter_the_tree_with_mkosi_chroot() {
     if !is_root("host_script_can_enter_the_tree_with_mkosi_chroot") {

@@ -20,6 +20,18 @@
 //! host file is bound over it read-only. The tree itself is never written, so its
 //! `resolv.conf`, symlink or file, comes out unchanged. Without network nothing is bound.
 //!
+//! **Capabilities.** Run as root, bubblewrap would leave the script every capability, enough to
+//! mount over the project's and output's binds or to open host files by handle through them. A
+//! chroot script keeps only what a package's maintainer scripts need ([`KEPT_CAPABILITIES`]:
+//! owners, modes, set-id programs, file capabilities, signals, chroot), the set container
+//! runtimes grant by default less `CAP_MKNOD` (a device node made inside would reach the host's
+//! disks: there is no device cgroup around the sandbox) and `CAP_NET_RAW`. Without
+//! `CAP_SYS_ADMIN` it cannot mount, without `CAP_DAC_READ_SEARCH` it cannot open by handle,
+//! without `CAP_SYS_MODULE`, `CAP_SYS_RAWIO`, `CAP_SYS_TIME` or `CAP_SYS_BOOT` it cannot touch
+//! the kernel, the devices, the clock or the machine; bubblewrap's `no_new_privs` means no
+//! set-uid program or file capability inside gives one back. A user namespace the script makes
+//! itself grants it nothing over the host. Host scripts run with the user's rights, as in mkosi.
+//!
 //! **Mount points.** Bubblewrap creates a missing mount point in the tree (a tree without
 //! `/proc`, the `/work` directory). Every mount point that did not exist is recorded before the
 //! run and removed afterwards if still empty, so the tree holds only what the script wrote.
@@ -43,6 +55,24 @@ const TMPFS_DIRS: [&str; 3] = ["/run", "/tmp", WORK];
 
 /// The API filesystems mounted over the tree.
 const API_MOUNTS: [&str; 3] = ["/proc", "/dev", "/sys"];
+
+/// The capabilities a chroot script keeps when kiln runs as root; bubblewrap drops the rest from
+/// the effective, permitted, inheritable and ambient sets, and its `no_new_privs` keeps set-id
+/// programs and file capabilities from giving any back.
+pub(crate) const KEPT_CAPABILITIES: [&str; 12] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+];
 
 /// How many symlinks resolving a path inside the tree may follow.
 const MAX_SYMLINKS: usize = 40;
@@ -85,6 +115,12 @@ impl Sandbox {
             "--unshare-uts".as_ref(),
             "--new-session".as_ref(),
         ]);
+        if rustix::process::geteuid().is_root() {
+            push(&["--cap-drop".as_ref(), "ALL".as_ref()]);
+            for cap in KEPT_CAPABILITIES {
+                push(&["--cap-add".as_ref(), cap.as_ref()]);
+            }
+        }
         if !inv.network {
             push(&["--unshare-net".as_ref()]);
         }
