@@ -348,3 +348,77 @@ fn scripts_see_only_the_documented_environment() {
         }
     }
 }
+
+/// The output's name comes from `ImageId=` and `ImageVersion=` (and `--image-version`): one that
+/// climbs out of the output directory, or is absolute, would have replaced the canary directory
+/// with the image. Each is refused at its line or flag, before anything is written, and the
+/// canary stays as it was.
+#[test]
+fn output_names_never_leave_the_output_directory() {
+    kiln_test_support::require!(Need::Root);
+    let canary = Canary::new();
+    let project = Project::copy_of("tiny", "tiny");
+    let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
+    let climbing = format!("{}{}", "../".repeat(40), canary.relative());
+    let absolute = canary.path().to_str().unwrap().to_string();
+    for (id, version, line) in [
+        (climbing.as_str(), None, "ImageId="),
+        (absolute.as_str(), None, "ImageId="),
+        ("tiny", Some(climbing.as_str()), "ImageVersion="),
+        ("..", None, "ImageId="),
+    ] {
+        let mut text = conf.replace("ImageId=tiny\n", &format!("ImageId={id}\n"));
+        if let Some(version) = version {
+            text = text.replace("[Output]\n", &format!("[Output]\nImageVersion={version}\n"));
+        }
+        project.write("mkosi.conf", &text);
+        let stderr = unwrapped(&project.build_fails(&[]));
+        assert!(
+            stderr.contains("cannot be part of the output's file name")
+                && stderr.contains(line)
+                && stderr.contains("mkosi.conf:"),
+            "{id:?} {version:?}:\n{stderr}"
+        );
+        canary.is_untouched(&format!("`ImageId={id}`, `ImageVersion={version:?}`"));
+    }
+
+    // The flag, once an output of the same image exists.
+    project.write("mkosi.conf", &conf);
+    project.build(&["--image-version", "1"]);
+    let flag = format!("x/../../{climbing}");
+    let stderr = unwrapped(&project.build_fails(&["--image-version", &flag]));
+    assert!(
+        stderr.contains("cannot be part of the output's file name")
+            && stderr.contains("--image-version"),
+        "{stderr}"
+    );
+    canary.is_untouched("`--image-version` with `..`");
+    assert!(
+        project.root.join("mkosi.output/tiny_1/etc/motd").is_file(),
+        "the earlier output is still there"
+    );
+
+    // A native recipe is checked as well, before any stage runs.
+    let shown = project.kiln(&["recipe", "show"]);
+    assert!(shown.status.success());
+    let ron = String::from_utf8(shown.stdout).unwrap();
+    let hostile = ron.replace(
+        "image_id: Some(\"tiny\")",
+        &format!("image_id: Some({absolute:?})"),
+    );
+    assert_ne!(ron, hostile, "the recipe names its image:\n{ron}");
+    project.remove("mkosi.conf");
+    project.write("kiln.ron", &hostile);
+    let stderr = project.build_fails(&[]);
+    assert!(stderr.contains("is not a file name"), "{stderr}");
+    canary.is_untouched("a native recipe with an absolute image id");
+}
+
+/// A report's words on one line, without the frame miette draws where it wraps them.
+fn unwrapped(report: &str) -> String {
+    report
+        .split_whitespace()
+        .filter(|word| *word != "│")
+        .collect::<Vec<_>>()
+        .join(" ")
+}

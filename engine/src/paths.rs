@@ -9,6 +9,12 @@
 
 use std::path::{Component, Path, PathBuf};
 
+/// Whether `name` names one entry of a directory: not empty, not `.` or `..`, without `/` or NUL.
+/// Every name kiln writes into the output directory passes it, so no output lands elsewhere.
+pub fn is_file_name(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']))
+}
+
 /// `path` made absolute against `base` (itself absolute), without `.` or `..` components.
 ///
 /// The longest prefix that exists is canonicalised (symlinks resolved); what follows it is

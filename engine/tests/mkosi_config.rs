@@ -460,6 +460,193 @@ fn an_include_cycle_and_a_missing_include_are_errors() {
     );
 }
 
+/// A chain of includes far deeper than any project holds (deep enough to overflow the reader's
+/// stack before there was a limit) is an error at the include that goes too deep.
+#[test]
+fn a_deep_include_chain_is_an_error_not_a_crash() {
+    let dir = include_chain(5_000);
+    let found = errors(dir.path());
+    assert_eq!(
+        messages(&found),
+        strings(&["Including `inc/62.conf` nests configuration more than 64 levels deep"])
+    );
+    let location = found[0].location().expect("location");
+    assert_eq!((location.file.as_str(), location.line), ("inc/61.conf", 2));
+}
+
+/// A drop-in directory that holds a link back up to itself is read to the same depth limit,
+/// not until the stack runs out.
+#[test]
+fn a_drop_in_directory_linking_back_up_is_an_error_not_a_crash() {
+    let dir = project(&[
+        ("mkosi.conf", "[Content]\nHostname=loop\n"),
+        ("mkosi.conf.d/", ""),
+    ]);
+    std::os::unix::fs::symlink("..", dir.path().join("mkosi.conf.d/again")).unwrap();
+    let found = errors(dir.path());
+    assert!(
+        messages(&found)
+            .iter()
+            .all(|m| m.contains("levels of configuration deep")),
+        "{:?}",
+        messages(&found)
+    );
+    assert!(!found.is_empty());
+}
+
+/// `[Match] ImageVersion=` and `SystemdVersion=` compare versions as mkosi does.
+#[test]
+fn version_conditions_compare_versions() {
+    let dir = project(&[
+        ("mkosi.conf", "[Output]\nImageVersion=1.10\n"),
+        (
+            "mkosi.conf.d/01.conf",
+            "[Match]\nImageVersion=>=1.9\n[Content]\nRemoveFiles=/ge\n",
+        ),
+        (
+            "mkosi.conf.d/02.conf",
+            "[Match]\nImageVersion=<1.9\n[Content]\nRemoveFiles=/lt\n",
+        ),
+        (
+            "mkosi.conf.d/04.conf",
+            "[Match]\nImageVersion=1.10\n[Content]\nRemoveFiles=/eq\n",
+        ),
+        (
+            "mkosi.conf.d/05.conf",
+            "[Match]\nSystemdVersion=>=1\n[Content]\nRemoveFiles=/systemd-new\n",
+        ),
+        (
+            "mkosi.conf.d/06.conf",
+            "[Match]\nSystemdVersion=<1\n[Content]\nRemoveFiles=/systemd-old\n",
+        ),
+    ]);
+    let loaded = load(dir.path());
+    let mut expected = vec!["/ge", "/eq"];
+    if std::process::Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        expected.push("/systemd-new");
+    }
+    assert_eq!(loaded.recipe.content.remove_files, strings(&expected));
+}
+
+/// `ImageId=` and `ImageVersion=` name the output file: each is refused at its line when it
+/// would lead out of the output directory, and `--image-version` names the flag.
+#[test]
+fn output_name_parts_that_leave_the_output_directory_are_errors() {
+    for (conf, line) in [
+        ("[Output]\nImageId=../../x\n", 2),
+        ("[Output]\nImageId=/srv/x\n", 2),
+        ("[Output]\nImageId=..\n", 2),
+        ("[Output]\nImageId=ok\nImageVersion=1/../../../x\n", 3),
+    ] {
+        let dir = project(&[("mkosi.conf", conf)]);
+        let found = errors(dir.path());
+        assert_eq!(found.len(), 1, "{conf}: {:?}", messages(&found));
+        assert!(
+            found[0]
+                .message()
+                .contains("cannot be part of the output's file name"),
+            "{}",
+            found[0].message()
+        );
+        let location = found[0].location().expect("location");
+        assert_eq!(
+            (location.file.as_str(), location.line),
+            ("mkosi.conf", line)
+        );
+    }
+    let dir = project(&[("mkosi.conf", "[Output]\nImageId=ok\n")]);
+    let opts = LoadOptions {
+        image_version: Some("x/../../../y".into()),
+        ..options()
+    };
+    let found = errors_with(dir.path(), &opts);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].location().expect("location").file,
+        "`--image-version`"
+    );
+}
+
+/// A chain of `depth` includes ending in a file that sets `Hostname=`.
+fn include_chain(depth: usize) -> tempfile::TempDir {
+    let mut files: Vec<(String, String)> = (0..depth)
+        .map(|i| {
+            (
+                format!("inc/{i}.conf"),
+                format!("[Include]\nInclude=inc/{}.conf\n", i + 1),
+            )
+        })
+        .collect();
+    files.push((
+        format!("inc/{depth}.conf"),
+        "[Content]\nHostname=deep\n".into(),
+    ));
+    files.push((
+        "mkosi.conf".into(),
+        "[Include]\nInclude=inc/0.conf\n".into(),
+    ));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    project(&files)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any chain of includes loads while it is shallower than the limit, and is one error at
+    /// the include that crosses it otherwise.
+    #[test]
+    fn include_chains_load_up_to_the_limit_and_no_further(depth in 0usize..200) {
+        let dir = include_chain(depth);
+        match load_project(dir.path(), &options()) {
+            Ok(loaded) => {
+                proptest::prop_assert!(depth < 62, "{} levels loaded", depth);
+                proptest::prop_assert_eq!(loaded.recipe.content.hostname.as_deref(), Some("deep"));
+            }
+            Err(LoadError::Config(errors)) => {
+                proptest::prop_assert!(depth >= 62, "{} levels: {:?}", depth, errors.issues());
+                proptest::prop_assert_eq!(errors.errors().count(), 1);
+            }
+            Err(other) => proptest::prop_assert!(false, "{}", other),
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Whatever `ImageId=` and `ImageVersion=` say, a recipe that loads names its output with
+    /// one file name.
+    #[test]
+    fn any_loaded_output_name_is_one_file_name(
+        id in "[a-z./_\\\\ -]{0,12}",
+        version in proptest::option::of("[0-9a-z./~ -]{0,10}"),
+    ) {
+        let mut conf = format!("[Output]\nImageId={id}\n");
+        if let Some(version) = &version {
+            conf.push_str(&format!("ImageVersion={version}\n"));
+        }
+        let dir = project(&[("mkosi.conf", conf.as_str())]);
+        if let Ok(loaded) = load_project(dir.path(), &options()) {
+            let name = loaded.recipe.output_name();
+            proptest::prop_assert!(
+                kiln_engine::paths::is_file_name(&name),
+                "`{}` from ImageId={:?} ImageVersion={:?}", name, id, version
+            );
+            proptest::prop_assert_eq!(
+                std::path::Path::new(&name).components().count(),
+                1
+            );
+        }
+    }
+}
+
 #[test]
 fn specifiers_expand_to_current_values() {
     let dir = project(&[(

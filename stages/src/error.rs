@@ -44,6 +44,12 @@ pub enum OutputError {
         source: std::io::Error,
     },
 
+    #[error("`{name}` is not a file name inside the output directory")]
+    #[diagnostic(help(
+        "Name the output with `Output=`: a name without `/` that is not `.` or `..`"
+    ))]
+    Name { name: String },
+
     #[error("Cannot check out the image into `{}`", path.display())]
     #[diagnostic(help(
         "Check that the output directory is writable; run `kiln cache verify` if the store may be damaged"

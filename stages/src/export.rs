@@ -50,6 +50,11 @@ pub struct Exported {
 /// Write the output (or leave it, when it is current and `force` is false).
 pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
     let file_name = export.name.clone();
+    for name in std::iter::once(&file_name).chain(&export.link) {
+        if !kiln_engine::paths::is_file_name(name) {
+            return Err(OutputError::Name { name: name.clone() });
+        }
+    }
     let path = export.output_dir.join(&file_name);
     let write_error = |path: &Path| {
         let path = path.to_path_buf();

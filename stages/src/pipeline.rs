@@ -117,6 +117,12 @@ pub enum PipelineError {
         setting: &'static str,
     },
 
+    #[error("The output's name `{name}` is not a file name")]
+    #[diagnostic(help(
+        "The output is written inside the output directory: set `Output=` (or `ImageId=` and `ImageVersion=`) to a name without `/` that is not `.` or `..`"
+    ))]
+    OutputName { name: String },
+
     #[error(transparent)]
     #[diagnostic(transparent)]
     Sign(#[from] crate::sign::SignError),
@@ -404,6 +410,11 @@ pub fn pipeline_with(
     );
     let name = recipe.output_name();
     let unversioned = recipe.image_name();
+    for name in [&name, &unversioned] {
+        if !kiln_engine::paths::is_file_name(name) {
+            return Err(PipelineError::OutputName { name: name.clone() });
+        }
+    }
     Ok(Pipeline {
         graph: Graph::new(stages)?,
         export: ExportPlan {

@@ -160,6 +160,28 @@ impl Context<'_, '_> {
                 }
                 Some(Some(Val::Text(joined)))
             }
+            Kind::NamePart => {
+                if joined.is_empty() {
+                    return Some(None);
+                }
+                if !values::is_valid_filename(&joined) {
+                    // A value from the command line or a default file has no line to point at:
+                    // the message names where it came from.
+                    let setting = match &input.source {
+                        Some(_) => format!("`{name}=`"),
+                        None => format!("`{name}=` from {}", input.origin),
+                    };
+                    let issue = invalid(
+                        format!("`{joined}` cannot be part of the output's file name ({setting})"),
+                        format!(
+                            "The output is named `<ImageId>_<ImageVersion>` inside `OutputDirectory=`: `{name}=` takes a name without `/` that is not `.` or `..`"
+                        ),
+                    );
+                    self.issue(input.locate(issue, "not a file name"));
+                    return None;
+                }
+                Some(Some(Val::Text(joined)))
+            }
             Kind::Bool => {
                 if joined.is_empty() {
                     return Some(None);
@@ -572,6 +594,25 @@ impl Context<'_, '_> {
                         start,
                         piece.len(),
                         "included again while being read",
+                    ));
+                    continue;
+                }
+                if self.include_depth() >= super::load::MAX_INCLUDE_DEPTH {
+                    let issue = ConfigIssue::new(
+                        Severity::Error,
+                        "kiln::config::include_depth",
+                        format!(
+                            "Including `{piece}` nests configuration more than {} levels deep",
+                            super::load::MAX_INCLUDE_DEPTH
+                        ),
+                    )
+                    .with_help("Include the files side by side from one place instead of each from the one before");
+                    self.issue(input.locate_item(
+                        issue,
+                        index,
+                        start,
+                        piece.len(),
+                        "included too deep",
                     ));
                     continue;
                 }

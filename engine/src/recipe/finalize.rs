@@ -131,9 +131,15 @@ fn command_line(context: &mut Context<'_, '_>, opts: &LoadOptions) {
             context.cli.insert("ImageVersion", None);
             context.cli_emptied.insert("ImageVersion");
         } else {
-            context
-                .cli
-                .insert("ImageVersion", Some(Val::Text(version.clone())));
+            let input = Input {
+                origin: "`--image-version`".to_string(),
+                ..Input::command_line(version)
+            };
+            if let Some(value) =
+                context.parse_value(settings::by_name("ImageVersion"), &input, None)
+            {
+                context.cli.insert("ImageVersion", value);
+            }
         }
     }
     if let Some(autologin) = opts.autologin {

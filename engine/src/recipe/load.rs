@@ -227,6 +227,11 @@ fn syntax_issue(source: &SourceText, error: &SyntaxError) -> ConfigIssue {
     }
 }
 
+/// How many configuration files and directories may be read inside one another (through
+/// `Include=` and `mkosi.conf.d/`): enough for any project, and far from what the reader's stack
+/// holds.
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 64;
+
 /// Reading one image's configuration: mkosi's `ParseContext`.
 pub(crate) struct Context<'s, 'e> {
     pub shared: &'s mut Shared<'e>,
@@ -288,6 +293,21 @@ impl<'s, 'e> Context<'s, 'e> {
         parse_profiles: bool,
         parse_local: bool,
     ) -> bool {
+        if self.include_depth() >= MAX_INCLUDE_DEPTH {
+            let name = self.shared.display(path);
+            self.issue(
+                ConfigIssue::new(
+                    Severity::Error,
+                    "kiln::config::include_depth",
+                    format!(
+                        "`{name}` lies more than {MAX_INCLUDE_DEPTH} levels of configuration deep"
+                    ),
+                )
+                .with_help("Flatten the nested `mkosi.conf.d/` directories, and check that no symlink leads back up")
+                .in_file(name),
+            );
+            return false;
+        }
         let is_dir = path.is_dir();
         let conf = if is_dir {
             path.join("mkosi.conf")
@@ -659,6 +679,13 @@ impl<'s, 'e> Context<'s, 'e> {
                 self.parse_config_one(&path, false, false);
             }
         }
+    }
+
+    /// How many files and directories are being read inside one another now.
+    pub fn include_depth(&self) -> usize {
+        let mut names: Vec<&str> = self.stack.iter().map(|(_, name)| name.as_str()).collect();
+        names.dedup();
+        names.len()
     }
 
     /// The chain of includes that leads back to `id`, when `id` is being read now.

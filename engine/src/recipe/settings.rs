@@ -96,6 +96,9 @@ pub(crate) enum Kind {
     Text,
     /// A file name without `/` (`Output=`).
     Filename,
+    /// A part of the output's default file name (`ImageId=`, `ImageVersion=`): text that is
+    /// itself a file name, so `<ImageId>_<ImageVersion>` stays inside `OutputDirectory=`.
+    NamePart,
     Bool,
     /// `yes`/`no`/`auto` (or `enabled`/`disabled`).
     Feature,
@@ -136,6 +139,7 @@ impl Kind {
             self,
             Kind::Text
                 | Kind::Filename
+                | Kind::NamePart
                 | Kind::Epoch
                 | Kind::Password
                 | Kind::Path
@@ -468,7 +472,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("ImageVersion", "Output")
         .scope(Inherit)
         .specifier('v')
-        .kind(Kind::Text)
+        .kind(Kind::NamePart)
         .matcher(Matcher::Version)
         .suffixes(&["version"])
         .read_text()
@@ -476,7 +480,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     s("ImageId", "Output")
         .scope(Inherit)
         .specifier('i')
-        .kind(Kind::Text)
+        .kind(Kind::NamePart)
         .matcher(Matcher::Glob)
         .by(&["os-release"]),
     s("OutputSize", "Output"),

@@ -324,10 +324,10 @@ pub(crate) fn version_matches(condition: &str, value: &str) -> bool {
     compare_versions(value, condition) == Ordering::Equal
 }
 
-/// Whether `name` is a valid file name for mkosi (`Output=`, profiles): not `.` or `..`, no `/`.
+/// Whether `name` is a valid file name for mkosi (`Output=`, profiles): its trimmed text names
+/// one directory entry.
 pub(crate) fn is_valid_filename(name: &str) -> bool {
-    let name = name.trim();
-    !(name == "." || name == ".." || name.contains('/'))
+    crate::paths::is_file_name(name.trim())
 }
 
 #[cfg(test)]
