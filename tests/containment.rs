@@ -422,3 +422,32 @@ fn unwrapped(report: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A file name in the image with terminal control sequences is shown escaped by `graph
+/// explain`, never sent to the terminal as it is.
+#[test]
+fn explain_escapes_control_characters_in_file_names() {
+    kiln_test_support::require!(Need::Root);
+    let project = Project::copy_of("tiny", "tiny");
+    project.build(&[]);
+    project.write(
+        "mkosi.extra/evil\x1b]0;owned\x07\x1b[2J\nfake: cached",
+        "x\n",
+    );
+    project.build(&[]);
+    let output = project.kiln(&["graph", "explain"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters reached the terminal:\n{text:?}"
+    );
+    assert!(
+        text.contains(r"evil\u{1b}]0;owned\u{7}\u{1b}[2J\nfake: cached"),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|line| line.starts_with("fake:")),
+        "{text}"
+    );
+}

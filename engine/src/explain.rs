@@ -456,7 +456,7 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
 
-/// Render an explanation for people.
+/// Render an explanation for people. Names from trees and recipes are shown [`printable`].
 pub fn render_text(explanation: &Explanation) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -466,13 +466,30 @@ pub fn render_text(explanation: &Explanation) -> String {
             ("ran", false) => "ran, output unchanged",
             (status, _) => status,
         };
-        let _ = writeln!(out, "{}: {status}", stage.name);
+        let _ = writeln!(out, "{}: {status}", printable(&stage.name));
         for reason in &stage.reasons {
-            let _ = writeln!(out, "  {}", reason.summary);
+            let _ = writeln!(out, "  {}", printable(&reason.summary));
         }
         for note in &stage.notes {
-            let _ = writeln!(out, "  note: {note}");
+            let _ = writeln!(out, "  note: {}", printable(note));
         }
     }
     out
+}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\n`), as `ls` shows file names: a file
+/// name in an image cannot move the terminal's cursor, change its colours or start a new line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
