@@ -474,8 +474,9 @@ fn a_deep_include_chain_is_an_error_not_a_crash() {
     assert_eq!((location.file.as_str(), location.line), ("inc/61.conf", 2));
 }
 
-/// A drop-in directory that holds a link back up to itself is read to the same depth limit,
-/// not until the stack runs out.
+/// A drop-in directory that holds a link back up to itself is an error at the depth limit;
+/// before the limit, the same files were read again at every level until the kernel's symlink
+/// limit stopped the walk.
 #[test]
 fn a_drop_in_directory_linking_back_up_is_an_error_not_a_crash() {
     let dir = project(&[
