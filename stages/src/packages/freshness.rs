@@ -63,7 +63,13 @@ fn file_unchanged(file: &IndexFile) -> Result<bool, PackagesError> {
         url: file.url.clone(),
         message,
     };
+    // The system's certificate roots, as apt and the shared cache use: behind a private CA
+    // that apt trusts, the mirror is reachable for kiln too.
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .build();
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
         .timeout_global(Some(TIMEOUT))
         .http_status_as_error(false)
         .build()
