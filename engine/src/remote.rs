@@ -432,10 +432,12 @@ pub fn push_build(
     build: BuildId,
 ) -> Result<PushReport, PushError> {
     let index = store.index()?;
-    let recipe = index
-        .build(build)?
-        .map(|info| info.recipe)
+    let info = index.build(build)?;
+    let recipe = info
+        .as_ref()
+        .map(|info| shareable_recipe(&info.recipe, &info.recipe_dir))
         .unwrap_or_default();
+    let project_dir = info.map(|info| info.recipe_dir).unwrap_or_default();
     let mut report = PushReport::default();
     for run in index.runs(build)? {
         let present = match run.output.kind {
@@ -446,7 +448,11 @@ pub fn push_build(
             report.skipped.push(run.stage);
             continue;
         }
-        let mut notes = run.notes;
+        let mut notes: Vec<String> = run
+            .notes
+            .iter()
+            .map(|note| relative_to(note, &project_dir))
+            .collect();
         if run.status == RunStatus::Ran {
             notes.push(format!(
                 "ran in {:.2} s in build {build} of `{recipe}`",
@@ -460,7 +466,14 @@ pub fn push_build(
             output: run.output,
             // Filled in from the store by the push.
             output_size: None,
-            inputs: run.inputs,
+            inputs: run
+                .inputs
+                .into_iter()
+                .map(|mut input| {
+                    input.value = input.value.map(|value| relative_to(&value, &project_dir));
+                    input
+                })
+                .collect(),
             notes,
         };
         match remote.push(store, &record) {
@@ -477,6 +490,28 @@ pub fn push_build(
         }
     }
     Ok(report)
+}
+
+/// A recipe's name in the index (`image@/home/me/project`) as a pushed record may show it to
+/// everyone who reads the cache: without the project's directory, which is where the build
+/// happened to run, not what it built.
+fn shareable_recipe(recipe: &str, dir: &std::path::Path) -> String {
+    let dir = dir.to_string_lossy();
+    match recipe.strip_suffix(dir.as_ref()) {
+        Some(name) if !dir.is_empty() => name.trim_end_matches('@').to_string(),
+        _ => recipe.to_string(),
+    }
+}
+
+/// `text` with the project's directory written relative to the project (`./`), as what is
+/// pushed shows it: keys never include it, and `explain` shows paths relative to the project.
+fn relative_to(text: &str, project_dir: &std::path::Path) -> String {
+    let dir = project_dir.to_string_lossy();
+    if dir.len() <= 1 || !text.contains(dir.as_ref()) {
+        return text.to_string();
+    }
+    text.replace(&format!("{dir}/"), "")
+        .replace(dir.as_ref(), ".")
 }
 
 /// What [`pull`] did, stage by stage.
@@ -956,5 +991,22 @@ mod tests {
                 .values()
                 .all(|outcome| *outcome == Outcome::Cached)
         );
+    }
+
+    #[test]
+    fn what_is_pushed_names_the_project_relative_to_itself() {
+        let dir = Path::new("/home/me/work/rescue");
+        assert_eq!(
+            shareable_recipe("rescue@/home/me/work/rescue", dir),
+            "rescue"
+        );
+        assert_eq!(shareable_recipe("test", dir), "test");
+        assert_eq!(
+            relative_to("cannot read /home/me/work/rescue/mkosi.extra/etc", dir),
+            "cannot read mkosi.extra/etc"
+        );
+        assert_eq!(relative_to("ran in /home/me/work/rescue", dir), "ran in .");
+        assert_eq!(relative_to("mkosi.postinst", dir), "mkosi.postinst");
+        assert_eq!(relative_to("/", Path::new("/")), "/");
     }
 }
