@@ -11,7 +11,11 @@
 //! | push builds    | `--cache-push`                        | `KILN_CACHE_PUSH`         | `push`            |
 //! | trusted keys   |                                       | `KILN_CACHE_TRUSTED_KEYS` | `trusted-keys`    |
 //! | signing key    |                                       | `KILN_CACHE_SIGNING_KEY`  | `signing-key`     |
-//! | transfers, timeouts, retries |                         |                           | `transfers`, `timeout`, `connect-timeout`, `retries` |
+//! | transfers, timeouts, retries |                         |                           | `transfers`, `timeout`, `connect-timeout`, `min-rate`, `retries` |
+//!
+//! `timeout` (a request's stall timeout) and `connect-timeout` are in seconds; `min-rate` is the
+//! least average rate of a download, in bytes per second, once `timeout` has passed since it
+//! began (16384 by default): a slower server is left for the rest of the build.
 //!
 //! Credentials come from `KILN_CACHE_TOKEN` (a bearer token) or `KILN_CACHE_USER` and
 //! `KILN_CACHE_PASSWORD` (basic auth), else from the credentials file (`$KILN_CACHE_CREDENTIALS`,
@@ -91,6 +95,7 @@ struct CacheSection {
     transfers: Option<usize>,
     timeout: Option<u64>,
     connect_timeout: Option<u64>,
+    min_rate: Option<u64>,
     retries: Option<u32>,
 }
 
@@ -210,6 +215,7 @@ pub fn resolve_with(
             .cache
             .timeout
             .map_or(defaults.stall, Duration::from_secs),
+        min_rate: file.cache.min_rate.unwrap_or(defaults.min_rate),
     };
 
     let (credentials, credentials_from) = credentials(&url, cwd, env)?;

@@ -340,6 +340,19 @@ impl Scheduler<'_> {
                             reports.push(report);
                         }
                         Ok(Prepared::Remote { key, hit }) => {
+                            let stage = graph.stage(stage_index);
+                            if let Some(earlier) = self.earlier.get(stage.name())
+                                && earlier.outcome == Outcome::Remote
+                                && earlier.output == hit.output().output
+                                && !graph.dependents(stage_index).is_empty()
+                            {
+                                // Settled and recorded by the earlier pass already.
+                                remote_only.insert(stage_index, hit);
+                                outputs.insert(earlier.name.clone(), earlier.output);
+                                release(graph, stage_index, &mut remaining_deps, &mut ready);
+                                reports.push(earlier.clone());
+                                continue;
+                            }
                             if graph.dependents(stage_index).is_empty() {
                                 // The build's output: download it before it settles.
                                 self.reporter.stage_started(graph.stage(stage_index).name());
@@ -583,7 +596,9 @@ impl Scheduler<'_> {
             .filter(|remote| remote.usable() && !self.options.force_rerun);
         let hit = match (&planned.state, remote) {
             (_, None) => None,
-            (PlannedState::Remote { hit, .. }, Some(_)) if planned.key == Some(key) => {
+            (PlannedState::Remote { hit, .. }, Some(remote))
+                if planned.key == Some(key) && !remote.rejected(&key) =>
+            {
                 Some((**hit).clone())
             }
             (_, Some(remote)) => remote.lookup(self.index, stage, &key),

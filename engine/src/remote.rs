@@ -28,15 +28,19 @@
 //!
 //! # When the remote fails
 //!
-//! A remote that is down, slow, answers errors or serves garbage never fails a build: the
-//! session warns once and is not asked again in this build. If the build still needs an output
-//! it could not download, the scheduler lets what runs finish and schedules the build again
-//! without the remote: what ran or was downloaded is now cached, the rest runs. Scheduling
-//! again, rather than running the missing stage in place, keeps every key computed from outputs
-//! that exist, even if a rebuilt stage does not reproduce the remote's output bit for bit.
+//! A remote that is down, slow, answers errors or serves garbage never fails a build. When one
+//! entry is bad (an object that is corrupt, missing or too long, a malformed record: anyone who
+//! can write to the server can plant one), the session warns once per object and does without
+//! that stage's record for the rest of the build; the other stages still come from the remote.
+//! When the remote itself fails (unreachable, timed out, too slow), the session warns once and
+//! is not asked again in this build. Either way, if the build still needs an output it could
+//! not download, the scheduler lets what runs finish and schedules the build again without
+//! that record: what ran or was downloaded is now cached, the rest runs. Scheduling again,
+//! rather than running the missing stage in place, keeps every key computed from outputs that
+//! exist, even if a rebuilt stage does not reproduce the remote's output bit for bit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use kiln_cache::remote::{ActionRecord, Lookup, Pushed, Remote, RemoteError};
 use kiln_cache::{ActionResult, BuildId, Digest, Index, RunStatus, Store, StoreError};
@@ -54,8 +58,14 @@ pub trait RemoteCache: Send + Sync {
     fn lookup(&self, key: &Digest) -> Result<Lookup, RemoteError>;
     /// Checks the signed text of a record kept from an earlier lookup, with today's trust.
     fn accept(&self, key: &Digest, signed: &str) -> Result<Lookup, RemoteError>;
-    /// Downloads an output and everything it refers to into `store`.
-    fn fetch(&self, store: &Store, output: ActionResult) -> Result<(), RemoteError>;
+    /// Downloads an output and everything it refers to into `store`, no more than `size`
+    /// bytes of it (as its signed record says).
+    fn fetch(
+        &self,
+        store: &Store,
+        output: ActionResult,
+        size: Option<u64>,
+    ) -> Result<(), RemoteError>;
     /// Uploads an output and its signed record.
     fn push(&self, store: &Store, record: &ActionRecord) -> Result<Pushed, RemoteError>;
 }
@@ -70,8 +80,13 @@ impl RemoteCache for Remote {
     fn accept(&self, key: &Digest, signed: &str) -> Result<Lookup, RemoteError> {
         Remote::accept(self, key, signed)
     }
-    fn fetch(&self, store: &Store, output: ActionResult) -> Result<(), RemoteError> {
-        Remote::fetch(self, store, output)
+    fn fetch(
+        &self,
+        store: &Store,
+        output: ActionResult,
+        size: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        Remote::fetch(self, store, output, size)
     }
     fn push(&self, store: &Store, record: &ActionRecord) -> Result<Pushed, RemoteError> {
         Remote::push(self, store, record)
@@ -108,11 +123,16 @@ impl RemoteHit {
 }
 
 /// One build's use of a shared cache: it is asked until it first fails, then warns once and is
-/// left alone for the rest of the build.
+/// left alone for the rest of the build. A bad entry (see [`RemoteError::is_bad_entry`]) only
+/// sets the stage key it was for aside.
 pub struct RemoteSession<'a> {
     remote: &'a dyn RemoteCache,
     reporter: &'a dyn Reporter,
     failure: OnceLock<String>,
+    /// Stage keys whose records led to a bad entry: not used again in this build.
+    rejected: Mutex<BTreeSet<Digest>>,
+    /// Objects found bad, each warned about once.
+    bad_objects: Mutex<BTreeSet<Digest>>,
 }
 
 impl<'a> RemoteSession<'a> {
@@ -121,7 +141,17 @@ impl<'a> RemoteSession<'a> {
             remote,
             reporter,
             failure: OnceLock::new(),
+            rejected: Mutex::new(BTreeSet::new()),
+            bad_objects: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Whether the record of `key` was set aside in this build (its output could not be used).
+    pub fn rejected(&self, key: &Digest) -> bool {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(key)
     }
 
     pub fn location(&self) -> &str {
@@ -142,7 +172,7 @@ impl<'a> RemoteSession<'a> {
     /// or one the remote has. `None` when there is none, it is not trusted (said with `-v`),
     /// or the remote failed (warned once).
     pub fn lookup(&self, index: &Index, stage: &dyn Stage, key: &Digest) -> Option<RemoteHit> {
-        if !self.usable() {
+        if !self.usable() || self.rejected(key) {
             return None;
         }
         if let Ok(Some((location, text))) = index.remote_action(key)
@@ -169,6 +199,10 @@ impl<'a> RemoteSession<'a> {
                 self.ignored(stage.name(), key, &why.to_string());
                 None
             }
+            Err(error) if error.is_bad_entry() => {
+                self.ignored(stage.name(), key, &error.to_string());
+                None
+            }
             Err(error) => {
                 self.fail(stage.name(), &error);
                 None
@@ -176,7 +210,8 @@ impl<'a> RemoteSession<'a> {
         }
     }
 
-    /// Downloads a hit's output into `store`; `false` when the remote failed (it warned).
+    /// Downloads a hit's output into `store`; `false` when the remote failed or served a bad
+    /// object (it warned, and the hit's key is set aside).
     pub fn fetch(&self, store: &Store, stage: &str, hit: &RemoteHit) -> bool {
         if !self.usable() {
             return false;
@@ -188,16 +223,52 @@ impl<'a> RemoteSession<'a> {
                 hit.output().output.short()
             ),
         );
-        match self.remote.fetch(store, hit.output()) {
+        match self
+            .remote
+            .fetch(store, hit.output(), hit.record.output_size)
+        {
             Ok(()) => true,
             Err(error) => {
                 // Its objects may be gone for good: do not know this record any more.
                 if let Ok(index) = store.index() {
                     let _ = index.forget_remote_action(&hit.record.key);
                 }
-                self.fail(stage, &error);
+                if error.is_bad_entry() {
+                    self.reject(stage, &hit.record.key, &error);
+                } else {
+                    self.fail(stage, &error);
+                }
                 false
             }
+        }
+    }
+
+    /// Sets the record of `key` aside for the rest of the build, after a bad entry: warns
+    /// once per bad object, and says it with `-v` every other time.
+    fn reject(&self, stage: &str, key: &Digest, error: &RemoteError) {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(*key);
+        let object = match error {
+            RemoteError::Corrupt { id, .. } | RemoteError::MissingObject { id, .. } => Some(*id),
+            _ => None,
+        };
+        let first = object.is_none_or(|id| {
+            self.bad_objects
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(id)
+        });
+        if first {
+            self.reporter.stage_warning(
+                stage,
+                &format!(
+                    "warning: {error}; going on without the shared cache for this stage's output"
+                ),
+            );
+        } else {
+            self.ignored(stage, key, &error.to_string());
         }
     }
 
@@ -361,10 +432,12 @@ pub fn push_build(
     build: BuildId,
 ) -> Result<PushReport, PushError> {
     let index = store.index()?;
-    let recipe = index
-        .build(build)?
-        .map(|info| info.recipe)
+    let info = index.build(build)?;
+    let recipe = info
+        .as_ref()
+        .map(|info| shareable_recipe(&info.recipe, &info.recipe_dir))
         .unwrap_or_default();
+    let project_dir = info.map(|info| info.recipe_dir).unwrap_or_default();
     let mut report = PushReport::default();
     for run in index.runs(build)? {
         let present = match run.output.kind {
@@ -375,7 +448,11 @@ pub fn push_build(
             report.skipped.push(run.stage);
             continue;
         }
-        let mut notes = run.notes;
+        let mut notes: Vec<String> = run
+            .notes
+            .iter()
+            .map(|note| relative_to(note, &project_dir))
+            .collect();
         if run.status == RunStatus::Ran {
             notes.push(format!(
                 "ran in {:.2} s in build {build} of `{recipe}`",
@@ -387,7 +464,16 @@ pub fn push_build(
             stage: run.stage.clone(),
             kind: run.kind,
             output: run.output,
-            inputs: run.inputs,
+            // Filled in from the store by the push.
+            output_size: None,
+            inputs: run
+                .inputs
+                .into_iter()
+                .map(|mut input| {
+                    input.value = input.value.map(|value| relative_to(&value, &project_dir));
+                    input
+                })
+                .collect(),
             notes,
         };
         match remote.push(store, &record) {
@@ -406,6 +492,28 @@ pub fn push_build(
     Ok(report)
 }
 
+/// A recipe's name in the index (`image@/home/me/project`) as a pushed record may show it to
+/// everyone who reads the cache: without the project's directory, which is where the build
+/// happened to run, not what it built.
+fn shareable_recipe(recipe: &str, dir: &std::path::Path) -> String {
+    let dir = dir.to_string_lossy();
+    match recipe.strip_suffix(dir.as_ref()) {
+        Some(name) if !dir.is_empty() => name.trim_end_matches('@').to_string(),
+        _ => recipe.to_string(),
+    }
+}
+
+/// `text` with the project's directory written relative to the project (`./`), as what is
+/// pushed shows it: keys never include it, and `explain` shows paths relative to the project.
+fn relative_to(text: &str, project_dir: &std::path::Path) -> String {
+    let dir = project_dir.to_string_lossy();
+    if dir.len() <= 1 || !text.contains(dir.as_ref()) {
+        return text.to_string();
+    }
+    text.replace(&format!("{dir}/"), "")
+        .replace(dir.as_ref(), ".")
+}
+
 /// What [`pull`] did, stage by stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullReport {
@@ -413,7 +521,8 @@ pub struct PullReport {
     pub pulled: Vec<String>,
     /// Stages cached locally before.
     pub local: Vec<String>,
-    /// Stages the shared cache does not have (or that follow one it does not have).
+    /// Stages the shared cache does not have (or that follow one it does not have), or whose
+    /// objects it served bad.
     pub missing: Vec<String>,
 }
 
@@ -454,14 +563,25 @@ pub fn pull(
         match &stage.state {
             crate::plan::PlannedState::Cached { .. } => report.local.push(stage.name.clone()),
             crate::plan::PlannedState::Remote { hit, .. } => {
-                session
+                match session
                     .remote
-                    .fetch(store, hit.output())
-                    .map_err(|source| PullError::Fetch {
-                        stage: stage.name.clone(),
-                        help: source.help(),
-                        source: Box::new(source),
-                    })?;
+                    .fetch(store, hit.output(), hit.record.output_size)
+                {
+                    Ok(()) => {}
+                    Err(error) if error.is_bad_entry() => {
+                        // One bad object spoils this stage only.
+                        session.reject(&stage.name, &hit.record.key, &error);
+                        report.missing.push(stage.name.clone());
+                        continue;
+                    }
+                    Err(source) => {
+                        return Err(PullError::Fetch {
+                            stage: stage.name.clone(),
+                            help: source.help(),
+                            source: Box::new(source),
+                        });
+                    }
+                }
                 index.record_action(&hit.record.key, hit.output())?;
                 report.pulled.push(stage.name.clone());
             }
@@ -473,6 +593,8 @@ pub fn pull(
 
 #[cfg(test)]
 mod tests {
+    mod hostile;
+
     use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -775,13 +897,16 @@ mod tests {
         let report = b.build("c", Some(&team.reader()), &reporter);
         for stage in ["a", "b", "c", "d"] {
             assert_eq!(output(&report, stage), output(&first, stage));
+        }
+        // c ran, so b's output came over to be its input, and d is an output of the build; a
+        // still comes from the remote, and nothing needs its output here.
+        for stage in ["b", "c", "d"] {
             assert!(b.store.has_blob(output(&report, stage)));
         }
+        assert_eq!(outcomes(&report)["a"], Outcome::Remote);
         let warnings = reporter.warnings.lock().unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("corrupt object"), "{warnings:?}");
-        // a, b and c ran; d came from the remote before it failed, or ran after: either way
-        // its output is here.
         assert!(matches!(outcomes(&report)["c"], Outcome::Ran { .. }));
         let explanation = crate::explain::explain(&b.store, "test", Some("c")).unwrap();
         assert_eq!(explanation.stages[0].status, "ran");
@@ -866,5 +991,22 @@ mod tests {
                 .values()
                 .all(|outcome| *outcome == Outcome::Cached)
         );
+    }
+
+    #[test]
+    fn what_is_pushed_names_the_project_relative_to_itself() {
+        let dir = Path::new("/home/me/work/rescue");
+        assert_eq!(
+            shareable_recipe("rescue@/home/me/work/rescue", dir),
+            "rescue"
+        );
+        assert_eq!(shareable_recipe("test", dir), "test");
+        assert_eq!(
+            relative_to("cannot read /home/me/work/rescue/mkosi.extra/etc", dir),
+            "cannot read mkosi.extra/etc"
+        );
+        assert_eq!(relative_to("ran in /home/me/work/rescue", dir), "ran in .");
+        assert_eq!(relative_to("mkosi.postinst", dir), "mkosi.postinst");
+        assert_eq!(relative_to("/", Path::new("/")), "/");
     }
 }

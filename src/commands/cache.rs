@@ -135,10 +135,13 @@ fn print_remote(remote: Option<&RemoteSettings>) {
         _ => outln!("credentials none"),
     }
     outln!(
-        "transfers   {} at once, {} retries, timeouts {}s to connect and {}s of silence",
+        "transfers   {} at once, {} retries, timeouts {}s to connect and {}s of silence, \
+         downloads at least {} bytes/s after {}s",
         config.transfers,
         config.retries,
         config.timeouts.connect.as_secs(),
+        config.timeouts.stall.as_secs(),
+        config.timeouts.min_rate,
         config.timeouts.stall.as_secs()
     );
 }

@@ -37,6 +37,18 @@ pub enum RemoteError {
         /// The request.
         what: String,
     },
+    /// A body came in slower than the minimum rate, for longer than the stall timeout.
+    #[error(
+        "The shared cache `{location}` is too slow ({what}: {received} bytes received before it was cut off)"
+    )]
+    TooSlow {
+        /// The remote.
+        location: String,
+        /// The request.
+        what: String,
+        /// Bytes received until then.
+        received: u64,
+    },
     /// The server answered with an unexpected HTTP status.
     #[error("The shared cache `{location}` answered {status} to {what}")]
     Status {
@@ -101,6 +113,18 @@ impl RemoteError {
         }
     }
 
+    /// Whether the error is about one entry of the shared cache only (a corrupt or missing
+    /// object, a malformed record), which the server answered for: the rest of it may still
+    /// be used.
+    pub fn is_bad_entry(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Corrupt { .. }
+                | RemoteError::MissingObject { .. }
+                | RemoteError::MalformedRecord { .. }
+        )
+    }
+
     /// A hint saying what the user can do about the error.
     pub fn help(&self) -> Option<String> {
         Some(match self {
@@ -126,6 +150,16 @@ impl RemoteError {
             }
             RemoteError::Unreachable { .. } | RemoteError::TimedOut { .. } => {
                 "Check the URL and that the server is up; builds go on without it".to_owned()
+            }
+            RemoteError::TooSlow { .. } => {
+                "Check the network and the server, or lower `min-rate` (bytes per second) in the \
+                 [cache] section of the kiln config file; builds go on without it"
+                    .to_owned()
+            }
+            RemoteError::Corrupt { .. } | RemoteError::MissingObject { .. } => {
+                "Push the build again from a trusted machine: pushing checks and replaces what \
+                 the server holds; builds do without this object meanwhile"
+                    .to_owned()
             }
             RemoteError::Store(error) => return error.help(),
             _ => return None,

@@ -23,19 +23,28 @@
 //! is trusted too. A record signed by no trusted key, or changed after it was signed, is
 //! [`Lookup::Rejected`], never used.
 //!
+//! A record says its output's size, under its signature: a download stops there, so a server
+//! cannot fill the local disk under a trusted name. Records of format 1, written before they
+//! said it, are still used for trees (a manifest is bounded, and so is each blob by the
+//! manifest naming it) but not for blobs ([`Rejection::Unsized`]).
+//!
 //! # Writes
 //!
-//! [`Remote::push`] uploads blobs, then the tree manifest, then the signed record, each only
-//! when the server lacks it (HEAD first; a tree on the server means its blobs are there). A
-//! record on the server is never replaced by one with another output: the first writer wins,
-//! as in the local action cache; a second signer of the same result adds its signature.
+//! [`Remote::push`] uploads blobs, then the tree manifest, then the signed record. An object
+//! the server has already is downloaded and checked first, and uploaded again when it fails
+//! (see `transfer`): anyone who can write there may have put garbage under its name. A record
+//! a trusted key signed is never replaced by one with another output: the first writer wins,
+//! as in the local action cache; a second signer of the same result adds its signature. A
+//! record no trusted key signed counts for nothing and is replaced.
 //!
 //! # Failures
 //!
-//! Every request has a connect timeout and a stall timeout (see `transport`). A whole object is
-//! retried with exponential backoff after a broken connection or a 5xx, 408 or 429 answer; a
-//! timeout is not retried. What still fails is a [`RemoteError`]; the engine then stops asking
-//! this remote for the rest of the build. Objects move in parallel on a pool of
+//! Every request has a connect timeout and a stall timeout, and every body a minimum rate
+//! (see `transport`). A whole object is retried with exponential backoff after a broken
+//! connection or a 5xx, 408 or 429 answer; a timeout is not retried. What still fails is a
+//! [`RemoteError`]. When it is about one entry only ([`RemoteError::is_bad_entry`]: a corrupt
+//! or missing object, a malformed record), the engine does without that entry; otherwise it
+//! stops asking this remote for the rest of the build. Objects move in parallel on a pool of
 //! [`RemoteConfig::transfers`] threads.
 
 pub mod error;
@@ -44,12 +53,15 @@ pub mod record;
 mod transfer;
 mod transport;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::digest::Digest;
+use crate::index::OutputKind;
 use crate::maintenance::human_bytes;
 
 pub use error::RemoteError;
@@ -59,7 +71,7 @@ pub use transfer::Pushed;
 pub use transport::{Credentials, RemoteUrl, Timeouts};
 
 use error::Result;
-use transport::Transport;
+use transport::{Cut, Incoming, Transport};
 
 /// The largest action record read.
 const RECORD_LIMIT: u64 = 16 << 20;
@@ -80,7 +92,7 @@ pub struct RemoteConfig {
     pub signing_key: Option<SecretKey>,
     /// How many objects move at once.
     pub transfers: usize,
-    /// Connect and stall timeouts of HTTP requests.
+    /// Connect and stall timeouts, and the minimum rate of a body.
     pub timeouts: Timeouts,
     /// How many times a failed transfer is tried again.
     pub retries: u32,
@@ -110,6 +122,8 @@ pub struct Remote {
     retries: u32,
     pool: rayon::ThreadPool,
     counters: Counters,
+    /// Objects this client uploaded, or downloaded and found intact, while pushing.
+    known: Mutex<BTreeSet<Digest>>,
 }
 
 impl fmt::Debug for Remote {
@@ -156,6 +170,9 @@ pub enum Rejection {
     },
     /// A newer kiln wrote it.
     UnknownFormat(String),
+    /// An older kiln wrote it: it does not say the size of its output, a blob, so nothing
+    /// would bound the download.
+    Unsized,
 }
 
 impl fmt::Display for Rejection {
@@ -171,6 +188,10 @@ impl fmt::Display for Rejection {
                     "it is written in format `{format}`, unknown to this kiln"
                 )
             }
+            Rejection::Unsized => write!(
+                f,
+                "an older kiln wrote it without its output's size; push the build again"
+            ),
         }
     }
 }
@@ -256,6 +277,7 @@ impl Remote {
             retries: config.retries,
             pool,
             counters: Counters::default(),
+            known: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -319,6 +341,12 @@ impl Remote {
             }));
         }
         Ok(match signed.verify(&self.trusted) {
+            Verdict::Trusted { .. }
+                if signed.record.output.kind == OutputKind::Blob
+                    && signed.record.output_size.is_none() =>
+            {
+                Lookup::Rejected(Rejection::Unsized)
+            }
             Verdict::Trusted { signer } => Lookup::Hit(RemoteAction {
                 record: signed.record,
                 signer,
@@ -336,7 +364,7 @@ impl Remote {
         };
         let mut bytes = Vec::new();
         if let Err(error) = (&mut incoming).take(RECORD_LIMIT).read_to_end(&mut bytes) {
-            return Err(self.body_error(&path, incoming.connection_error, error));
+            return Err(self.body_error(&path, &incoming, error));
         }
         String::from_utf8(bytes)
             .map(Some)
@@ -362,13 +390,14 @@ impl Remote {
     }
 
     /// An error while a body was coming in, on the connection itself.
-    fn body_error(
-        &self,
-        path: &str,
-        connection: Option<std::io::ErrorKind>,
-        error: std::io::Error,
-    ) -> RemoteError {
-        if connection == Some(std::io::ErrorKind::TimedOut) {
+    fn body_error(&self, path: &str, incoming: &Incoming, error: std::io::Error) -> RemoteError {
+        if incoming.cut == Some(Cut::TooSlow) {
+            RemoteError::TooSlow {
+                location: self.location().to_owned(),
+                what: format!("GET {path}"),
+                received: incoming.wire_bytes,
+            }
+        } else if incoming.connection_error == Some(std::io::ErrorKind::TimedOut) {
             RemoteError::TimedOut {
                 location: self.location().to_owned(),
                 what: format!("GET {path}"),
@@ -379,6 +408,31 @@ impl Remote {
                 what: format!("GET {path}"),
                 message: error.to_string(),
             }
+        }
+    }
+
+    /// An error while the body of object `id` was read through a decoder: on the
+    /// connection, or in what the server sent.
+    fn object_error(
+        &self,
+        path: &str,
+        id: &Digest,
+        incoming: &Incoming,
+        error: std::io::Error,
+    ) -> RemoteError {
+        let reason = match incoming.cut {
+            Some(Cut::TooLong) => {
+                "it is longer on the wire than any compression of its recorded size".to_owned()
+            }
+            _ if incoming.connection_error.is_some() => {
+                return self.body_error(path, incoming, error);
+            }
+            _ => format!("it does not decompress: {error}"),
+        };
+        RemoteError::Corrupt {
+            location: self.location().to_owned(),
+            id: *id,
+            reason,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! records them for `graph explain`) and notes. It travels as JSON:
 //!
 //! ```json
-//! { "format": "kiln-action/1", "key": "…", "stage": "postinst", "kind": "scripts",
-//!   "output": "…", "output_kind": "tree",
+//! { "format": "kiln-action/2", "key": "…", "stage": "postinst", "kind": "scripts",
+//!   "output": "…", "output_kind": "tree", "output_size": 18342,
 //!   "inputs": [{ "name": "base", "kind": "stage", "digest": "…" }], "notes": [],
 //!   "signatures": [{ "key": "ci-1", "signature": "BASE64" }] }
 //! ```
@@ -15,6 +15,15 @@
 //! text: whitespace or field order cannot break a signature, and no field can change without
 //! breaking it. A record may carry several signatures, as a Nix binary cache's may; a client
 //! accepts it when one of them is valid for one of its trusted keys. A test pins the encoding.
+//!
+//! # Formats
+//!
+//! `kiln-action/2` records the output's size (a blob's length, a tree manifest's encoded
+//! length), under the signature, so a download stops at that size whatever the server sends.
+//! `kiln-action/1` records, written before, carry no size: they are still read and their
+//! signatures checked (with the encoding of that format), and the reader decides what they
+//! may still be used for (see [`crate::remote::Remote::accept`]). Any other format is
+//! [`RecordError::UnknownFormat`].
 
 use std::fmt;
 
@@ -26,11 +35,18 @@ use crate::digest::Digest;
 use crate::index::{ActionResult, OutputKind, RecordedInput};
 use crate::remote::keys::{PublicKey, SecretKey};
 
-/// The `format` of the records this kiln writes and reads.
-pub const RECORD_FORMAT: &str = "kiln-action/1";
+/// The `format` of the records this kiln writes.
+pub const RECORD_FORMAT: &str = "kiln-action/2";
 
-/// Separates kiln's signed messages from anything else a key might sign.
-const SIGNING_DOMAIN: &[u8] = b"kiln action record v1\0";
+/// The format of records written before outputs had a size in them; still read.
+const RECORD_FORMAT_V1: &str = "kiln-action/1";
+
+/// Separates kiln's signed messages from anything else a key might sign (records of
+/// format 1, without an output size).
+const SIGNING_DOMAIN_V1: &[u8] = b"kiln action record v1\0";
+
+/// The same for records of format 2: a record cannot pass for one of the other format.
+const SIGNING_DOMAIN: &[u8] = b"kiln action record v2\0";
 
 /// What a stage key produced, as the shared cache holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +59,9 @@ pub struct ActionRecord {
     pub kind: String,
     /// The output.
     pub output: ActionResult,
+    /// The output's size in bytes: a blob's length, or a tree manifest's encoded length.
+    /// `None` in records of format 1, which did not carry it.
+    pub output_size: Option<u64>,
     /// The inputs that made the key, as recorded for `graph explain`.
     pub inputs: Vec<RecordedInput>,
     /// What the stage noted about its run.
@@ -110,14 +129,22 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 impl ActionRecord {
-    /// The canonical bytes a signature covers.
+    /// The canonical bytes a signature covers: those of format 2 when the record has an
+    /// output size, else those of format 1.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = SIGNING_DOMAIN.to_vec();
+        let domain = match self.output_size {
+            Some(_) => SIGNING_DOMAIN,
+            None => SIGNING_DOMAIN_V1,
+        };
+        let mut out = domain.to_vec();
         put(&mut out, self.key.as_bytes());
         put(&mut out, self.stage.as_bytes());
         put(&mut out, self.kind.as_bytes());
         put(&mut out, self.output.output.as_bytes());
         put(&mut out, self.output.kind.as_str().as_bytes());
+        if let Some(size) = self.output_size {
+            out.extend_from_slice(&size.to_le_bytes());
+        }
         out.extend_from_slice(&(self.inputs.len() as u64).to_le_bytes());
         for input in &self.inputs {
             put(&mut out, input.name.as_bytes());
@@ -195,13 +222,18 @@ impl SignedRecord {
     /// The JSON text stored at `ac/{key}`.
     pub fn to_json(&self) -> String {
         let record = &self.record;
+        let format = match record.output_size {
+            Some(_) => RECORD_FORMAT,
+            None => RECORD_FORMAT_V1,
+        };
         let wire = WireRecord {
-            format: RECORD_FORMAT.to_owned(),
+            format: format.to_owned(),
             key: record.key,
             stage: record.stage.clone(),
             kind: record.kind.clone(),
             output: record.output.output,
             output_kind: record.output.kind.as_str().to_owned(),
+            output_size: record.output_size,
             inputs: record
                 .inputs
                 .iter()
@@ -232,11 +264,26 @@ impl SignedRecord {
     pub fn parse(text: &str) -> Result<SignedRecord, RecordError> {
         let format: WireFormat =
             serde_json::from_str(text).map_err(|e| RecordError::Malformed(e.to_string()))?;
-        if format.format != RECORD_FORMAT {
-            return Err(RecordError::UnknownFormat(format.format));
-        }
+        let sized = match format.format.as_str() {
+            RECORD_FORMAT => true,
+            RECORD_FORMAT_V1 => false,
+            _ => return Err(RecordError::UnknownFormat(format.format)),
+        };
         let wire: WireRecord =
             serde_json::from_str(text).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        match (sized, wire.output_size) {
+            (true, None) => {
+                return Err(RecordError::Malformed(
+                    "it has no `output_size`, which its format requires".to_owned(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(RecordError::Malformed(
+                    "it has an `output_size`, which its format does not know".to_owned(),
+                ));
+            }
+            _ => {}
+        }
         let kind: OutputKind = wire
             .output_kind
             .parse()
@@ -267,6 +314,7 @@ impl SignedRecord {
                     output: wire.output,
                     kind,
                 },
+                output_size: wire.output_size,
                 inputs: wire
                     .inputs
                     .into_iter()
@@ -309,6 +357,8 @@ struct WireRecord {
     kind: String,
     output: Digest,
     output_kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output_size: Option<u64>,
     inputs: Vec<WireInput>,
     #[serde(default)]
     notes: Vec<String>,
@@ -346,6 +396,7 @@ pub(crate) mod tests {
                 output: Digest::of_bytes(b"tree"),
                 kind: OutputKind::Tree,
             },
+            output_size: None,
             inputs: vec![
                 RecordedInput {
                     name: "base".to_owned(),
@@ -454,5 +505,89 @@ pub(crate) mod tests {
             SignedRecord::parse(&text),
             Err(RecordError::Malformed(reason)) if reason.contains("forest")
         ));
+    }
+
+    /// The test record in format 2, with an output size.
+    fn sized() -> ActionRecord {
+        ActionRecord {
+            output_size: Some(18342),
+            ..record()
+        }
+    }
+
+    #[test]
+    fn signing_bytes_of_format_2_are_pinned_and_cover_the_size() {
+        // Part of the shared cache's format, as format 1's are.
+        assert_eq!(
+            Digest::of_bytes(&sized().signing_bytes()).to_string(),
+            "8fd0f983dfa9e53bab102f55fec485da6808f94c2ae7294a85695f56983dea56"
+        );
+        let key = SecretKey::generate("ci-1").unwrap();
+        let mut signed = SignedRecord::unsigned(sized());
+        signed.sign(&key);
+        let text = signed.to_json();
+        assert!(text.contains("\"format\": \"kiln-action/2\""), "{text}");
+        assert!(text.contains("\"output_size\": 18342"), "{text}");
+        assert_eq!(SignedRecord::parse(&text).unwrap(), signed);
+        // A larger size, or none (passing for a record of format 1), breaks the signature.
+        for size in [Some(1 << 40), None] {
+            let mut altered = signed.clone();
+            altered.record.output_size = size;
+            assert_eq!(
+                altered.verify(&[key.public()]),
+                Verdict::BadSignature {
+                    signer: "ci-1".to_owned()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_format_and_its_size_go_together() {
+        let v2 = SignedRecord::unsigned(sized()).to_json();
+        let v1 = SignedRecord::unsigned(record()).to_json();
+        assert!(v1.contains("\"format\": \"kiln-action/1\""), "{v1}");
+        assert!(!v1.contains("output_size"), "{v1}");
+        assert_eq!(SignedRecord::parse(&v1).unwrap().record, record());
+        let sizeless = v2.replace("  \"output_size\": 18342,\n", "");
+        assert!(matches!(
+            SignedRecord::parse(&sizeless),
+            Err(RecordError::Malformed(reason)) if reason.contains("output_size")
+        ));
+        let sized_v1 = v2.replace("kiln-action/2", "kiln-action/1");
+        assert!(matches!(
+            SignedRecord::parse(&sized_v1),
+            Err(RecordError::Malformed(reason)) if reason.contains("output_size")
+        ));
+    }
+
+    proptest::proptest! {
+        /// Any record of either format survives its JSON text, and its signature covers its
+        /// output size: no other size verifies.
+        #[test]
+        fn records_roundtrip_and_their_size_is_signed(
+            stage in "[a-z-]{1,12}",
+            notes in proptest::collection::vec(".{0,20}", 0..3),
+            size in proptest::option::of(proptest::num::u64::ANY),
+            other in proptest::num::u64::ANY,
+            blob in proptest::bool::ANY,
+        ) {
+            let key = SecretKey::generate("ci-1").unwrap();
+            let mut record = record();
+            record.stage = stage;
+            record.notes = notes;
+            record.output_size = size;
+            if blob {
+                record.output.kind = OutputKind::Blob;
+            }
+            let mut signed = SignedRecord::unsigned(record);
+            signed.sign(&key);
+            let again = SignedRecord::parse(&signed.to_json()).unwrap();
+            proptest::prop_assert_eq!(&again, &signed);
+            proptest::prop_assert!(again.signed_by(&key.public()));
+            let mut altered = again;
+            altered.record.output_size = Some(other);
+            proptest::prop_assert_eq!(altered.signed_by(&key.public()), size == Some(other));
+        }
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! HTTP goes through `ureq`, a small blocking client, with the system's certificate roots
 //! (rustls' platform verifier), a connect timeout, and a stall timeout on every read and write,
-//! so a big body may take as long as it needs while a server that stops answering is noticed.
+//! so a server that stops answering is noticed. A body must also keep a minimum average rate
+//! once the stall timeout has passed since it began ([`Timeouts::min_rate`]): a server that
+//! trickles a byte now and then under a huge length never trips the stall timeout, but it
+//! cannot hold a build for longer than that. The same holds for `file://` (a FIFO trickles too).
 //! Credentials become one `Authorization` header; they are never part of a URL, so no error
 //! message can carry them.
 
@@ -12,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -141,13 +144,16 @@ impl RemoteUrl {
     }
 }
 
-/// Timeouts of HTTP requests.
+/// Timeouts of requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// To open a connection.
     pub connect: Duration,
     /// For the server to answer, and for any single read or write of a body to progress.
     pub stall: Duration,
+    /// The least average rate of a body being received, in bytes per second, counted from
+    /// its start once `stall` has passed: a slower body is cut off as timed out.
+    pub min_rate: u64,
 }
 
 impl Default for Timeouts {
@@ -155,12 +161,27 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(5),
             stall: Duration::from_secs(20),
+            min_rate: 16 << 10,
         }
     }
 }
 
+/// Why a body was cut off by kiln rather than by the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// It came in slower than [`Timeouts::min_rate`].
+    TooSlow,
+    /// It was longer than the caller allowed ([`Incoming::limit_wire`]).
+    TooLong,
+}
+
 /// Where objects go and come from.
-pub(crate) enum Transport {
+pub(crate) struct Transport {
+    kind: TransportKind,
+    timeouts: Timeouts,
+}
+
+enum TransportKind {
     Http(Http),
     Directory(PathBuf),
 }
@@ -172,18 +193,54 @@ pub(crate) struct Http {
 }
 
 /// A body being received, and whether reading it failed on the connection (as opposed to
-/// the decoder above it finding garbage).
+/// the decoder above it finding garbage), or was cut off.
 pub(crate) struct Incoming {
     reader: Box<dyn Read>,
     pub(crate) wire_bytes: u64,
     pub(crate) connection_error: Option<ErrorKind>,
+    pub(crate) cut: Option<Cut>,
+    started: Instant,
+    patience: Duration,
+    min_rate: u64,
+    wire_limit: Option<u64>,
+}
+
+impl Incoming {
+    /// Refuses a body longer than `limit` bytes on the wire.
+    pub(crate) fn limit_wire(&mut self, limit: u64) {
+        self.wire_limit = Some(limit);
+    }
+
+    fn cut(&mut self, cut: Cut) -> io::Error {
+        self.cut = Some(cut);
+        match cut {
+            Cut::TooSlow => {
+                self.connection_error = Some(ErrorKind::TimedOut);
+                io::Error::new(ErrorKind::TimedOut, "the body comes in too slowly")
+            }
+            Cut::TooLong => io::Error::other("the body is longer than allowed"),
+        }
+    }
 }
 
 impl Read for Incoming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(cut) = self.cut {
+            return Err(self.cut(cut));
+        }
         match self.reader.read(buf) {
             Ok(n) => {
                 self.wire_bytes += n as u64;
+                if self.wire_limit.is_some_and(|limit| self.wire_bytes > limit) {
+                    return Err(self.cut(Cut::TooLong));
+                }
+                let elapsed = self.started.elapsed();
+                if n > 0
+                    && elapsed > self.patience
+                    && (self.wire_bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+                {
+                    return Err(self.cut(Cut::TooSlow));
+                }
                 Ok(n)
             }
             Err(error) => {
@@ -218,9 +275,9 @@ impl Transport {
         timeouts: Timeouts,
         connections: usize,
     ) -> Transport {
-        match url.scheme {
+        let kind = match url.scheme {
             Scheme::File => {
-                Transport::Directory(PathBuf::from(url.as_str().trim_start_matches("file://")))
+                TransportKind::Directory(PathBuf::from(url.as_str().trim_start_matches("file://")))
             }
             Scheme::Http => {
                 let tls = ureq::tls::TlsConfig::builder()
@@ -238,20 +295,21 @@ impl Transport {
                     .tls_config(tls)
                     .build()
                     .into();
-                Transport::Http(Http {
+                TransportKind::Http(Http {
                     agent,
                     base: url.as_str().to_owned(),
                     authorization: credentials.map(Credentials::header),
                 })
             }
-        }
+        };
+        Transport { kind, timeouts }
     }
 
     /// Whether `path` (`cas/…`, `ac/…`) exists.
     pub(crate) fn exists(&self, location: &str, path: &str) -> Result<bool> {
-        match self {
-            Transport::Directory(base) => Ok(base.join(path).is_file()),
-            Transport::Http(http) => {
+        match &self.kind {
+            TransportKind::Directory(base) => Ok(base.join(path).is_file()),
+            TransportKind::Http(http) => {
                 let what = format!("HEAD {path}");
                 let response = http
                     .authorize(http.agent.head(format!("{}/{path}", http.base)))
@@ -272,8 +330,8 @@ impl Transport {
 
     /// The body of `path`, or `None` when there is none.
     pub(crate) fn get(&self, location: &str, path: &str) -> Result<Option<Incoming>> {
-        let reader: Box<dyn Read> = match self {
-            Transport::Directory(base) => match File::open(base.join(path)) {
+        let reader: Box<dyn Read> = match &self.kind {
+            TransportKind::Directory(base) => match File::open(base.join(path)) {
                 Ok(file) => Box::new(file),
                 Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(error) => {
@@ -284,7 +342,7 @@ impl Transport {
                     });
                 }
             },
-            Transport::Http(http) => {
+            TransportKind::Http(http) => {
                 let what = format!("GET {path}");
                 let response = http
                     .authorize(http.agent.get(format!("{}/{path}", http.base)))
@@ -307,13 +365,18 @@ impl Transport {
             reader,
             wire_bytes: 0,
             connection_error: None,
+            cut: None,
+            started: Instant::now(),
+            patience: self.timeouts.stall,
+            min_rate: self.timeouts.min_rate,
+            wire_limit: None,
         }))
     }
 
     /// Stores everything `body` yields at `path`, replacing what is there.
     pub(crate) fn put(&self, location: &str, path: &str, body: &mut dyn Read) -> Result<()> {
-        match self {
-            Transport::Directory(base) => {
+        match &self.kind {
+            TransportKind::Directory(base) => {
                 let dest = base.join(path);
                 let failed = |error: io::Error| RemoteError::Unreachable {
                     location: location.to_owned(),
@@ -339,7 +402,7 @@ impl Transport {
                     }
                 }
             }
-            Transport::Http(http) => {
+            TransportKind::Http(http) => {
                 let what = format!("PUT {path}");
                 let response = http
                     .authorize(http.agent.put(format!("{}/{path}", http.base)))
