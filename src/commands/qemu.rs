@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use kiln_engine::recipe::{Loaded, OutputFormat, load_project};
+use kiln_engine::recipe::{Loaded, load_project};
 use kiln_stages::host::RealHost;
 use kiln_stages::vm::{AccelChoice, VmRequest};
 
@@ -22,11 +22,11 @@ use crate::settings::Settings;
 
 pub fn run(settings: &Settings, renderer: &Renderer, args: &QemuArgs) -> Result<u8, CliError> {
     let loaded = load_project(&settings.project_dir, &settings.load)?;
-    if loaded.recipe.output.format != OutputFormat::Uki {
+    let Some(suffix) = boot_suffix(&loaded) else {
         return Err(CliError::NotUki {
             format: loaded.recipe.output.format.as_str(),
         });
-    }
+    };
     if settings.force >= 1 {
         crate::commands::build::run(settings, renderer)?;
     } else {
@@ -34,8 +34,8 @@ pub fn run(settings: &Settings, renderer: &Renderer, args: &QemuArgs) -> Result<
             renderer.eprint(warning);
         }
     }
-    let uki = built_uki(&loaded).ok_or_else(|| CliError::NotBuilt {
-        path: uki_candidates(&loaded).remove(0),
+    let uki = built_uki(&loaded, suffix).ok_or_else(|| CliError::NotBuilt {
+        path: uki_candidates(&loaded, suffix).remove(0),
     })?;
     let request = request(&loaded, uki, args);
     let code = kiln_stages::vm::boot(&RealHost::new(), &request, &mut |note| {
@@ -71,30 +71,28 @@ fn request(loaded: &Loaded, uki: PathBuf, args: &QemuArgs) -> VmRequest {
     }
 }
 
+/// The suffix of what the recipe's format makes to boot, when it makes one (`.efi`).
+fn boot_suffix(loaded: &Loaded) -> Option<&'static str> {
+    kiln_stages::formats::for_format(loaded.recipe.output.format)?.boot_suffix()
+}
+
 /// Where the build writes the UKI: the versioned name first, then the unversioned link.
-fn uki_candidates(loaded: &Loaded) -> Vec<PathBuf> {
+fn uki_candidates(loaded: &Loaded, suffix: &str) -> Vec<PathBuf> {
     let recipe = &loaded.recipe;
-    let output_dir = kiln_engine::paths::absolute(
-        &loaded.dir,
-        &recipe
-            .output
-            .output_directory
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mkosi.output")),
-    );
+    let output_dir = recipe.output_dir(&loaded.dir);
     let mut names = vec![recipe.output_name()];
     if recipe.image_name() != names[0] {
         names.push(recipe.image_name());
     }
     names
         .into_iter()
-        .map(|name| output_dir.join(format!("{name}.efi")))
+        .map(|name| output_dir.join(format!("{name}{suffix}")))
         .collect()
 }
 
 /// The built UKI, if there is one.
-fn built_uki(loaded: &Loaded) -> Option<PathBuf> {
-    uki_candidates(loaded)
+fn built_uki(loaded: &Loaded, suffix: &str) -> Option<PathBuf> {
+    uki_candidates(loaded, suffix)
         .into_iter()
         .find(|path| path.is_file())
 }
@@ -183,20 +181,26 @@ mod tests {
     #[test]
     fn the_uki_is_where_the_build_writes_it() {
         let (dir, loaded) = project(UKI);
+        assert_eq!(boot_suffix(&loaded), Some(".efi"));
         let output = dir.path().canonicalize().unwrap().join("mkosi.output");
         assert_eq!(
-            uki_candidates(&loaded),
+            uki_candidates(&loaded, ".efi"),
             [output.join("rescue_2.efi"), output.join("rescue.efi")]
         );
-        assert_eq!(built_uki(&loaded), None);
+        assert_eq!(built_uki(&loaded, ".efi"), None);
         std::fs::create_dir_all(&output).unwrap();
         std::fs::write(output.join("rescue.efi"), "").unwrap();
-        assert_eq!(built_uki(&loaded), Some(output.join("rescue.efi")));
+        assert_eq!(built_uki(&loaded, ".efi"), Some(output.join("rescue.efi")));
         std::fs::write(output.join("rescue_2.efi"), "").unwrap();
-        assert_eq!(built_uki(&loaded), Some(output.join("rescue_2.efi")));
+        assert_eq!(
+            built_uki(&loaded, ".efi"),
+            Some(output.join("rescue_2.efi"))
+        );
 
+        let (_, directory) = project("[Output]\nFormat=directory\n");
+        assert_eq!(boot_suffix(&directory), None, "a directory does not boot");
         let (dir, loaded) = project("[Output]\nFormat=uki\nOutputDirectory=out\n");
         let output = dir.path().canonicalize().unwrap().join("out");
-        assert_eq!(uki_candidates(&loaded), [output.join("image.efi")]);
+        assert_eq!(uki_candidates(&loaded, ".efi"), [output.join("image.efi")]);
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::recipe::{OutputFormat, Recipe, TreeSource};
+use kiln_engine::recipe::{Recipe, TreeSource};
 use kiln_engine::{Graph, Stage};
 use miette::Diagnostic;
 use thiserror::Error;
@@ -315,7 +315,7 @@ pub fn pipeline_with(
             })
         });
     }
-    if matches!(recipe.output.format, OutputFormat::Uki | OutputFormat::Cpio) {
+    if format.runs_as_initrd() {
         chain.then(|base| Box::new(InitStage { base }));
     }
     if installer.is_some() {
@@ -356,10 +356,7 @@ pub fn pipeline_with(
     let esp_tree = chain.last.clone();
     let clean = CleanMetadata {
         setting: content.clean_package_metadata,
-        keeps_by_default: matches!(
-            recipe.output.format,
-            OutputFormat::Directory | OutputFormat::Tar
-        ),
+        keeps_by_default: format.keeps_package_metadata(),
     };
     if !clean.is_noop() {
         chain.then(|base| Box::new(EditStage { base, edit: clean }));
@@ -386,28 +383,21 @@ pub fn pipeline_with(
     let mut stages = chain.stages;
     stages.extend(formatted.stages);
     let mut artifacts = formatted.artifacts;
-    // SecureBoot=yes: the UKI is signed, and the signed one is the output.
-    if recipe.output.format == OutputFormat::Uki
+    // SecureBoot=yes: the EFI binary is signed, and the signed one is the output.
+    if let Some(signed) = format.signed_stage()
         && let Some(sign) =
-            crate::sign::SignStage::for_recipe(recipe, project_dir, "uki", Arc::clone(&host))?
+            crate::sign::SignStage::for_recipe(recipe, project_dir, signed, Arc::clone(&host))?
     {
         for artifact in artifacts
             .iter_mut()
-            .filter(|artifact| artifact.stage == "uki")
+            .filter(|artifact| artifact.stage == signed)
         {
             artifact.stage = sign.name().to_string();
         }
         stages.push(Box::new(sign));
     }
 
-    let output_dir = kiln_engine::paths::absolute(
-        project_dir,
-        &recipe
-            .output
-            .output_directory
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mkosi.output")),
-    );
+    let output_dir = recipe.output_dir(project_dir);
     let name = recipe.output_name();
     let unversioned = recipe.image_name();
     for name in [&name, &unversioned] {

@@ -604,6 +604,18 @@ impl Recipe {
             .unwrap_or_else(|| "image".to_string())
     }
 
+    /// The directory outputs are written to: `OutputDirectory=`, else `mkosi.output` of the
+    /// project, made absolute against `project_dir`.
+    pub fn output_dir(&self, project_dir: &std::path::Path) -> PathBuf {
+        crate::paths::absolute(
+            project_dir,
+            self.output
+                .output_directory
+                .as_deref()
+                .unwrap_or(std::path::Path::new("mkosi.output")),
+        )
+    }
+
     /// The output's base name: `Output=` when set (the loader always resolves it), else mkosi's
     /// default, `<ImageId>_<ImageVersion>` or `<ImageId>` (`image` standing in for an unset
     /// `ImageId=`).

@@ -13,6 +13,10 @@ impl Format for Cpio {
         "cpio"
     }
 
+    fn runs_as_initrd(&self) -> bool {
+        true
+    }
+
     fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages {
         FormatStages {
             stages: vec![Box::new(InitrdStage {

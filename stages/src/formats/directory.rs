@@ -13,6 +13,10 @@ impl Format for Directory {
         "directory"
     }
 
+    fn keeps_package_metadata(&self) -> bool {
+        true
+    }
+
     fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages {
         FormatStages {
             stages: vec![Box::new(DirectoryStage {

@@ -1,6 +1,8 @@
 //! Output formats, one module each behind [`Format`]: the stages a format adds after the
-//! finished image tree, and the artifacts the output directory receives. A new format is one
-//! module here and one line in [`for_format`].
+//! finished image tree, the artifacts the output directory receives, and what else about the
+//! image depends on its format (an `/init`, package metadata, Secure Boot, booting it). A new
+//! format is one module here and one line in [`for_format`]; nothing outside this directory
+//! branches on the format.
 
 pub mod cpio;
 pub mod directory;
@@ -65,6 +67,24 @@ pub trait Format: Send + Sync {
     fn name(&self) -> &'static str;
     /// The stages after the finished tree, and the artifacts.
     fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages;
+    /// Whether the kernel runs the image as its initrd, so it needs an `/init` (mkosi adds one
+    /// for these formats).
+    fn runs_as_initrd(&self) -> bool {
+        false
+    }
+    /// Whether `CleanPackageMetadata=auto` keeps the package managers' metadata: for a tree
+    /// someone goes on to manage with them.
+    fn keeps_package_metadata(&self) -> bool {
+        false
+    }
+    /// The stage whose output `SecureBoot=yes` signs, when the format makes an EFI binary.
+    fn signed_stage(&self) -> Option<&'static str> {
+        None
+    }
+    /// The suffix of the artifact `kiln qemu` boots, when the format makes something it boots.
+    fn boot_suffix(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The format of `Format=`, when kiln builds it.

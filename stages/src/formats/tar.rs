@@ -22,6 +22,10 @@ impl Format for Tar {
         "tar"
     }
 
+    fn keeps_package_metadata(&self) -> bool {
+        true
+    }
+
     fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages {
         FormatStages {
             stages: vec![Box::new(TarStage {

@@ -17,6 +17,18 @@ impl Format for Uki {
         "uki"
     }
 
+    fn runs_as_initrd(&self) -> bool {
+        true
+    }
+
+    fn signed_stage(&self) -> Option<&'static str> {
+        Some("uki")
+    }
+
+    fn boot_suffix(&self) -> Option<&'static str> {
+        Some(".efi")
+    }
+
     fn stages(&self, ctx: &FormatContext<'_>) -> FormatStages {
         let recipe = ctx.recipe;
         let mut uki = UkiStage::new(
