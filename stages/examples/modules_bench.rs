@@ -67,7 +67,7 @@ fn main() {
         ..ModuleRules::default()
     };
     let compiled = rules.compile(&[]).expect("the seed's rules compile");
-    let depmod_tool = kiln_stages::packages::state::find_tool("depmod").expect("depmod (kmod)");
+    let depmod_tool = kiln_stages::host::find_tool("depmod").expect("depmod (kmod)");
     let host = RealHost::new();
 
     let mut kiln_times = Vec::new();

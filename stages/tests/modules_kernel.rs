@@ -49,7 +49,7 @@ fn require(reason_if_missing: Option<String>) -> bool {
 fn missing_tools(tools: &[(&str, &str)]) -> Option<String> {
     let missing: Vec<String> = tools
         .iter()
-        .filter(|(tool, _)| kiln_stages::packages::state::find_tool(tool).is_none())
+        .filter(|(tool, _)| kiln_stages::host::find_tool(tool).is_none())
         .map(|(tool, package)| format!("`{tool}` (Debian package {package})"))
         .collect();
     (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))

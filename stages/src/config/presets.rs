@@ -48,7 +48,7 @@ impl Stage for PresetsStage {
         if super::lookup(&base, "usr/bin/systemctl").is_none() {
             return Ok(base_id);
         }
-        let systemctl = crate::packages::state::find_tool("systemctl").ok_or_else(|| {
+        let systemctl = crate::host::find_tool("systemctl").ok_or_else(|| {
             StageError::failed(ConfigError::ToolMissing {
                 tool: "systemctl".to_string(),
                 package: "systemd".to_string(),
@@ -61,7 +61,7 @@ impl Stage for PresetsStage {
             .mutable_tree(&lower, &ctx.scratch.join("work"))
             .map_err(StageError::failed)?;
         for global in [false, true] {
-            let mut command = crate::packages::state::clean_command(&systemctl);
+            let mut command = crate::host::clean_command(&systemctl);
             command.arg(format!("--root={}", tree.root().display()));
             if global {
                 command.arg("--global");

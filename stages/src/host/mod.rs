@@ -41,7 +41,8 @@ pub use error::HostError;
 pub use overlay::{Overlay, UpperChange, is_overlay_xattr, read_upper};
 pub use process::TAIL_LINES;
 pub use script::{ScriptError, ScriptInvocation, ScriptOutcome, Tools};
-pub use tool::{ToolInvocation, ToolOutcome};
+pub(crate) use tool::clean_command;
+pub use tool::{ToolInvocation, ToolOutcome, find_tool};
 pub use workspace::{MutableTree, TreeChanges};
 
 /// The host effects a mutable stage needs.

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use super::process;
 use super::sandbox::{self, Sandbox};
+use super::tool::find_tool;
 
 /// The `PATH` inside a chroot.
 const CHROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -475,23 +476,6 @@ fn check_executable(script: &Path) -> Result<(), ScriptError> {
             source,
         }),
     }
-}
-
-/// Finds program `name` on `PATH`, else in `/usr/bin`.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| is_executable_file(candidate))
-    });
-    from_path.or_else(|| {
-        let fallback = Path::new("/usr/bin").join(name);
-        is_executable_file(&fallback).then_some(fallback)
-    })
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

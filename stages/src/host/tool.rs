@@ -1,10 +1,13 @@
 //! Running a host tool (depmod, and later others) to completion: a program, its arguments, a
-//! clean environment, output streamed line by line.
+//! clean environment, output streamed line by line; and finding a tool on the host
+//! ([`find_tool`]) and the clean environment every tool starts from ([`clean_command`]).
 //!
 //! Unlike a script, a tool runs directly (no sandbox, no PID namespace): it is a program of the
 //! host that kiln points at a scratch directory, such as `depmod -b <scratch> <kver>`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use super::error::HostError;
@@ -69,7 +72,7 @@ pub(crate) fn run_tool(
     invocation: &ToolInvocation,
     sink: &mut dyn FnMut(&str),
 ) -> Result<ToolOutcome, HostError> {
-    let mut command = crate::packages::state::clean_command(&invocation.program);
+    let mut command = clean_command(&invocation.program);
     command.args(&invocation.args);
     let finished = process::run(command, sink).map_err(|source| HostError::Spawn {
         program: invocation.program.clone(),
@@ -80,6 +83,47 @@ pub(crate) fn run_tool(
         output_tail: finished.tail,
         duration: finished.duration,
     })
+}
+
+/// `tool` on the `PATH` (or the usual system directories).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A command with a clean environment: `PATH`, `LC_ALL=C.UTF-8` (so messages can be read), and
+/// the proxy variables of the host.
+pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    command.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    command.env("LC_ALL", "C.UTF-8");
+    command.env("HOME", "/root");
+    for name in [
+        "http_proxy",
+        "https_proxy",
+        "ftp_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+    ] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
 }
 
 #[cfg(test)]

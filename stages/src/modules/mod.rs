@@ -173,7 +173,7 @@ impl Stage for ModulesStage {
         if reports.is_empty() {
             return Ok(base_id);
         }
-        let depmod = crate::packages::state::find_tool("depmod")
+        let depmod = crate::host::find_tool("depmod")
             .ok_or_else(|| StageError::failed(ModulesError::DepmodMissing))?;
         for report in &reports {
             let scratch = ctx.scratch.join(format!("depmod-{}", report.kver));

@@ -33,9 +33,11 @@ use super::freshness::{self, IndexFile};
 use super::listing::{PackageSet, ResolvedPackage, describe_changes};
 use super::mirror;
 use super::resolution::SavedResolution;
+use crate::host::clean_command;
+
 use super::state::{
-    self, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir, run_tool,
-    shell_quote, write_file,
+    self, PackageCache, Snapshot, StateLock, ToolOutput, create_dir, run_tool, shell_quote,
+    write_file,
 };
 use super::{Installation, Resolved};
 

@@ -26,9 +26,10 @@ use super::freshness::{self, IndexFile};
 use super::listing::{PackageSet, ResolvedPackage, describe_changes};
 use super::mirror;
 use super::resolution::SavedResolution;
+use crate::host::clean_command;
+
 use super::state::{
-    self, GpgHome, PackageCache, Snapshot, StateLock, ToolOutput, clean_command, create_dir,
-    run_tool, write_file,
+    self, GpgHome, PackageCache, Snapshot, StateLock, ToolOutput, create_dir, run_tool, write_file,
 };
 use super::{Installation, Resolved};
 

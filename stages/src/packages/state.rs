@@ -33,7 +33,7 @@ use std::process::Command;
 use kiln_cache::{Digest, Store};
 
 use super::error::PackagesError;
-use crate::host::process;
+use crate::host::{clean_command, find_tool, process};
 
 /// `<store>/v1/packages`.
 pub fn packages_dir(store: &Store) -> PathBuf {
@@ -292,47 +292,6 @@ pub fn require_tools(tools: &[(&str, &str)]) -> Result<(), PackagesError> {
         }
     }
     Ok(())
-}
-
-/// `tool` on the `PATH` (or the usual system directories).
-pub fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// A command with a clean environment: `PATH`, `LC_ALL=C.UTF-8` (so messages can be read), and
-/// the proxy variables of the host.
-pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut command = Command::new(program);
-    command.env_clear();
-    command.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    command.env("LC_ALL", "C.UTF-8");
-    command.env("HOME", "/root");
-    for name in [
-        "http_proxy",
-        "https_proxy",
-        "ftp_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "FTP_PROXY",
-        "NO_PROXY",
-    ] {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    command
 }
 
 /// What a finished tool printed.

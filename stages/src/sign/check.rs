@@ -24,7 +24,7 @@ use x509_cert::Certificate;
 
 use super::error::{SignError, SigningSetting};
 use super::keys::{self, PrivateKey};
-use crate::packages::state::find_tool;
+use crate::host::find_tool;
 
 /// Where systemd installs systemd-sbsign when it is not on the `PATH`.
 const SYSTEMD_SBSIGN_LIBEXEC: &str = "/usr/lib/systemd/systemd-sbsign";

@@ -137,8 +137,7 @@ pub fn boot(
             architecture: request.architecture.clone(),
         });
     }
-    let qemu =
-        crate::packages::state::find_tool(QEMU).ok_or(VmError::QemuMissing { program: QEMU })?;
+    let qemu = crate::host::find_tool(QEMU).ok_or(VmError::QemuMissing { program: QEMU })?;
     for firmware in [OVMF_CODE, OVMF_VARS] {
         if !Path::new(firmware).is_file() {
             return Err(VmError::FirmwareMissing {
