@@ -147,6 +147,12 @@ impl Store {
     /// regular file. Anything else (a symlink, a directory, a device) was not written by the
     /// store: it is removed and reported as damage, as a corrupt blob is ([`StoreError::NotABlob`]).
     pub(crate) fn regular_object(&self, id: &BlobId, path: &Path) -> Result<bool> {
+        // The prefix folder too: a symlink there would put the object elsewhere.
+        if let Some(prefix) = path.parent()
+            && fs::symlink_metadata(prefix).is_ok_and(|meta| meta.file_type().is_symlink())
+        {
+            return Err(self.not_a_blob(id, prefix, "symlink")?);
+        }
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
@@ -160,14 +166,19 @@ impl Store {
         if meta.file_type().is_file() {
             return Ok(true);
         }
-        let found = file_type_name(&meta.file_type());
+        Err(self.not_a_blob(id, path, file_type_name(&meta.file_type()))?)
+    }
+
+    /// Removes `path`, a `found` (not a regular file) where blob `id` belongs, notes the
+    /// damage and returns the error naming it.
+    fn not_a_blob(&self, id: &BlobId, path: &Path, found: &'static str) -> Result<StoreError> {
         remove_any(path)?;
         self.note_damaged(id);
         self.note_repair(format!(
             "removed `{}`: a {found} where the store keeps a blob",
             path.display()
         ));
-        Err(StoreError::NotABlob {
+        Ok(StoreError::NotABlob {
             id: *id,
             path: path.to_owned(),
             found,

@@ -824,6 +824,23 @@ fn a_symlink_in_objects_is_not_a_blob() {
     fs::create_dir(&object).unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.removed, vec![object.clone()]);
+
+    // Nor one reached through a symlinked prefix folder.
+    store.put_bytes(b"rescue\n").unwrap();
+    let prefix = object.parent().unwrap().to_owned();
+    let elsewhere = s.path("elsewhere");
+    fs::rename(&prefix, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &prefix).unwrap();
+    let error = store.blob_path(&blob).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NotABlob { path, .. } if *path == prefix),
+        "{error:?}"
+    );
+    assert!(fs::symlink_metadata(&prefix).is_err());
+    std::os::unix::fs::symlink(&elsewhere, &prefix).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.removed, vec![prefix.clone()]);
+    assert!(fs::symlink_metadata(&prefix).is_err());
 }
 
 /// A tree of one file claiming `claimed` bytes for a blob of `content`.
