@@ -576,3 +576,90 @@ fn check_reruns_every_stage_and_names_one_that_is_not_reproducible() {
     // A check records nothing.
     assert_eq!(project.explain(), explained);
 }
+
+/// `v1/objects/ab/cdef…` of the blob holding `content` in the project's store.
+fn blob_object(project: &common::Project, content: &[u8]) -> std::path::PathBuf {
+    let id = blake3::hash(content).to_hex();
+    project
+        .store
+        .join("v1/objects")
+        .join(&id[..2])
+        .join(&id[2..])
+}
+
+#[test]
+fn a_blob_changed_in_place_in_the_store_never_reaches_the_image() {
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
+    let project = tiny();
+    project.build(&[]);
+    let hostname = std::fs::read(project.root.join("mkosi.extra/etc/hostname")).unwrap();
+    let object = blob_object(&project, &hostname);
+    // Written in place, same length: the shared checkout finalize runs on links this inode.
+    let inode = std::fs::metadata(&object).unwrap().ino();
+    let mut canary = b"CANARY".to_vec();
+    canary.resize(hostname.len(), b'!');
+    std::fs::write(&object, &canary).unwrap();
+    assert_eq!(std::fs::metadata(&object).unwrap().ino(), inode);
+
+    // A late-stage edit: finalize runs again on the tree it had, and reads the file.
+    let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
+    project.write(
+        "mkosi.finalize",
+        &format!("{finalize}cat \"$BUILDROOT/etc/hostname\" > \"$BUILDROOT/etc/read\"\n"),
+    );
+    let output = project.kiln(&["build"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("corrupt blob `{}`", object.display())),
+        "{stderr}"
+    );
+    let read = project.read("etc/read");
+    assert!(!read.contains("CANARY"), "{read}");
+    assert_eq!(read.as_bytes(), hostname);
+    assert_eq!(project.read("etc/hostname").as_bytes(), hostname);
+    assert_eq!(std::fs::read(&object).unwrap(), hostname);
+    let verify = project.kiln(&["cache", "verify"]);
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("corrupt: 0"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_symlink_planted_in_the_store_never_lets_a_script_read_a_host_file() {
+    kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
+    let project = tiny();
+    project.build(&[]);
+    let hostname = std::fs::read(project.root.join("mkosi.extra/etc/hostname")).unwrap();
+    let object = blob_object(&project, &hostname);
+    let host = project.root.join("host-secret");
+    std::fs::write(&host, "CANARY host file\n").unwrap();
+    std::fs::remove_file(&object).unwrap();
+    std::os::unix::fs::symlink(&host, &object).unwrap();
+
+    // postinst makes a new tree, so finalize runs on a new checkout, which links the blob;
+    // finalize, a host script, reads the file.
+    let postinst = std::fs::read_to_string(project.root.join("mkosi.postinst")).unwrap();
+    project.write(
+        "mkosi.postinst",
+        &format!("{postinst}echo again > \"$BUILDROOT/etc/again\"\n"),
+    );
+    let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
+    project.write(
+        "mkosi.finalize",
+        &format!("{finalize}cat \"$BUILDROOT/etc/hostname\" > \"$BUILDROOT/etc/read\"\n"),
+    );
+    let output = project.kiln(&["build"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&object.display().to_string()), "{stderr}");
+    let read = project.read("etc/read");
+    assert!(!read.contains("CANARY"), "{read}");
+    assert_eq!(read.as_bytes(), hostname);
+    let meta = std::fs::symlink_metadata(project.output_dir().join("etc/hostname")).unwrap();
+    assert!(meta.is_file());
+    assert!(std::fs::symlink_metadata(&object).unwrap().is_file());
+    assert_eq!(std::fs::read(&host).unwrap(), b"CANARY host file\n");
+}

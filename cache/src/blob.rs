@@ -71,13 +71,17 @@ impl Store {
     /// The path of a blob's object file, thawed first if gc froze it (see
     /// `freeze`). A missing blob gives the path where it belongs, so reading
     /// it fails as missing. The file is shared: never write to it.
+    ///
+    /// Only a regular file is a blob: anything else found at its path (a
+    /// symlink, a directory) is removed and the call fails with
+    /// [`StoreError::NotABlob`], naming it, as for a corrupt blob.
     pub fn blob_path(&self, id: &BlobId) -> Result<PathBuf> {
         self.thaw(id)
     }
 
     /// Whether the blob is in the store, plain or frozen.
     pub fn has_blob(&self, id: &BlobId) -> bool {
-        self.plain_blob_path(id).is_file() || self.has_frozen(id)
+        crate::freeze::is_regular(&self.plain_blob_path(id)) || self.has_frozen(id)
     }
 
     /// Reads a whole blob into memory.
@@ -283,7 +287,7 @@ impl Store {
     /// Writes `bytes` as object `id` of `kind` unless it exists already.
     pub(crate) fn write_object(&self, kind: ObjectDir, id: &Digest, bytes: &[u8]) -> Result<()> {
         let dest = self.object_path(kind, id);
-        if fs::symlink_metadata(&dest).is_ok() {
+        if crate::freeze::is_regular(&dest) {
             self.found_object(&dest);
             return Ok(());
         }
@@ -327,7 +331,7 @@ impl Store {
                     })?;
             }
         }
-        self.remove_shared_checkouts()?;
+        self.remove_shared_checkout_files()?;
         Ok(())
     }
 }

@@ -156,7 +156,8 @@ pub enum StoreError {
         /// Where it should be.
         path: PathBuf,
     },
-    /// A stored tree manifest does not decode, or does not hash to its name. kiln removed it.
+    /// A stored tree manifest does not decode, does not hash to its name, or claims a length for
+    /// a file that its blob does not have. kiln removed it.
     #[error("Tree manifest `{path}` is corrupt")]
     CorruptTree {
         /// The tree.
@@ -174,6 +175,29 @@ pub enum StoreError {
         id: Digest,
         /// Its object file.
         path: PathBuf,
+    },
+    /// Something other than a regular file sits where the store keeps a blob: the store never
+    /// writes one. kiln removed it.
+    #[error("`{path}` is a {found}, not a blob the store wrote")]
+    NotABlob {
+        /// The blob.
+        id: Digest,
+        /// What was found at its object path.
+        path: PathBuf,
+        /// What it was: `symlink`, `directory`, …
+        found: &'static str,
+    },
+    /// A tree claims another length for a file than its blob holds: the tree is damaged.
+    #[error("`{}` would hold {actual} bytes of blob `{blob}`, but its tree claims {claimed}", path.display())]
+    WrongLength {
+        /// The file being written.
+        path: PathBuf,
+        /// Its blob.
+        blob: Digest,
+        /// The length the tree claims.
+        claimed: u64,
+        /// The blob's length.
+        actual: u64,
     },
     /// A path or symlink target in a directory being ingested is not UTF-8.
     #[error("`{}` is not valid UTF-8", path.display())]
@@ -243,11 +267,18 @@ impl StoreError {
                 "Wait for the other kiln process (a build or `kiln cache gc`) to finish, then retry"
                     .to_owned()
             }
+            StoreError::WrongLength { .. } => {
+                "The tree holding this file is damaged: run `kiln cache verify`, which removes \
+                 it and the cache entries that use it, then build again"
+                    .to_owned()
+            }
             StoreError::MissingBlob { .. } | StoreError::MissingTree { .. } => {
                 "Run `kiln cache verify` to drop cache entries that refer to missing objects"
                     .to_owned()
             }
-            StoreError::CorruptTree { .. } | StoreError::CorruptBlob { .. } => {
+            StoreError::CorruptTree { .. }
+            | StoreError::CorruptBlob { .. }
+            | StoreError::NotABlob { .. } => {
                 "kiln removed the damaged object; build again to rebuild the stage that made it, \
                  and run `kiln cache verify` to check the rest of the store"
                     .to_owned()
@@ -299,6 +330,8 @@ impl StoreError {
             | StoreError::MissingTree { path, .. }
             | StoreError::CorruptTree { path, .. }
             | StoreError::CorruptBlob { path, .. }
+            | StoreError::NotABlob { path, .. }
+            | StoreError::WrongLength { path, .. }
             | StoreError::NonUtf8 { path }
             | StoreError::InvalidManifest { path, .. }
             | StoreError::DestinationNotEmpty { path }
@@ -341,6 +374,7 @@ impl StoreError {
     pub fn damaged_object(&self) -> Option<Digest> {
         match self {
             StoreError::CorruptBlob { id, .. }
+            | StoreError::NotABlob { id, .. }
             | StoreError::CorruptTree { id, .. }
             | StoreError::MissingBlob { id, .. }
             | StoreError::MissingTree { id, .. } => Some(*id),

@@ -87,6 +87,46 @@ pub(crate) fn frozen_path(plain: &Path) -> PathBuf {
     path
 }
 
+/// Whether `path` is a regular file, without following a symlink.
+pub(crate) fn is_regular(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_file())
+}
+
+/// What a file type is called in messages.
+pub(crate) fn file_type_name(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_symlink() {
+        "symlink"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_file() {
+        "regular file"
+    } else if kind.is_fifo() {
+        "fifo"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "device node"
+    }
+}
+
+/// Removes whatever is at `path`, a directory with its content; "already gone" is success.
+pub(crate) fn remove_any(path: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// The name part of a frozen blob's file name (`None` for a plain one).
 pub(crate) fn frozen_stem(name: &str) -> Option<&str> {
     name.strip_suffix(FROZEN_EXTENSION)?.strip_suffix('.')
@@ -100,7 +140,49 @@ impl Store {
 
     /// Whether a frozen file of the blob exists.
     pub(crate) fn has_frozen(&self, id: &BlobId) -> bool {
-        frozen_path(&self.plain_blob_path(id)).is_file()
+        is_regular(&frozen_path(&self.plain_blob_path(id)))
+    }
+
+    /// Whether `path`, a form of blob `id`, is there: `false` when nothing is, `true` for a
+    /// regular file. Anything else (a symlink, a directory, a device) was not written by the
+    /// store: it is removed and reported as damage, as a corrupt blob is ([`StoreError::NotABlob`]).
+    pub(crate) fn regular_object(&self, id: &BlobId, path: &Path) -> Result<bool> {
+        // The prefix folder too: a symlink there would put the object elsewhere.
+        if let Some(prefix) = path.parent()
+            && fs::symlink_metadata(prefix).is_ok_and(|meta| meta.file_type().is_symlink())
+        {
+            return Err(self.not_a_blob(id, prefix, "symlink")?);
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if meta.file_type().is_file() {
+            return Ok(true);
+        }
+        Err(self.not_a_blob(id, path, file_type_name(&meta.file_type()))?)
+    }
+
+    /// Removes `path`, a `found` (not a regular file) where blob `id` belongs, notes the
+    /// damage and returns the error naming it.
+    fn not_a_blob(&self, id: &BlobId, path: &Path, found: &'static str) -> Result<StoreError> {
+        remove_any(path)?;
+        self.note_damaged(id);
+        self.note_repair(format!(
+            "removed `{}`: a {found} where the store keeps a blob",
+            path.display()
+        ));
+        Ok(StoreError::NotABlob {
+            id: *id,
+            path: path.to_owned(),
+            found,
+        })
     }
 
     /// Makes the plain object of a frozen blob (see the module documentation);
@@ -108,17 +190,17 @@ impl Store {
     /// reading it then fails as a missing blob.
     pub(crate) fn thaw(&self, id: &BlobId) -> Result<PathBuf> {
         let plain = self.plain_blob_path(id);
-        if fs::symlink_metadata(&plain).is_ok() {
+        if self.regular_object(id, &plain)? {
             return Ok(plain);
         }
         let frozen = frozen_path(&plain);
-        if !frozen.exists() {
+        if !self.regular_object(id, &frozen)? {
             return Ok(plain);
         }
         let (mut out, temp) = self.create_temp()?;
         let decoded = self
             .decode_frozen(&frozen, &mut out, &temp, 0)
-            .and_then(|digest| set_object_mode(&out, &temp).map(|()| digest));
+            .and_then(|decoded| set_object_mode(&out, &temp).map(|()| decoded.map(|(d, _)| d)));
         drop(out);
         match decoded {
             Ok(Some(digest)) if digest == *id => {
@@ -151,9 +233,9 @@ impl Store {
         })
     }
 
-    /// The digest of a frozen file's content, `None` if it does not decode
-    /// (or its reference is missing).
-    pub(crate) fn frozen_digest(&self, frozen: &Path) -> Result<Option<Digest>> {
+    /// The digest and length of a frozen file's content, `None` if it does
+    /// not decode (or its reference is missing).
+    pub(crate) fn frozen_digest(&self, frozen: &Path) -> Result<Option<(Digest, u64)>> {
         self.decode_frozen(frozen, &mut io::sink(), Path::new("/dev/null"), 0)
     }
 
@@ -167,14 +249,16 @@ impl Store {
     /// its frozen file without thawing it.
     fn content(&self, id: &BlobId, depth: usize) -> Result<Vec<u8>> {
         let plain = self.plain_blob_path(id);
-        match fs::read(&plain) {
-            Ok(bytes) => return Ok(bytes),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StoreError::Read {
-                    path: plain,
-                    source,
-                });
+        if self.regular_object(id, &plain)? {
+            match fs::read(&plain) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Read {
+                        path: plain,
+                        source,
+                    });
+                }
             }
         }
         let frozen = frozen_path(&plain);
@@ -187,13 +271,13 @@ impl Store {
         }
         let mut bytes = Vec::new();
         match self.decode_frozen(&frozen, &mut bytes, &plain, depth)? {
-            Some(digest) if digest == *id => Ok(bytes),
+            Some((digest, _)) if digest == *id => Ok(bytes),
             _ => Err(self.frozen_is_corrupt(id, frozen)?),
         }
     }
 
-    /// Decodes a frozen file into `out`, returning the digest of the content;
-    /// `None` if it does not decode or its reference cannot be read (or is
+    /// Decodes a frozen file into `out`, returning the digest and length of
+    /// the content; `None` if it does not decode or its reference cannot be read (or is
     /// gone). A failed write is a [`StoreError::Write`] of `out_path`.
     fn decode_frozen(
         &self,
@@ -201,7 +285,7 @@ impl Store {
         out: &mut impl Write,
         out_path: &Path,
         depth: usize,
-    ) -> Result<Option<Digest>> {
+    ) -> Result<Option<(Digest, u64)>> {
         let mut file = match File::open(frozen) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -219,7 +303,11 @@ impl Store {
             Some(reference) if depth < MAX_DELTA_DEPTH => {
                 match self.content(&reference, depth + 1) {
                     Ok(bytes) => Some(bytes),
-                    Err(StoreError::CorruptBlob { .. } | StoreError::MissingBlob { .. }) => {
+                    Err(
+                        StoreError::CorruptBlob { .. }
+                        | StoreError::NotABlob { .. }
+                        | StoreError::MissingBlob { .. },
+                    ) => {
                         return Ok(None);
                     }
                     Err(e) => return Err(e),
@@ -242,6 +330,7 @@ impl Store {
         }
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
         loop {
             let n = match decoder.read(&mut buf) {
                 Ok(0) => break,
@@ -250,13 +339,14 @@ impl Store {
                 Err(_) => return Ok(None),
             };
             hasher.update(&buf[..n]);
+            size += n as u64;
             out.write_all(&buf[..n])
                 .map_err(|source| StoreError::Write {
                     path: out_path.to_owned(),
                     source,
                 })?;
         }
-        Ok(Some(Digest::from(hasher.finalize())))
+        Ok(Some((Digest::from(hasher.finalize()), size)))
     }
 
     /// Freezes every blob of `objects` (a listing of `objects/`) that no
@@ -298,7 +388,7 @@ impl Store {
                 if frozen.contains(target.as_path()) {
                     // Thawed since the last gc: keep the form that is used, the frozen one only
                     // if it still decodes to the blob (a power loss may have cut it short).
-                    if links == 1 && self.frozen_digest(&target)? == Some(id) {
+                    if links == 1 && self.frozen_digest(&target)?.map(|(d, _)| d) == Some(id) {
                         return Ok(Some((object.path.clone(), object.size, false)));
                     }
                     remove_file(&target)?;

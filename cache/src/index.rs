@@ -18,6 +18,7 @@
 //! it names an output of the shared cache, whose signed record is kept in
 //! `remote_actions` (never in `actions`) until no run uses it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -135,7 +136,7 @@ CREATE TABLE remote_actions (
 "#,
     // Shared checkouts date every entry `SHARED_CHECKOUT_MTIME` (see `shared`): those made
     // before kept the times their objects were written at, which differ from store to store.
-    // `Store::remove_shared_checkouts` drops them within this migration's transaction; the next
+    // `Store::remove_shared_checkout_files` drops them within this migration's transaction; the next
     // build makes them again.
     r#"
 -- shared checkouts: every entry dated SHARED_CHECKOUT_MTIME
@@ -427,7 +428,7 @@ pub(crate) fn migrate(store: &Store) -> Result<()> {
             conn.execute_batch(sql)?;
             let files = match from {
                 PLAIN_MODE_MIGRATION => store.relax_object_modes(),
-                DATED_CHECKOUTS_MIGRATION => store.remove_shared_checkouts().map(|_| ()),
+                DATED_CHECKOUTS_MIGRATION => store.remove_shared_checkout_files().map(|_| ()),
                 _ => Ok(()),
             };
             files.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
@@ -923,6 +924,31 @@ impl Index {
             .into_iter()
             .map(|(key, result, _)| (key, result))
             .collect())
+    }
+
+    /// The input digests recorded for each action cache entry, from every run keyed like it
+    /// (what `graph explain` shows). An entry whose runs gc removed has none.
+    pub(crate) fn action_inputs(&self) -> Result<HashMap<Digest, Vec<Digest>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT r.key, i.digest FROM runs r
+                 JOIN run_inputs i ON i.run_id = r.id
+                 WHERE r.key IN (SELECT key FROM actions)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(|e| self.err(e))?;
+        let mut inputs: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        // A value that does not parse names no object: it taints nothing.
+        for (key, digest) in rows {
+            if let (Ok(key), Ok(digest)) = (key.parse(), digest.parse()) {
+                inputs.entry(key).or_default().push(digest);
+            }
+        }
+        Ok(inputs)
     }
 
     /// The action cache entries `filter` (an SQL `WHERE` clause, or nothing)

@@ -42,9 +42,14 @@
 //!
 //! Objects are written to `tmp/` and renamed into place: a reader sees a
 //! whole object or none. What goes into an output is hashed again as it is
-//! read ([`Store::verify_blob`]; manifests on every load): a damaged object is
+//! read ([`Store::verify_blob`], [`Store::verify_tree_blobs`], which also holds
+//! each file to the length its tree claims; manifests on every load), and a
+//! shared checkout is checked against its blobs before it is handed out (by
+//! `stat`, hashing what changed since it was last hashed): a damaged object is
 //! removed, named in the error, and forgotten with the cache entries that used
-//! it ([`Store::forget_damaged`]), so the next build makes it again. A damaged
+//! it or were made from it ([`Store::forget_damaged`]), so the next build makes
+//! it again. Only regular files are objects: anything else found at an
+//! object's path is removed as damage. A damaged
 //! index is moved aside to `index.sqlite.damaged-<ms>` when the store opens.
 //! Nothing is flushed per object; the objects written since the last record
 //! are flushed together, with their folders, before an action or run is
@@ -115,6 +120,7 @@ mod gc;
 pub mod index;
 mod ingest;
 mod ingest_tar;
+mod linked;
 mod lock;
 mod maintenance;
 mod manifest;

@@ -282,8 +282,19 @@ impl Store {
         for prefix_dir in read_dir_paths(&self.object_dir(kind))? {
             let prefix = file_name(&prefix_dir);
             let valid_prefix = prefix.len() == 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
-            if !prefix_dir.is_dir() {
-                continue;
+            match fs::symlink_metadata(&prefix_dir) {
+                Ok(meta) if meta.is_dir() => {}
+                // A prefix folder the store never made: its objects would live elsewhere.
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    objects.push(StoredObject {
+                        name: ObjectName::Invalid,
+                        size: 0,
+                        frozen: false,
+                        path: prefix_dir,
+                    });
+                    continue;
+                }
+                _ => continue,
             }
             for path in read_dir_paths(&prefix_dir)? {
                 let whole_name = file_name(&path);

@@ -15,12 +15,13 @@
 //! it produced the same output. Everything the store repaired on its own is kept as a note for
 //! the binary to show ([`Store::take_repairs`]).
 
+use std::collections::HashMap;
 use std::fs::File;
 
 use rayon::prelude::*;
 
 use crate::blob::hash_reader;
-use crate::digest::{BlobId, Digest};
+use crate::digest::{BlobId, Digest, TreeId};
 use crate::error::{Result, StoreError};
 use crate::freeze::frozen_path;
 use crate::index::OutputKind;
@@ -39,12 +40,17 @@ impl Store {
     /// Rehashes a blob before its bytes go into an output. A blob whose content does not match
     /// its name is removed, and the error names its file.
     pub fn verify_blob(&self, id: &BlobId) -> Result<()> {
+        self.verified_size(id).map(|_| ())
+    }
+
+    /// [`Store::verify_blob`], returning the blob's length.
+    pub(crate) fn verified_size(&self, id: &BlobId) -> Result<u64> {
         let path = self.blob_path(id)?;
         let mut file =
             File::open(&path).map_err(|source| self.blob_read_error(id, path.clone(), source))?;
-        let (actual, _) = hash_reader(&mut file, &path)?;
+        let (actual, size) = hash_reader(&mut file, &path)?;
         if actual == *id {
-            return Ok(());
+            return Ok(size);
         }
         remove_file(&path)?;
         self.note_damaged(id);
@@ -56,6 +62,27 @@ impl Store {
         Err(StoreError::CorruptBlob { id: *id, path })
     }
 
+    /// [`Store::verify_blob`] for the files of tree `tree` given as (blob, length) pairs, as
+    /// [`Manifest::blobs`](crate::Manifest::blobs) yields them, in parallel: a blob must also
+    /// hold as many bytes as the tree says. A tree that claims another length than its blob's
+    /// is damaged: it is removed and the error is [`StoreError::CorruptTree`], naming it.
+    pub fn verify_tree_blobs<'a>(
+        &self,
+        tree: &TreeId,
+        blobs: impl IntoIterator<Item = (&'a BlobId, u64)>,
+    ) -> Result<()> {
+        let mut blobs: Vec<(&BlobId, u64)> = blobs.into_iter().collect();
+        blobs.sort();
+        blobs.dedup();
+        blobs.par_iter().try_for_each(|(id, claimed)| {
+            let actual = self.verified_size(id)?;
+            match actual == *claimed {
+                true => Ok(()),
+                false => Err(self.tree_lies(tree, id, *claimed, actual)),
+            }
+        })
+    }
+
     /// [`Store::verify_blob`] for many blobs, in parallel; the first damaged one is the error.
     pub fn verify_blobs<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> Result<()> {
         let mut ids: Vec<&BlobId> = ids.into_iter().collect();
@@ -65,7 +92,8 @@ impl Store {
     }
 
     /// Forgets a damaged or missing object: removes its file if one is left, drops the action
-    /// cache entries whose output is the object or a tree referring to it, and the stat cache
+    /// cache entries whose output is the object or a tree referring to it, or whose recorded
+    /// inputs are or hold it (their outputs may carry what a stage read of it), and the stat cache
     /// rows naming it. Shared checkouts share the damaged inode: they are removed too. The next
     /// build runs the stages that made the object again.
     pub fn forget_damaged(&self, object: &Digest) -> Result<Forgotten> {
@@ -86,14 +114,33 @@ impl Store {
             forgotten.removed.push(tree);
         }
         let index = self.index()?;
+        // Whether a tree refers to the object, once per tree.
+        let mut trees: HashMap<Digest, bool> = HashMap::new();
+        let mut holds = |digest: &Digest, must_be_tree: bool| -> bool {
+            if digest == object {
+                return true;
+            }
+            if !must_be_tree && !self.has_tree(digest) {
+                return false;
+            }
+            *trees
+                .entry(*digest)
+                .or_insert_with(|| match self.manifest(digest) {
+                    Ok(manifest) => manifest.blobs().any(|(blob, _)| blob == object),
+                    // A tree that cannot be read cannot be served either.
+                    Err(_) => true,
+                })
+        };
+        let inputs = index.action_inputs()?;
         for (key, result) in index.actions()? {
-            let refers = result.output == *object
-                || (result.kind == OutputKind::Tree
-                    && match self.manifest(&result.output) {
-                        Ok(manifest) => manifest.blobs().any(|(blob, _)| blob == object),
-                        // A tree that cannot be read cannot be served either.
-                        Err(_) => true,
-                    });
+            // The output holds the object, or was made from something that held it: what a
+            // stage read from a damaged object may be in an output of its own.
+            let refers = match result.kind {
+                OutputKind::Tree => holds(&result.output, true),
+                OutputKind::Blob => result.output == *object,
+            } || inputs
+                .get(&key)
+                .is_some_and(|digests| digests.iter().any(|digest| holds(digest, false)));
             if refers {
                 forgotten.actions.push(key);
             }

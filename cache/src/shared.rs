@@ -7,7 +7,8 @@
 //! so a reader sees a whole checkout or none. Nothing may write into one: they are overlay lower
 //! layers, and their files are the store's own objects. gc removes them all (under its exclusive
 //! lock); verify removes them all when it found a damaged object, since a checkout shares its
-//! inodes.
+//! inodes. Because it shares them, a write to an object reaches every checkout linking it:
+//! each use of a checkout first checks its files against their blobs (see `linked`).
 //!
 //! Manifests record no times, so a checkout has to choose them, and what runs on a shared
 //! checkout sees them: `mandb` writes each manual page's mtime into its `index.db`, `fc-cache`
@@ -19,12 +20,14 @@
 //! its objects 0 for the same reason); 0 is also kiln's default `SOURCE_DATE_EPOCH`.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::checkout::{CheckoutMode, CheckoutOptions};
 use crate::digest::TreeId;
 use crate::error::{Result, StoreError};
+use crate::linked::Linked;
 use crate::maintenance::read_dir_paths;
+use crate::manifest::Manifest;
 use crate::store::Store;
 
 /// The modification (and access) time, in seconds since the epoch, of every entry of a shared
@@ -40,7 +43,45 @@ impl Store {
     /// A read-only hardlink checkout of `tree`, made on first use and shared afterwards, every
     /// entry dated [`SHARED_CHECKOUT_MTIME`]. Treat it as immutable: mount it as an overlay's
     /// lower layer, or read it.
+    ///
+    /// Every file of it is checked to hold its blob before it is handed out (see `linked`): a
+    /// store object changed in place fails the call with [`StoreError::CorruptBlob`], after
+    /// removing it, so the build rebuilds it instead of reading it.
     pub fn shared_checkout(&self, tree: &TreeId) -> Result<PathBuf> {
+        let manifest = self.manifest(tree)?;
+        let mut attempts = 0;
+        loop {
+            let path = self
+                .make_shared_checkout(tree, &manifest)
+                .map_err(|error| match error {
+                    StoreError::WrongLength {
+                        blob,
+                        claimed,
+                        actual,
+                        ..
+                    } => self.tree_lies(tree, &blob, claimed, actual),
+                    error => error,
+                })?;
+            match self.check_linked(&manifest, &path)? {
+                Linked::Sound { .. } => return Ok(path),
+                // Something changed the checkout itself: made again, once.
+                Linked::Changed if attempts == 0 => {
+                    attempts += 1;
+                    self.note_repair(format!(
+                        "made the shared checkout `{}` again: a file in it was replaced",
+                        path.display()
+                    ));
+                    self.remove_shared_checkout(&path)?;
+                }
+                Linked::Changed => {
+                    return Err(StoreError::NotADirectory { path });
+                }
+            }
+        }
+    }
+
+    /// The shared checkout of `tree` (whose manifest is `manifest`), made if missing.
+    fn make_shared_checkout(&self, tree: &TreeId, manifest: &Manifest) -> Result<PathBuf> {
         let dir = self.checkouts_dir();
         let path = dir.join(tree.to_hex());
         if path.is_dir() {
@@ -50,14 +91,13 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
-        let manifest = self.manifest(tree)?;
         let staging = self.temp_path();
         let options = CheckoutOptions {
             mode: CheckoutMode::Hardlink,
             mtime: Some(SHARED_CHECKOUT_MTIME),
             ..CheckoutOptions::default()
         };
-        if let Err(error) = self.checkout(&manifest, &staging, options) {
+        if let Err(error) = self.checkout(manifest, &staging, options) {
             let _ = fs::remove_dir_all(&staging);
             return Err(error);
         }
@@ -78,18 +118,42 @@ impl Store {
     /// Remove every shared checkout; returns how many there were. Only with no build running:
     /// gc holds the exclusive lock, verify calls it after finding damage.
     pub(crate) fn remove_shared_checkouts(&self) -> Result<usize> {
+        let removed = self.remove_shared_checkout_files()?;
+        self.forget_stat_rows_under(&self.checkouts_dir())?;
+        Ok(removed)
+    }
+
+    /// [`Store::remove_shared_checkouts`] leaving the stat cache alone, for the index
+    /// migrations, which hold its write lock (rows of a removed checkout never match again: a
+    /// new checkout links or copies anew, which changes every ctime).
+    pub(crate) fn remove_shared_checkout_files(&self) -> Result<usize> {
         let dir = self.checkouts_dir();
         if !dir.exists() {
             return Ok(0);
         }
         let paths = read_dir_paths(&dir)?;
         for path in &paths {
-            fs::remove_dir_all(path).map_err(|source| StoreError::Remove {
-                path: path.clone(),
-                source,
-            })?;
+            remove_checkout_dir(path)?;
         }
         Ok(paths.len())
+    }
+
+    /// Removes one shared checkout, with the stat cache rows of its files.
+    fn remove_shared_checkout(&self, path: &Path) -> Result<()> {
+        remove_checkout_dir(path)?;
+        self.forget_stat_rows_under(path)
+    }
+}
+
+/// Removes a checkout's folder; "already gone" is success.
+fn remove_checkout_dir(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -87,7 +87,6 @@ pub(crate) struct StatKey {
 
 impl StatKey {
     /// The key of a file's metadata from the standard library.
-    #[cfg(test)]
     pub(crate) fn of(meta: &std::fs::Metadata) -> StatKey {
         use std::os::unix::fs::MetadataExt;
         StatKey {
@@ -103,7 +102,6 @@ impl StatKey {
     }
 }
 
-#[cfg(test)]
 fn nanos(seconds: i64, nanos: i64) -> i64 {
     seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
@@ -309,6 +307,24 @@ impl Store {
         }
         tx.commit().map_err(err)?;
         Ok(doomed.len())
+    }
+
+    /// Drops the stat cache rows of every file under `dir` (canonical), a folder that is gone.
+    pub(crate) fn forget_stat_rows_under(&self, dir: &Path) -> Result<()> {
+        let db = self.index_path();
+        let conn = crate::index::connect(&db)?;
+        let mut prefix = dir.as_os_str().as_bytes().to_vec();
+        prefix.push(b'/');
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = b'/' + 1;
+        }
+        conn.execute(
+            "DELETE FROM stat_cache WHERE path >= ?1 AND path < ?2",
+            params![prefix, end],
+        )
+        .map(|_| ())
+        .map_err(|source| StoreError::Index { path: db, source })
     }
 
     /// Number of stat cache rows.

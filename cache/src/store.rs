@@ -414,14 +414,27 @@ impl Store {
     /// Renames a finished temp file to its final object path, creating the
     /// two-digit prefix folder on first use. An existing object of that name
     /// has the same content and is left in place (never replaced: another
-    /// process may be linking it); the temp file is then removed.
+    /// process may be linking it); the temp file is then removed. Anything
+    /// but a regular file there is not the store's and is replaced.
     ///
     /// Either way the object is remembered for [`Store::make_durable`]: one
     /// found in place may be another process's, not flushed yet.
     pub(crate) fn install(&self, temp: &Path, dest: &Path) -> Result<()> {
-        if fs::symlink_metadata(dest).is_ok() {
-            self.unsynced_object(dest, false);
-            return remove_file(temp);
+        match fs::symlink_metadata(dest) {
+            Ok(meta) if meta.file_type().is_file() => {
+                self.unsynced_object(dest, false);
+                return remove_file(temp);
+            }
+            // Not an object the store wrote (a symlink, a directory): replaced.
+            Ok(meta) => {
+                crate::freeze::remove_any(dest)?;
+                self.note_repair(format!(
+                    "replaced `{}`: a {} where the store keeps an object",
+                    dest.display(),
+                    crate::freeze::file_type_name(&meta.file_type())
+                ));
+            }
+            Err(_) => {}
         }
         crate::testpoint::pause_at("store-commit");
         match rename_noreplace(temp, dest) {

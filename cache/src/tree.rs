@@ -4,7 +4,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use crate::digest::{Digest, TreeId};
+use crate::digest::{BlobId, Digest, TreeId};
 use crate::error::{DecodeError, Result, StoreError};
 use crate::manifest::Manifest;
 use crate::store::{ObjectDir, Store};
@@ -77,6 +77,37 @@ impl Store {
                 source,
             }
         })
+    }
+
+    /// The error for tree `id`, whose file `blob` claims `claimed` bytes where its blob holds
+    /// `actual`: a tree that lies about a length is damaged, so it is removed and noted as a
+    /// corrupt manifest is, and the stage that made it runs again.
+    pub(crate) fn tree_lies(
+        &self,
+        id: &TreeId,
+        blob: &BlobId,
+        claimed: u64,
+        actual: u64,
+    ) -> StoreError {
+        let path = self.tree_path(id);
+        let source = DecodeError {
+            offset: 0,
+            reason: format!(
+                "a file of blob {} claims {claimed} bytes, the blob holds {actual}",
+                blob.short()
+            ),
+        };
+        let _ = fs::remove_file(&path);
+        self.note_damaged(id);
+        self.note_repair(format!(
+            "removed the corrupt tree manifest `{}` ({source})",
+            path.display()
+        ));
+        StoreError::CorruptTree {
+            id: *id,
+            path,
+            source,
+        }
     }
 
     /// Whether the tree's manifest is in the store.

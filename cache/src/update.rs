@@ -399,7 +399,7 @@ impl Update<'_> {
         };
         match &entry.kind {
             EntryKind::Dir => Ok(()),
-            EntryKind::File { blob, .. } => {
+            EntryKind::File { blob, size } => {
                 let (uid, gid) = self.owner_of(entry);
                 let meta = FileMeta {
                     mode: entry.mode,
@@ -408,7 +408,7 @@ impl Update<'_> {
                     xattrs: &entry.xattrs,
                 };
                 let linkable = entry.hardlink.is_none() && !self.copy_only.load(Ordering::Relaxed);
-                if linkable && self.link_object(dir, name, blob, &meta, &path)? {
+                if linkable && self.link_object(dir, name, blob, *size, &meta, &path)? {
                     return self.set_time(dir, name, &path);
                 }
                 let mut src = self.store.open_blob(blob)?;
@@ -420,10 +420,15 @@ impl Update<'_> {
                 let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
                     .map_err(create_err)?;
                 let mut out = File::from(fd);
-                io::copy(&mut src, &mut out).map_err(|source| StoreError::Write {
+                let copied = io::copy(&mut src, &mut out).map_err(|source| StoreError::Write {
                     path: path.clone(),
                     source,
                 })?;
+                if copied != *size {
+                    drop(out);
+                    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                    return Err(self.wrong_length(blob, *size, &path));
+                }
                 apply_file_meta(&out, &path, &meta)?;
                 set_file_time(&out, &path, self.opts.mtime)
             }
@@ -455,18 +460,38 @@ impl Update<'_> {
     }
 
     /// Hard-links the store file with `blob`'s content and `meta` (hardlink
-    /// checkouts). `false` when a copy is needed instead.
+    /// checkouts). `false` when a copy is needed instead. What was linked is
+    /// checked, without following it, to be a regular file of `size` bytes.
     fn link_object(
         &self,
         dir: BorrowedFd<'_>,
         name: &str,
         blob: &crate::BlobId,
+        size: u64,
         meta: &FileMeta<'_>,
         path: &Path,
     ) -> Result<bool> {
         let source = self.store.linkable(blob, meta)?;
         match rustix::fs::linkat(CWD, &source, dir, name, AtFlags::empty()) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                let linked =
+                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+                        StoreError::Read {
+                            path: path.to_owned(),
+                            source: e.into(),
+                        }
+                    })?;
+                let regular = FileType::from_raw_mode(linked.st_mode) == FileType::RegularFile;
+                if regular && linked.st_size as u64 == size {
+                    return Ok(true);
+                }
+                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                if !regular {
+                    // Replaced since `linkable` looked: removed and reported as damage.
+                    self.store.regular_object(blob, &source)?;
+                }
+                Err(self.wrong_length(blob, size, path))
+            }
             Err(Errno::XDEV) => {
                 self.copy_only.store(true, Ordering::Relaxed);
                 Ok(false)
@@ -481,6 +506,21 @@ impl Update<'_> {
                 target: source,
                 source: e.into(),
             }),
+        }
+    }
+
+    /// The error for a file of `blob` whose object did not hold the `claimed` bytes: the blob
+    /// changed (then it is removed and named as corrupt) or the tree claims another length
+    /// than the blob's ([`StoreError::WrongLength`]).
+    fn wrong_length(&self, blob: &crate::BlobId, claimed: u64, path: &Path) -> StoreError {
+        match self.store.verified_size(blob) {
+            Err(error) => error,
+            Ok(actual) => StoreError::WrongLength {
+                path: path.to_owned(),
+                blob: *blob,
+                claimed,
+                actual,
+            },
         }
     }
 

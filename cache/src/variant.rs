@@ -84,8 +84,18 @@ impl Store {
             return self.blob_path(blob);
         }
         let path = self.variant_path(blob, &meta.digest());
-        if fs::symlink_metadata(&path).is_ok() {
-            return Ok(path);
+        match fs::symlink_metadata(&path) {
+            Ok(found) if found.file_type().is_file() => return Ok(path),
+            // Not written by the store: a variant is made from its blob, so make it again.
+            Ok(found) => {
+                crate::freeze::remove_any(&path)?;
+                self.note_repair(format!(
+                    "removed `{}`: a {} where the store keeps a file",
+                    path.display(),
+                    crate::freeze::file_type_name(&found.file_type())
+                ));
+            }
+            Err(_) => {}
         }
         let mut src = self.open_blob(blob)?;
         let (mut out, temp) = self.create_temp()?;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::blob::{OBJECT_MODE, hash_reader};
 use crate::digest::{BlobId, Digest, TreeId};
 use crate::error::{Result, StoreError};
+use crate::freeze::{is_regular, remove_any};
 use crate::index::OutputKind;
 use crate::maintenance::{ObjectName, StoredObject};
 use crate::manifest::Manifest;
@@ -90,16 +91,20 @@ impl fmt::Display for VerifyReport {
 
 /// The verdict on one object file.
 enum Check {
-    Good,
+    /// Its content hashes to its name; a blob's content is this many bytes long.
+    Good(u64),
     Corrupt,
-    Repaired,
+    /// Good, once its mode was set back.
+    Repaired(u64),
 }
 
 impl Store {
-    /// Rehashes every blob, variant and tree; removes corrupt ones, drops
-    /// action cache entries whose output is missing or refers to a missing
-    /// blob and stat cache rows whose blob is missing, and removes stale
-    /// temp files.
+    /// Rehashes every blob, variant and tree; removes corrupt ones (and
+    /// anything but a regular file among them, and trees that claim another
+    /// length for a file than its blob's), drops action cache entries whose
+    /// output is missing or refers to a missing blob, or whose recorded inputs
+    /// are a removed object or a tree that lacks a blob, and stat cache rows
+    /// whose blob is missing, and removes stale temp files.
     ///
     /// Runs under the shared lock, alongside builds.
     pub fn verify(&self) -> Result<VerifyReport> {
@@ -110,26 +115,34 @@ impl Store {
 
         let blobs = self.list_objects(ObjectDir::Objects)?;
         report.blobs_checked = blobs.len();
-        let mut present: HashSet<BlobId> = HashSet::new();
+        // Every blob present, with its length: a tree that claims another length for it lies.
+        let mut present: HashMap<BlobId, u64> = HashMap::new();
+        let mut removed: HashSet<Digest> = HashSet::new();
         let checks = self.check_all(&blobs, |object| match object.frozen {
             true => self.check_frozen(object),
             false => check_blob(object),
         })?;
         for (object, check) in blobs.iter().zip(checks) {
             match (check, object.name) {
-                (Check::Corrupt, _) => report.removed.push(object.path.clone()),
-                (check, ObjectName::Digest(id)) => {
-                    if matches!(check, Check::Repaired) {
-                        report.repaired.push(object.path.clone());
+                (Check::Corrupt, name) => {
+                    report.removed.push(object.path.clone());
+                    if let ObjectName::Digest(id) = name {
+                        removed.insert(id);
                     }
-                    present.insert(id);
+                }
+                (Check::Good(size), ObjectName::Digest(id)) => {
+                    present.insert(id, size);
+                }
+                (Check::Repaired(size), ObjectName::Digest(id)) => {
+                    report.repaired.push(object.path.clone());
+                    present.insert(id, size);
                 }
                 _ => {}
             }
         }
 
         report.stat_rows_removed =
-            self.prune_stat_cache(|blob| present.contains(blob) || self.has_blob(blob))?;
+            self.prune_stat_cache(|blob| present.contains_key(blob) || self.has_blob(blob))?;
 
         let variants = self.list_objects(ObjectDir::Variants)?;
         report.variants_checked = variants.len();
@@ -151,7 +164,12 @@ impl Store {
         let mut tree_complete: HashMap<TreeId, bool> = HashMap::new();
         for (object, complete) in trees.iter().zip(complete) {
             match (complete, object.name) {
-                (None, _) => report.removed.push(object.path.clone()),
+                (None, name) => {
+                    report.removed.push(object.path.clone());
+                    if let ObjectName::Digest(id) = name {
+                        removed.insert(id);
+                    }
+                }
                 (Some(complete), ObjectName::Digest(id)) => {
                     if !complete {
                         report.incomplete_trees.push(id);
@@ -162,11 +180,17 @@ impl Store {
             }
         }
 
+        // What a stage made from an object removed here, or from a tree that lacks one, may
+        // carry the damage on in objects of its own: its cache entry goes too.
+        let tainted = |digest: &Digest| {
+            removed.contains(digest) || tree_complete.get(digest).is_some_and(|c| !*c)
+        };
         let index = self.index()?;
+        let inputs = index.action_inputs()?;
         for (key, result) in index.actions()? {
             let servable = match result.kind {
                 OutputKind::Blob => {
-                    present.contains(&result.output) || self.has_blob(&result.output)
+                    present.contains_key(&result.output) || self.has_blob(&result.output)
                 }
                 OutputKind::Tree => match tree_complete.get(&result.output) {
                     Some(complete) => *complete,
@@ -174,7 +198,10 @@ impl Store {
                     None => self.tree_is_complete(&result.output),
                 },
             };
-            if !servable {
+            let made_from_damage = inputs
+                .get(&key)
+                .is_some_and(|digests| digests.iter().any(tainted));
+            if !servable || made_from_damage {
                 report.actions_removed.push(key);
             }
         }
@@ -198,7 +225,7 @@ impl Store {
             .map(|object| {
                 let verdict = check(object)?;
                 if matches!(verdict, Check::Corrupt) {
-                    remove_file(&object.path)?;
+                    remove_any(&object.path)?;
                 }
                 Ok(verdict)
             })
@@ -206,10 +233,16 @@ impl Store {
     }
 
     /// `None` if the tree file is corrupt (and removed), else whether every
-    /// blob it refers to is present.
-    fn check_tree(&self, object: &StoredObject, present: &HashSet<BlobId>) -> Result<Option<bool>> {
-        let ObjectName::Digest(id) = object.name else {
-            remove_file(&object.path)?;
+    /// blob it refers to is present. A tree is corrupt when it does not hash
+    /// to its name, does not decode, is not a regular file, or claims a length
+    /// for a file that its blob does not have.
+    fn check_tree(
+        &self,
+        object: &StoredObject,
+        present: &HashMap<BlobId, u64>,
+    ) -> Result<Option<bool>> {
+        let (ObjectName::Digest(id), true) = (object.name, is_regular(&object.path)) else {
+            remove_any(&object.path)?;
             return Ok(None);
         };
         let bytes = fs::read(&object.path).map_err(|source| StoreError::Read {
@@ -223,18 +256,25 @@ impl Store {
                 return Ok(None);
             }
         };
+        if manifest
+            .blobs()
+            .any(|(blob, size)| present.get(blob).is_some_and(|actual| *actual != size))
+        {
+            remove_file(&object.path)?;
+            return Ok(None);
+        }
         Ok(Some(manifest.blobs().all(|(blob, _)| {
-            present.contains(blob) || self.has_blob(blob)
+            present.contains_key(blob) || self.has_blob(blob)
         })))
     }
 
     /// A frozen blob is good if it decodes to content that hashes to its name.
     fn check_frozen(&self, object: &StoredObject) -> Result<Check> {
-        let ObjectName::Digest(id) = object.name else {
+        let (ObjectName::Digest(id), true) = (object.name, is_regular(&object.path)) else {
             return Ok(Check::Corrupt);
         };
         Ok(match self.frozen_digest(&object.path)? {
-            Some(digest) if digest == id => Check::Good,
+            Some((digest, size)) if digest == id => Check::Good(size),
             _ => Check::Corrupt,
         })
     }
@@ -245,11 +285,13 @@ impl Store {
     }
 }
 
+/// A plain blob is good if it is a regular file whose content hashes to its name.
 fn check_blob(object: &StoredObject) -> Result<Check> {
-    let ObjectName::Digest(id) = object.name else {
+    let (ObjectName::Digest(id), true) = (object.name, is_regular(&object.path)) else {
         return Ok(Check::Corrupt);
     };
-    if rehash(&object.path)? != id {
+    let (digest, size) = rehash(&object.path)?;
+    if digest != id {
         return Ok(Check::Corrupt);
     }
     let meta = fs::symlink_metadata(&object.path).map_err(|source| StoreError::Read {
@@ -257,7 +299,7 @@ fn check_blob(object: &StoredObject) -> Result<Check> {
         source,
     })?;
     if meta.mode() & 0o7777 == OBJECT_MODE {
-        return Ok(Check::Good);
+        return Ok(Check::Good(size));
     }
     fs::set_permissions(&object.path, fs::Permissions::from_mode(OBJECT_MODE)).map_err(
         |source| StoreError::SetMetadata {
@@ -266,14 +308,18 @@ fn check_blob(object: &StoredObject) -> Result<Check> {
             source,
         },
     )?;
-    Ok(Check::Repaired)
+    Ok(Check::Repaired(size))
 }
 
 fn check_variant(object: &StoredObject) -> Result<Check> {
     let ObjectName::Variant(blob, meta_digest) = object.name else {
         return Ok(Check::Corrupt);
     };
-    if rehash(&object.path)? != blob {
+    let (digest, size) = match is_regular(&object.path) {
+        true => rehash(&object.path)?,
+        false => return Ok(Check::Corrupt),
+    };
+    if digest != blob {
         return Ok(Check::Corrupt);
     }
     let meta = fs::symlink_metadata(&object.path).map_err(|source| StoreError::Read {
@@ -291,22 +337,23 @@ fn check_variant(object: &StoredObject) -> Result<Check> {
         actual.digest() == meta_digest
     };
     if matches(&xattrs) {
-        return Ok(Check::Good);
+        return Ok(Check::Good(size));
     }
     // A security module may label every new file on its own.
     Ok(
         if xattrs.remove("security.selinux").is_some() && matches(&xattrs) {
-            Check::Good
+            Check::Good(size)
         } else {
             Check::Corrupt
         },
     )
 }
 
-fn rehash(path: &Path) -> Result<Digest> {
+/// The digest and length of a file's content.
+fn rehash(path: &Path) -> Result<(Digest, u64)> {
     let mut file = File::open(path).map_err(|source| StoreError::Read {
         path: path.to_owned(),
         source,
     })?;
-    hash_reader(&mut file, path).map(|(id, _)| id)
+    hash_reader(&mut file, path)
 }

@@ -646,3 +646,313 @@ fn an_anchored_cache_entry_lives_as_long_as_its_anchor() {
     assert_eq!(index.lookup_action(&key).unwrap(), None);
     assert!(!store.has_blob(&initrd) && !store.has_blob(&location));
 }
+
+// ------------------------------------------------------------------------------------------
+// Damage a build could read without hashing it: what verify drops, what the store refuses.
+
+/// Writes `content` into the object at `path` in place: the same inode, so every hard link of
+/// it (a shared checkout) sees the change.
+fn write_in_place(path: &Path, content: &[u8]) {
+    use std::io::Write;
+    let before = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(content).unwrap();
+    drop(file);
+    let after = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+    assert_eq!(before, after);
+}
+
+#[test]
+fn verify_drops_the_actions_made_from_a_removed_blob() {
+    let s = Scratch::new();
+    let store = &s.store;
+    // `rootfs` made a tree holding `blob`; `script` read it and made a tree of its own, which
+    // does not hold `blob` but may carry what the script read of it.
+    let (rootfs, blob) = small_tree(store, "NAME=tiny\n", 0o644);
+    let (scripted, _) = small_tree(store, "PRETTY_NAME=tiny\n", 0o644);
+    let (unrelated, _) = small_tree(store, "unrelated\n", 0o644);
+    let runs = [
+        run("rootfs", rootfs, OutputKind::Tree, &[]),
+        run("script", scripted, OutputKind::Tree, &[rootfs]),
+        run("other", unrelated, OutputKind::Tree, &[scripted]),
+        run("file", blob, OutputKind::Blob, &[]),
+        run("reads-file", unrelated, OutputKind::Tree, &[blob]),
+    ];
+    record_build(store, "r", &runs);
+    assert!(store.verify().unwrap().is_clean());
+
+    let object = store.blob_path(&blob).unwrap();
+    write_in_place(&object, b"NAME=CANARY\n");
+    let report = store.verify().unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.removed, vec![object]);
+    let mut dropped = report.actions_removed.clone();
+    dropped.sort();
+    let mut want = vec![runs[0].key, runs[1].key, runs[3].key, runs[4].key];
+    want.sort();
+    assert_eq!(dropped, want, "every action made from the damaged blob");
+    let index = store.index().unwrap();
+    assert_eq!(index.lookup_action(&runs[1].key).unwrap(), None);
+    // What the script made is sound: a stage reading it keeps its entry.
+    assert_eq!(
+        index.lookup_action(&runs[2].key).unwrap(),
+        Some(runs[2].output)
+    );
+}
+
+#[test]
+fn a_blob_changed_in_place_is_found_before_its_shared_checkout_is_used_again() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, blob) = small_tree(store, "NAME=tiny\n", 0o644);
+    let checkout = store.shared_checkout(&tree).unwrap();
+    let object = store.blob_path(&blob).unwrap();
+    assert_eq!(fs::read(checkout.join("file")).unwrap(), b"NAME=tiny\n");
+
+    // Same length, and the modification time set back: only the ctime tells.
+    write_in_place(&object, b"NAME=CANA\n");
+    let epoch = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &object,
+        &epoch,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(checkout.join("file")).unwrap(), b"NAME=CANA\n");
+
+    let error = store.shared_checkout(&tree).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CorruptBlob { id, path } if *id == blob && *path == object),
+        "{error:?}"
+    );
+    assert!(!object.exists(), "the changed blob is still there");
+    assert!(!checkout.exists(), "the checkout linking it is still there");
+    assert_eq!(store.take_damaged(), vec![blob]);
+    assert!(store.take_repairs()[0].contains("corrupt blob"));
+
+    // The build forgets it and its stage stores it again: the checkout is sound again.
+    store.forget_damaged(&blob).unwrap();
+    store.put_bytes(b"NAME=tiny\n").unwrap();
+    let checkout = store.shared_checkout(&tree).unwrap();
+    assert_eq!(fs::read(checkout.join("file")).unwrap(), b"NAME=tiny\n");
+}
+
+#[test]
+fn a_file_replaced_in_a_shared_checkout_makes_it_again() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, _) = small_tree(store, "NAME=tiny\n", 0o644);
+    let checkout = store.shared_checkout(&tree).unwrap();
+    let host = s.path("hostname");
+    fs::write(&host, "NAME=tiny\n").unwrap();
+    fs::remove_file(checkout.join("file")).unwrap();
+    std::os::unix::fs::symlink(&host, checkout.join("file")).unwrap();
+    let again = store.shared_checkout(&tree).unwrap();
+    assert_eq!(again, checkout);
+    assert!(fs::symlink_metadata(again.join("file")).unwrap().is_file());
+}
+
+#[test]
+fn a_symlink_in_objects_is_not_a_blob() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let (tree, blob) = small_tree(store, "rescue\n", 0o644);
+    record_build(store, "r", &[run("rootfs", tree, OutputKind::Tree, &[])]);
+    // A host file with the very content of the blob: hashing through the link would pass.
+    let host = s.path("etc-hostname");
+    fs::write(&host, "rescue\n").unwrap();
+    let object = store.blob_path(&blob).unwrap();
+    let plant = || {
+        let _ = fs::remove_file(&object);
+        std::os::unix::fs::symlink(&host, &object).unwrap();
+    };
+
+    plant();
+    let error = store.blob_path(&blob).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NotABlob { id, path, found: "symlink" } if *id == blob && *path == object),
+        "{error:?}"
+    );
+    assert!(error.help().unwrap().contains("build again"), "{error}");
+    assert!(
+        fs::symlink_metadata(&object).is_err(),
+        "the symlink is still there"
+    );
+    assert_eq!(store.take_damaged(), vec![blob]);
+    assert!(!store.has_blob(&blob));
+
+    // A checkout never links it.
+    plant();
+    let dest = s.path("checkout");
+    let manifest = store.manifest(&tree).unwrap();
+    let error = store
+        .checkout(&manifest, &dest, CheckoutOptions::default())
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotABlob { .. }), "{error:?}");
+    assert!(fs::symlink_metadata(dest.join("file")).is_err());
+
+    // Storing the content again replaces what is there.
+    plant();
+    store.put_bytes(b"rescue\n").unwrap();
+    assert!(fs::symlink_metadata(&object).unwrap().is_file());
+
+    // Verify removes it, and drops the actions that need it.
+    plant();
+    let report = store.verify().unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.removed, vec![object.clone()]);
+    assert_eq!(report.actions_removed.len(), 1);
+    assert!(fs::symlink_metadata(&object).is_err());
+    assert_eq!(
+        fs::read(&host).unwrap(),
+        b"rescue\n",
+        "the host file was touched"
+    );
+
+    // A directory in its place is no blob either.
+    fs::create_dir(&object).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.removed, vec![object.clone()]);
+
+    // Nor one reached through a symlinked prefix folder.
+    store.put_bytes(b"rescue\n").unwrap();
+    let prefix = object.parent().unwrap().to_owned();
+    let elsewhere = s.path("elsewhere");
+    fs::rename(&prefix, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &prefix).unwrap();
+    let error = store.blob_path(&blob).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NotABlob { path, .. } if *path == prefix),
+        "{error:?}"
+    );
+    assert!(fs::symlink_metadata(&prefix).is_err());
+    std::os::unix::fs::symlink(&elsewhere, &prefix).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.removed, vec![prefix.clone()]);
+    assert!(fs::symlink_metadata(&prefix).is_err());
+}
+
+/// A tree of one file claiming `claimed` bytes for a blob of `content`.
+fn lying_tree(store: &Store, content: &[u8], claimed: u64) -> (TreeId, Digest) {
+    let blob = store.put_bytes(content).unwrap();
+    let m = Manifest::from_entries(vec![
+        Entry::new("", EntryKind::Dir, 0o755),
+        Entry::new(
+            "file",
+            EntryKind::File {
+                blob,
+                size: claimed,
+            },
+            0o644,
+        ),
+    ])
+    .unwrap();
+    (store.put_manifest(&m).unwrap(), blob)
+}
+
+#[test]
+fn a_tree_claiming_another_length_than_its_blob_is_damage() {
+    let s = Scratch::new();
+    let store = &s.store;
+    let content = b"thirty-three bytes of file data!\n";
+    assert_eq!(content.len(), 33);
+    let (tree, _) = lying_tree(store, content, 1 << 40);
+    let tree_file = store.tree_path(&tree);
+    record_build(store, "r", &[run("rootfs", tree, OutputKind::Tree, &[])]);
+
+    // Nothing reads it as if it held 1 TiB.
+    let manifest = store.manifest(&tree).unwrap();
+    for mode in [CheckoutMode::Hardlink, CheckoutMode::Copy] {
+        let dest = s.path(&format!("checkout-{mode:?}"));
+        let options = CheckoutOptions {
+            mode,
+            ..CheckoutOptions::default()
+        };
+        let error = store.checkout(&manifest, &dest, options).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::WrongLength {
+                    claimed: 1_099_511_627_776,
+                    actual: 33,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(fs::symlink_metadata(dest.join("file")).is_err());
+    }
+    let error = store
+        .verify_tree_blobs(&tree, manifest.blobs())
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CorruptTree { id, .. } if *id == tree),
+        "{error:?}"
+    );
+    assert!(!tree_file.exists());
+    assert_eq!(store.take_damaged(), vec![tree]);
+
+    // A shared checkout names the tree as damaged.
+    let (tree, _) = lying_tree(store, content, 1 << 40);
+    let error = store.shared_checkout(&tree).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CorruptTree { id, .. } if *id == tree),
+        "{error:?}"
+    );
+    assert!(!tree_file.exists());
+
+    // Verify calls it corrupt and drops the action that made it.
+    let (tree, _) = lying_tree(store, content, 1 << 40);
+    let report = store.verify().unwrap();
+    eprintln!("{report}");
+    assert!(!report.is_clean());
+    assert_eq!(report.removed, vec![tree_file.clone()]);
+    assert_eq!(report.actions_removed.len(), 1);
+    assert!(!store.has_tree(&tree));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever length a tree claims, it is read only when it is its blob's.
+    #[test]
+    fn only_the_true_length_is_accepted(
+        content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        claimed in proptest::prop_oneof![
+            proptest::prelude::any::<u64>(),
+            0u64..400,
+            proptest::prelude::Just(u64::MAX),
+        ],
+    ) {
+        let s = Scratch::new();
+        let store = &s.store;
+        let truth = content.len() as u64;
+        let (tree, _) = lying_tree(store, &content, claimed);
+        let manifest = store.manifest(&tree).unwrap();
+        let copied = store.checkout(
+            &manifest,
+            &s.path("copy"),
+            CheckoutOptions { mode: CheckoutMode::Copy, ..CheckoutOptions::default() },
+        );
+        let linked = store.checkout(&manifest, &s.path("link"), CheckoutOptions::default());
+        let verified = store.verify_tree_blobs(&tree, manifest.blobs());
+        proptest::prop_assert_eq!(copied.is_ok(), claimed == truth);
+        proptest::prop_assert_eq!(linked.is_ok(), claimed == truth);
+        proptest::prop_assert_eq!(verified.is_ok(), claimed == truth);
+        let (tree, _) = lying_tree(store, &content, claimed);
+        let report = store.verify().unwrap();
+        proptest::prop_assert_eq!(report.is_clean(), claimed == truth);
+        proptest::prop_assert_eq!(store.has_tree(&tree), claimed == truth);
+    }
+}

@@ -281,17 +281,17 @@ fn hardlink_checkout_of_5000_files_is_fast() {
     // 500 distinct contents over 5000 files in 50 directories.
     let blobs: Vec<_> = (0..500)
         .map(|i| {
-            s.store
-                .put_bytes(format!("content {i}").as_bytes())
-                .unwrap()
+            let content = format!("content {i}");
+            let blob = s.store.put_bytes(content.as_bytes()).unwrap();
+            (blob, content.len() as u64)
         })
         .collect();
     let mut entries = vec![Entry::new("", EntryKind::Dir, 0o755)];
     for d in 0..50 {
         entries.push(Entry::new(format!("d{d:02}"), EntryKind::Dir, 0o755));
         for f in 0..100 {
-            let blob = blobs[(d * 100 + f) % blobs.len()];
-            let kind = EntryKind::File { blob, size: 0 };
+            let (blob, size) = blobs[(d * 100 + f) % blobs.len()];
+            let kind = EntryKind::File { blob, size };
             entries.push(Entry::new(format!("d{d:02}/f{f:03}"), kind, 0o644));
         }
     }

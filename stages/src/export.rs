@@ -134,20 +134,19 @@ pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, O
             }
             // What the checkout copies is read from the store: hash it first. Updating the
             // previous output copies only the blobs it did not hold.
-            let copied: Vec<&Digest> = match &updatable {
+            let copied: Vec<(&Digest, u64)> = match &updatable {
                 Some(old) => {
                     let held: std::collections::HashSet<&Digest> =
                         old.blobs().map(|(blob, _)| blob).collect();
                     manifest
                         .blobs()
-                        .map(|(blob, _)| blob)
-                        .filter(|blob| !held.contains(blob))
+                        .filter(|(blob, _)| !held.contains(blob))
                         .collect()
                 }
-                None => manifest.blobs().map(|(blob, _)| blob).collect(),
+                None => manifest.blobs().collect(),
             };
             store
-                .verify_blobs(copied)
+                .verify_tree_blobs(&export.digest, copied)
                 .map_err(|source| OutputError::Checkout {
                     path: staging.clone(),
                     source,

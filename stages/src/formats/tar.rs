@@ -70,10 +70,11 @@ impl Stage for TarStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let manifest = ctx.store.manifest(&ctx.input("tree")?)?;
-        // Every file's bytes go into the archive: a damaged object fails the stage instead.
-        ctx.store
-            .verify_blobs(manifest.blobs().map(|(blob, _)| blob))?;
+        let tree = ctx.input("tree")?;
+        let manifest = ctx.store.manifest(&tree)?;
+        // Every file's bytes go into the archive, as many as its header says: a damaged object,
+        // or a tree claiming another length than its blob's, fails the stage instead.
+        ctx.store.verify_tree_blobs(&tree, manifest.blobs())?;
         let path = ctx.scratch.join("image.tar");
         write_tar(ctx.store, &manifest, self.source_date_epoch, &path).map_err(|source| {
             StageError::failed(crate::error::OutputError::Write {
@@ -161,4 +162,75 @@ pub fn write_tar(
     }
     let mut file = builder.into_inner()?;
     file.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_cache::Entry;
+
+    struct Quiet;
+    impl kiln_engine::StageLog for Quiet {
+        fn line(&self, _: &str) {}
+    }
+
+    /// Runs the tar stage on a tree of one file of `content` that claims `claimed` bytes.
+    fn tar_of(claimed: u64) -> (Result<Digest, StageError>, Store, Digest, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let content = b"thirty-three bytes of file data!\n";
+        let blob = store.put_bytes(content).unwrap();
+        let manifest = Manifest::from_entries(vec![
+            Entry::new("", EntryKind::Dir, 0o755),
+            Entry::new("etc", EntryKind::Dir, 0o755),
+            Entry::new(
+                "etc/os-release",
+                EntryKind::File {
+                    blob,
+                    size: claimed,
+                },
+                0o644,
+            ),
+        ])
+        .unwrap();
+        let tree = store.put_manifest(&manifest).unwrap();
+        let stage = TarStage {
+            name: "output".into(),
+            base: "finalize".into(),
+            source_date_epoch: 0,
+        };
+        let inputs = [("tree".to_owned(), tree)].into_iter().collect();
+        let values = Default::default();
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let ctx = StageContext {
+            store: &store,
+            project_dir: dir.path(),
+            scratch: &scratch,
+            inputs: &inputs,
+            values: &values,
+            log: &Quiet,
+        };
+        let result = stage.run(&ctx);
+        (result, store, tree, dir)
+    }
+
+    #[test]
+    fn a_tree_claiming_more_than_its_blob_holds_is_not_archived() {
+        let (result, store, tree, _dir) = tar_of(1 << 40);
+        let error = result.unwrap_err();
+        assert!(error.to_string().contains("corrupt"), "{error}");
+        assert!(!store.has_tree(&tree), "the lying tree is kept");
+        assert_eq!(store.take_damaged(), vec![tree]);
+
+        let (result, store, _, _dir) = tar_of(33);
+        let archive = store.read_blob(&result.unwrap()).unwrap();
+        let mut entries = tar::Archive::new(archive.as_slice());
+        let sizes: Vec<u64> = entries
+            .entries()
+            .unwrap()
+            .map(|entry| entry.unwrap().header().size().unwrap())
+            .collect();
+        assert!(sizes.contains(&33), "{sizes:?}");
+    }
 }
