@@ -193,8 +193,6 @@ fn file_changes(before: &Entry, now: &Entry) -> Vec<FileChange> {
 /// file). Generic implementations (`EditStage<E>`) are left out: their kinds are the
 /// `TreeEdit`s'.
 fn implementations() -> Result<BTreeMap<String, (String, String)>, TableError> {
-    let pattern = regex::Regex::new(r"(?m)^impl\s+(Stage|TreeEdit)\s+for\s+(\w+)")
-        .expect("the pattern is valid");
     let workspace = table::workspace();
     let mut found = BTreeMap::new();
     let source = workspace.join("stages/src");
@@ -216,14 +214,22 @@ fn implementations() -> Result<BTreeMap<String, (String, String)>, TableError> {
             .unwrap_or(entry.path())
             .to_string_lossy()
             .into_owned();
-        for captures in pattern.captures_iter(&text) {
-            found.insert(
-                captures[2].to_string(),
-                (captures[1].to_string(), file.clone()),
-            );
+        for (type_name, trait_name) in implementations_in(&text) {
+            found.insert(type_name, (trait_name, file.clone()));
         }
     }
     Ok(found)
+}
+
+/// The (type, trait) of each top-level, non-generic `impl Stage for T` or `impl TreeEdit for T`
+/// of `text`.
+fn implementations_in(text: &str) -> Vec<(String, String)> {
+    let pattern = regex::Regex::new(r"(?m)^impl\s+(?:\w+::)*(Stage|TreeEdit)\s+for\s+(\w+)")
+        .expect("the pattern is valid");
+    pattern
+        .captures_iter(text)
+        .map(|captures| (captures[2].to_string(), captures[1].to_string()))
+        .collect()
 }
 
 /// Types that implement a stage but are not listed, or are listed with the wrong sources.
@@ -345,6 +351,21 @@ mod tests {
             table::digest(formatted),
             table::digest("fn f() {\n    g(a,b)\n}\n")
         );
+    }
+
+    #[test]
+    fn stage_implementations_are_found_in_the_source() {
+        let text = "impl Stage for TarStage {\n}\nimpl kiln_engine::Stage for NewStage {}\n\
+                    impl TreeEdit for OsRelease {}\nimpl<E: TreeEdit> Stage for EditStage<E> {}\n\
+                    impl Format for Tar {}\n";
+        let found = implementations_in(text);
+        let expected = [
+            ("TarStage", "Stage"),
+            ("NewStage", "Stage"),
+            ("OsRelease", "TreeEdit"),
+        ]
+        .map(|(type_name, trait_name)| (type_name.to_string(), trait_name.to_string()));
+        assert_eq!(found, expected);
     }
 
     #[test]
