@@ -33,6 +33,8 @@ pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;
 pub mod sign;
+#[cfg(test)]
+mod stage_versions;
 pub mod trees;
 pub mod uki;
 pub mod vm;

@@ -1,13 +1,13 @@
 //! SHA-512 crypt (`$6$`), the password hash of glibc's `crypt(3)` and `/etc/shadow`, after
-//! Ulrich Drepper's specification "Unix crypt using SHA-256 and SHA-512".
+//! Ulrich Drepper's specification "Unix crypt using SHA-256 and SHA-512": the digest is the
+//! `sha-crypt` crate's, written out here as `$6$<salt>$<hash>` (the crate's own string form
+//! always names the rounds and encodes the salt, which shadow entries of the default rounds do
+//! not).
 
-use sha2::{Digest, Sha512};
+use sha_crypt::Params;
 
 /// The alphabet of crypt's base64.
 const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// The rounds crypt uses when none are named.
-const DEFAULT_ROUNDS: usize = 5000;
 
 /// The longest salt crypt reads.
 pub const SALT_LENGTH: usize = 16;
@@ -16,7 +16,8 @@ pub const SALT_LENGTH: usize = 16;
 /// characters.
 pub fn sha512_crypt(password: &[u8], salt: &str) -> String {
     let salt = &salt.as_bytes()[..salt.len().min(SALT_LENGTH)];
-    let digest = sha512_crypt_raw(password, salt, DEFAULT_ROUNDS);
+    // The rounds crypt uses when none are named (5000).
+    let digest = sha_crypt::sha512_crypt(password, salt, Params::RECOMMENDED);
     format!("$6${}${}", String::from_utf8_lossy(salt), encode(&digest))
 }
 
@@ -27,69 +28,6 @@ pub fn salt_from(seed: &[u8]) -> String {
         .take(SALT_LENGTH)
         .map(|byte| ITOA64[usize::from(byte & 0x3f)] as char)
         .collect()
-}
-
-fn sha512_crypt_raw(password: &[u8], salt: &[u8], rounds: usize) -> [u8; 64] {
-    let b: [u8; 64] = Sha512::new()
-        .chain_update(password)
-        .chain_update(salt)
-        .chain_update(password)
-        .finalize()
-        .into();
-
-    let mut a = Sha512::new().chain_update(password).chain_update(salt);
-    let mut remaining = password.len();
-    while remaining > 64 {
-        a.update(b);
-        remaining -= 64;
-    }
-    a.update(&b[..remaining]);
-    let mut length = password.len();
-    while length > 0 {
-        if length & 1 == 1 {
-            a.update(b);
-        } else {
-            a.update(password);
-        }
-        length >>= 1;
-    }
-    let mut a: [u8; 64] = a.finalize().into();
-
-    let mut dp = Sha512::new();
-    for _ in 0..password.len() {
-        dp.update(password);
-    }
-    let dp: [u8; 64] = dp.finalize().into();
-    let p_sequence: Vec<u8> = dp.iter().copied().cycle().take(password.len()).collect();
-
-    let mut ds = Sha512::new();
-    for _ in 0..16 + usize::from(a[0]) {
-        ds.update(salt);
-    }
-    let ds: [u8; 64] = ds.finalize().into();
-    let s_sequence = &ds[..salt.len()];
-
-    for round in 0..rounds {
-        let mut c = Sha512::new();
-        if round % 2 == 1 {
-            c.update(&p_sequence);
-        } else {
-            c.update(a);
-        }
-        if round % 3 != 0 {
-            c.update(s_sequence);
-        }
-        if round % 7 != 0 {
-            c.update(&p_sequence);
-        }
-        if round % 2 == 1 {
-            c.update(a);
-        } else {
-            c.update(&p_sequence);
-        }
-        a = c.finalize().into();
-    }
-    a
 }
 
 /// crypt's base64 of the 64 digest bytes, in the specification's byte order.
@@ -141,6 +79,15 @@ mod tests {
         assert_eq!(
             sha512_crypt(b"Hello world!", "saltstring"),
             "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
+        );
+    }
+
+    #[test]
+    fn the_specifications_vector_with_a_salt_too_long() {
+        // The specification's vector names `rounds=5000`, the default, which this form leaves out.
+        assert_eq!(
+            sha512_crypt(b"This is just a test", "toolongsaltstring"),
+            "$6$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxUhx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0"
         );
     }
 
