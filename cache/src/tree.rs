@@ -63,20 +63,24 @@ impl Store {
         } else {
             Manifest::decode_canonical(&bytes)
         };
-        decoded.map_err(|source| {
-            // A damaged manifest is never read again: its stage is rebuilt, which stores it anew.
-            let _ = fs::remove_file(&path);
-            self.note_damaged(id);
-            self.note_repair(format!(
-                "removed the corrupt tree manifest `{}` ({source})",
-                path.display()
-            ));
-            StoreError::CorruptTree {
-                id: *id,
-                path,
-                source,
-            }
-        })
+        decoded.map_err(|source| self.corrupt_tree(id, source))
+    }
+
+    /// Removes the damaged manifest of tree `id` and says why: it is never read again, and
+    /// its stage is rebuilt, which stores it anew.
+    fn corrupt_tree(&self, id: &TreeId, source: DecodeError) -> StoreError {
+        let path = self.tree_path(id);
+        let _ = fs::remove_file(&path);
+        self.note_damaged(id);
+        self.note_repair(format!(
+            "removed the corrupt tree manifest `{}` ({source})",
+            path.display()
+        ));
+        StoreError::CorruptTree {
+            id: *id,
+            path,
+            source,
+        }
     }
 
     /// The error for tree `id`, whose file `blob` claims `claimed` bytes where its blob holds
@@ -89,7 +93,6 @@ impl Store {
         claimed: u64,
         actual: u64,
     ) -> StoreError {
-        let path = self.tree_path(id);
         let source = DecodeError {
             offset: 0,
             reason: format!(
@@ -97,17 +100,7 @@ impl Store {
                 blob.short()
             ),
         };
-        let _ = fs::remove_file(&path);
-        self.note_damaged(id);
-        self.note_repair(format!(
-            "removed the corrupt tree manifest `{}` ({source})",
-            path.display()
-        ));
-        StoreError::CorruptTree {
-            id: *id,
-            path,
-            source,
-        }
+        self.corrupt_tree(id, source)
     }
 
     /// Whether the tree's manifest is in the store.
