@@ -574,23 +574,7 @@ impl<'s, 'e> Context<'s, 'e> {
                 ),
             );
         }
-        if key != setting.name {
-            self.issue(
-                ConfigIssue::new(
-                    Severity::Warning,
-                    "kiln::config::deprecated",
-                    format!(
-                        "Setting `{key}=` is deprecated, please use `{}=` instead",
-                        setting.name
-                    ),
-                )
-                .with_help(format!(
-                    "Rename it to `{}=`; the old name still works",
-                    setting.name
-                ))
-                .at(source, span.offset, span.len, "old name"),
-            );
-        }
+        self.warn_if_old_name(key, setting, source, span);
         if !setting.implemented() {
             self.issue(
                 ConfigIssue::new(
@@ -679,6 +663,34 @@ impl<'s, 'e> Context<'s, 'e> {
                 self.parse_config_one(&path, false, false);
             }
         }
+    }
+
+    /// The warning for a setting written under an old name (`key`), in a file or a `[Match]`.
+    pub fn warn_if_old_name(
+        &mut self,
+        key: &str,
+        setting: &Setting,
+        source: &SourceText,
+        span: Span,
+    ) {
+        if key == setting.name {
+            return;
+        }
+        self.issue(
+            ConfigIssue::new(
+                Severity::Warning,
+                "kiln::config::deprecated",
+                format!(
+                    "Setting `{key}=` is deprecated, please use `{}=` instead",
+                    setting.name
+                ),
+            )
+            .with_help(format!(
+                "Rename it to `{}=`; the old name still works",
+                setting.name
+            ))
+            .at(source, span.offset, span.len, "old name"),
+        );
     }
 
     /// How many files and directories are being read inside one another now.

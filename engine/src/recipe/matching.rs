@@ -180,23 +180,7 @@ impl Context<'_, '_> {
             );
             return false;
         }
-        if key != setting.name {
-            self.issue(
-                ConfigIssue::new(
-                    Severity::Warning,
-                    "kiln::config::deprecated",
-                    format!(
-                        "Setting `{key}=` is deprecated, please use `{}=` instead",
-                        setting.name
-                    ),
-                )
-                .with_help(format!(
-                    "Rename it to `{}=`; the old name still works",
-                    setting.name
-                ))
-                .at(source, span.offset, span.len, "old name"),
-            );
-        }
+        self.warn_if_old_name(key, setting, source, span);
         if setting.matcher == Matcher::Unsupported {
             self.issue(
                 ConfigIssue::new(
