@@ -279,7 +279,7 @@ impl Store {
     /// file) if `package_files` says so; returns how many went and their bytes.
     fn collect_packages(&self, cutoff: SystemTime, package_files: bool) -> Result<(usize, u64)> {
         let (mut units, mut bytes) = (0, 0);
-        let packages = self.tmp_dir().with_file_name("packages");
+        let packages = self.packages_dir();
         for area in read_dir_paths(&packages)? {
             if !fs::symlink_metadata(&area).is_ok_and(|m| m.is_dir()) {
                 continue;

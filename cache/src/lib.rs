@@ -37,7 +37,8 @@
 //!     │                        packages, kept by the packages stage (not
 //!     │                        content-addressed): a unit's mtime is its last
 //!     │                        use; gc removes units no kept build used
-//!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done
+//!     └── tmp/<pid>-<n>.tmp    files being written, renamed into place when done,
+//!         tmp/<pid>-<label>-….tmp scratch folders of stages (Store::scratch_dir)
 //! ```
 //!
 //! Objects are written to `tmp/` and renamed into place: a reader sees a

@@ -353,6 +353,22 @@ impl Store {
         self.inner.base.join("tmp")
     }
 
+    /// `v1/packages/`: the package managers' private states and downloads, in areas the packages
+    /// stage names; `kiln cache gc` collects their units.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.inner.base.join("packages")
+    }
+
+    /// A new scratch folder `v1/tmp/<pid>-<label>-<random>.tmp`, removed when dropped. Its pid
+    /// lets the next build, `gc` and `verify` remove it when kiln was killed (see
+    /// [`Store::clean_temp`]); the label says what it was for.
+    pub fn scratch_dir(&self, label: &str) -> std::io::Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(&format!("{}-{label}-", std::process::id()))
+            .suffix(".tmp")
+            .tempdir_in(self.tmp_dir())
+    }
+
     /// The folder of one object kind, e.g. `v1/objects/`.
     pub(crate) fn object_dir(&self, kind: ObjectDir) -> PathBuf {
         self.inner.base.join(kind.name())

@@ -671,11 +671,7 @@ impl StageRunner<'_> {
         inputs: &[RecordedInput],
     ) -> (Result<Digest, BuildError>, Vec<String>) {
         let stage = self.graph.stage(stage_index);
-        let scratch = match tempfile::Builder::new()
-            .prefix(&format!("{}-stage-", std::process::id()))
-            .suffix(".tmp")
-            .tempdir_in(self.store.tmp_dir())
-        {
+        let scratch = match self.store.scratch_dir("stage") {
             Ok(scratch) => scratch,
             Err(source) => {
                 let error = BuildError::Scratch {

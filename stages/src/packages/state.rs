@@ -35,16 +35,10 @@ use kiln_cache::{Digest, Store};
 use super::error::PackagesError;
 use crate::host::{clean_command, find_tool, process};
 
-/// `<store>/v1/packages`.
-pub fn packages_dir(store: &Store) -> PathBuf {
-    let tmp = store.tmp_dir();
-    tmp.parent().unwrap_or(store.root()).join("packages")
-}
-
 /// The folder of one private package manager state, named by the digest of what defines it.
 pub fn state_dir(store: &Store, manager: &str, identity: &str) -> PathBuf {
     let digest = Digest::of_bytes(identity.as_bytes()).to_hex();
-    packages_dir(store).join(manager).join(&digest[..32])
+    store.packages_dir().join(manager).join(&digest[..32])
 }
 
 /// Record that a build uses `path` (a state folder or a package file): its modification time
@@ -108,12 +102,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn create(store: &Store, label: &str) -> Result<Snapshot, PackagesError> {
-        let tmp = store.tmp_dir();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-{label}-", std::process::id()))
-            .suffix(".tmp")
-            .tempdir_in(&tmp)
-            .map_err(|source| PackagesError::io("create a folder in", &tmp, source))?;
+        let dir = store
+            .scratch_dir(label)
+            .map_err(|source| PackagesError::io("create a folder in", &store.tmp_dir(), source))?;
         Ok(Snapshot { dir })
     }
 
@@ -213,7 +204,7 @@ pub struct PackageCache {
 impl PackageCache {
     /// `<store>/v1/packages/<name>`.
     pub fn open(store: &Store, name: &str) -> Result<PackageCache, PackagesError> {
-        let dir = packages_dir(store).join(name);
+        let dir = store.packages_dir().join(name);
         create_dir(&dir)?;
         Ok(PackageCache { dir })
     }
