@@ -18,23 +18,9 @@ use serde_json::Value;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-/// Whether a test can run: `None` means yes. Otherwise says why it is skipped, or panics when
-/// KILN_TEST_STRICT=1.
+/// Whether the test can go on (see [`kiln_test_support::skip_unless`]).
 fn require(reason_if_missing: Option<String>) -> bool {
-    match reason_if_missing {
-        None => true,
-        Some(reason) => {
-            if std::env::var("KILN_TEST_STRICT").as_deref() == Ok("1") {
-                panic!("KILN_TEST_STRICT=1 and a test cannot run: {reason}");
-            }
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("inspect test")
-                .to_string();
-            eprintln!("SKIP {test}: {reason}");
-            false
-        }
-    }
+    kiln_test_support::skip_unless(reason_if_missing)
 }
 
 fn inspect(args: &[&str], file: &Path) -> Output {

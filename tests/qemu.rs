@@ -126,26 +126,9 @@ fn test_name() -> String {
         .to_string()
 }
 
-/// Whether a test can run: `None` means yes. Otherwise says why it is skipped (as
-/// [`kiln_test_support::require`] does), or panics when KILN_TEST_STRICT=1.
+/// Whether the test can go on (see [`kiln_test_support::skip_unless`]).
 fn require(reason_if_missing: Option<String>) -> bool {
-    let Some(reason) = reason_if_missing else {
-        return true;
-    };
-    let line = format!("SKIP {}: {reason}", test_name());
-    if kiln_test_support::strict() {
-        panic!("{line} (KILN_TEST_STRICT=1: a test that cannot run fails)");
-    }
-    eprintln!("{line}");
-    if let Some(log) = std::env::var_os("KILN_TEST_SKIP_LOG")
-        && let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-    {
-        let _ = std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes());
-    }
-    false
+    kiln_test_support::skip_unless(reason_if_missing)
 }
 
 /// A project whose `mkosi.output/` holds the test UKI as a versioned file and its unversioned

@@ -216,8 +216,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
-        if !user_xattrs_supported(&path) {
-            eprintln!("skipping: the filesystem of the temp dir has no user xattrs");
+        let unsupported = (!user_xattrs_supported(&path))
+            .then(|| "the filesystem of the temp dir has no user xattrs".to_owned());
+        if !kiln_test_support::skip_unless(unsupported) {
             return;
         }
         let mut want = BTreeMap::new();

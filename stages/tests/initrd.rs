@@ -17,25 +17,9 @@ mod support;
 
 const EPOCH: u64 = 1_700_000_000;
 
-/// Whether the test can go on: prints `SKIP` (or panics under `KILN_TEST_STRICT=1`) otherwise.
+/// Whether the test can go on (see [`kiln_test_support::skip_unless`]).
 fn require(reason_if_missing: Option<String>) -> bool {
-    let Some(reason) = reason_if_missing else {
-        return true;
-    };
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("initrd test")
-        .to_owned();
-    if kiln_test_support::strict() {
-        panic!("{test}: {reason}");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    if let Some(log) = std::env::var_os("KILN_TEST_SKIP_LOG")
-        && let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(log)
-    {
-        let _ = writeln!(file, "SKIP {test}: {reason}");
-    }
-    false
+    kiln_test_support::skip_unless(reason_if_missing)
 }
 
 fn missing_tools() -> Option<String> {

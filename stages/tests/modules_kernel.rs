@@ -28,22 +28,9 @@ use kiln_stages::host::{Host, RealHost, RecordingHost};
 use kiln_stages::modules::modinfo::{ModInfo, read_module_file};
 use kiln_stages::modules::{ModuleRules, ModulesStage, Setting, explain_change};
 
-/// Whether the test can go on; panics instead of skipping under `KILN_TEST_STRICT=1`.
+/// Whether the test can go on (see [`kiln_test_support::skip_unless`]).
 fn require(reason_if_missing: Option<String>) -> bool {
-    match reason_if_missing {
-        None => true,
-        Some(reason) => {
-            if std::env::var("KILN_TEST_STRICT").as_deref() == Ok("1") {
-                panic!("required for this test: {reason}");
-            }
-            let name = std::thread::current()
-                .name()
-                .unwrap_or("modules_kernel")
-                .to_string();
-            eprintln!("SKIP {name}: {reason}");
-            false
-        }
-    }
+    kiln_test_support::skip_unless(reason_if_missing)
 }
 
 fn missing_tools(tools: &[(&str, &str)]) -> Option<String> {

@@ -59,7 +59,25 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let line = format!("SKIP {test}: {}", missing.join("; "));
+    skip(test, &missing.join("; "));
+    false
+}
+
+/// Whether the running test can go on: `true` when `reason_if_missing` is `None`, else a skip
+/// as [`require`] makes one (said, logged, or a panic under `KILN_TEST_STRICT=1`), for needs
+/// [`Need`] cannot name. The test is named by its thread, as libtest names it.
+pub fn skip_unless(reason_if_missing: Option<String>) -> bool {
+    let Some(reason) = reason_if_missing else {
+        return true;
+    };
+    let thread = std::thread::current();
+    skip(thread.name().unwrap_or("a test"), &reason);
+    false
+}
+
+/// Says that `test` is skipped for `why` and logs it, or panics under `KILN_TEST_STRICT=1`.
+fn skip(test: &str, why: &str) {
+    let line = format!("SKIP {test}: {why}");
     if strict() {
         panic!("{line} (KILN_TEST_STRICT=1: a test that cannot run fails)");
     }
@@ -72,7 +90,6 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     {
         let _ = writeln!(file, "{line}");
     }
-    false
 }
 
 /// Return from the calling test unless its needs are met (see [`require`]).
