@@ -104,7 +104,7 @@ impl Snapshot {
     pub fn create(store: &Store, label: &str) -> Result<Snapshot, PackagesError> {
         let dir = store
             .scratch_dir(label)
-            .map_err(|source| PackagesError::io("create a folder in", &store.tmp_dir(), source))?;
+            .map_err(|source| PackagesError::io("create a folder in", store.tmp_dir(), source))?;
         Ok(Snapshot { dir })
     }
 
