@@ -12,13 +12,10 @@ use tar::EntryType;
 use crate::error::{Result, StoreError};
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::store::Store;
+use crate::xattr;
 
 /// The PAX records GNU tar and libarchive write for extended attributes.
 const PAX_XATTR: &str = "SCHILY.xattr.";
-
-/// Attributes overlayfs keeps for itself, never recorded (as in
-/// [`Store::ingest_dir`]).
-const OVERLAY_PREFIX: &str = "trusted.overlay.";
 
 impl Store {
     /// Reads the tar archive at `tar` (ustar, GNU or PAX, as GNU tar or
@@ -87,7 +84,7 @@ impl Store {
                     let record = record.map_err(read_err)?;
                     let Ok(key) = record.key() else { continue };
                     if let Some(name) = key.strip_prefix(PAX_XATTR) {
-                        if !name.starts_with(OVERLAY_PREFIX) {
+                        if !xattr::is_overlay_xattr(name.as_bytes()) {
                             xattrs.insert(name.to_string(), record.value_bytes().to_vec());
                         }
                     } else if key == "uid" || key == "gid" {

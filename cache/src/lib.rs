@@ -135,7 +135,7 @@ mod tree;
 mod update;
 mod variant;
 mod verify;
-mod xattr;
+pub mod xattr;
 
 pub use blob::{OBJECT_MODE, PutMode};
 pub use canonical::FORMAT_VERSION;

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use kiln_stages::host::{
     Host, HostError, MutableTree, Overlay, RealHost, TreeChanges, UpperChange,
-    copy_tree_preserving, is_overlay_xattr, read_upper, xattr,
+    copy_tree_preserving, read_upper, xattr,
 };
 
 fn is_root(test: &str) -> bool {
@@ -138,7 +138,7 @@ fn upper_layer_reports_exactly_what_changed_through_the_merged_tree() {
     // Overlayfs' own xattrs are told apart from the image's.
     for name in xattr::list(&upper.join("replace")).unwrap() {
         assert!(
-            is_overlay_xattr(&name),
+            xattr::is_overlay_xattr(&name),
             "{}",
             String::from_utf8_lossy(&name)
         );

@@ -31,14 +31,15 @@ mod sandbox;
 mod script;
 mod tool;
 mod workspace;
-pub mod xattr;
+
+pub use kiln_cache::xattr;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 pub use copy::copy_tree_preserving;
 pub use error::HostError;
-pub use overlay::{Overlay, UpperChange, is_overlay_xattr, read_upper};
+pub use overlay::{Overlay, UpperChange, read_upper};
 pub use process::TAIL_LINES;
 pub use script::{ScriptError, ScriptInvocation, ScriptOutcome, Tools};
 pub(crate) use tool::clean_command;

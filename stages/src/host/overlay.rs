@@ -16,7 +16,9 @@
 //! [`super::copy_tree_preserving`] and re-ingests all of it.
 //!
 //! Files that overlayfs copied up may carry its private xattrs (`trusted.overlay.origin`,
-//! `trusted.overlay.impure`...): [`is_overlay_xattr`] tells them apart from the image's own.
+//! `trusted.overlay.impure`...): [`xattr::is_overlay_xattr`] tells them apart from the image's
+//! own. The mount has no `userxattr`, so overlayfs marks whiteouts and opaque directories with
+//! `trusted.overlay.*` too, never `user.overlay.*`.
 
 use std::ffi::CString;
 use std::fs;
@@ -33,9 +35,6 @@ use super::xattr;
 
 /// The longest option string `mount(2)` accepts: one page, including the final NUL.
 const MAX_MOUNT_DATA: usize = 4095;
-
-/// The overlayfs xattr prefixes: `trusted.` when mounted by real root, `user.` with `userxattr`.
-const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 
 /// A mounted overlay: `merged/` shows `lower` with the changes held in `upper/`.
 ///
@@ -241,12 +240,6 @@ fn escape_layer_path(path: &Path) -> Result<Vec<u8>, HostError> {
     Ok(out)
 }
 
-/// Whether an xattr name belongs to overlayfs itself (`trusted.overlay.*`, `user.overlay.*`)
-/// rather than to the image: such xattrs must not be copied into an output tree.
-pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
 /// One entry of an overlay's upper layer, by its path relative to the tree root.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum UpperChange {
@@ -317,20 +310,12 @@ pub fn read_upper(upper: &Path) -> Result<Vec<UpperChange>, HostError> {
     Ok(changes)
 }
 
-/// Whether `path` has the overlay xattr `<prefix>overlay.<flag>` (with value `want` if given).
+/// Whether `path` has the overlay xattr `trusted.overlay.<flag>` (with value `want` if given).
 fn has_overlay_flag(path: &Path, flag: &[u8], want: Option<&[u8]>) -> Result<bool, HostError> {
-    for prefix in OVERLAY_XATTR_PREFIXES {
-        let mut name = prefix.to_vec();
-        name.extend_from_slice(flag);
-        let value =
-            xattr::get(path, &name).map_err(|e| HostError::io("read xattrs of", path, e))?;
-        if let Some(value) = value
-            && want.is_none_or(|want| value == want)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let mut name = xattr::OVERLAY_PREFIX.as_bytes().to_vec();
+    name.extend_from_slice(flag);
+    let value = xattr::get(path, &name).map_err(|e| HostError::io("read xattrs of", path, e))?;
+    Ok(value.is_some_and(|value| want.is_none_or(|want| value == want)))
 }
 
 #[cfg(test)]
@@ -341,14 +326,6 @@ mod tests {
     fn layer_paths_escape_separators() {
         let escaped = escape_layer_path(Path::new("/a,b:c\\d")).unwrap();
         assert_eq!(escaped, b"/a\\,b\\:c\\\\d".to_vec());
-    }
-
-    #[test]
-    fn overlay_xattrs_are_recognised() {
-        assert!(is_overlay_xattr(b"trusted.overlay.origin"));
-        assert!(is_overlay_xattr(b"user.overlay.opaque"));
-        assert!(!is_overlay_xattr(b"security.capability"));
-        assert!(!is_overlay_xattr(b"user.overlayish"));
     }
 
     #[test]
@@ -373,17 +350,34 @@ mod tests {
 
     #[test]
     fn xattr_whiteouts_and_opaque_dirs_are_recognised() {
+        use kiln_test_support::{Need, require};
+        // Setting `trusted.*` xattrs needs root.
+        if !require(
+            "xattr_whiteouts_and_opaque_dirs_are_recognised",
+            &[Need::Root],
+        ) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let upper = dir.path();
         fs::write(upper.join("gone"), "").unwrap();
-        xattr::set(&upper.join("gone"), b"user.overlay.whiteout", b"").unwrap();
+        xattr::set(&upper.join("gone"), b"trusted.overlay.whiteout", b"").unwrap();
         fs::write(upper.join("kept"), "").unwrap();
         fs::create_dir(upper.join("opaque")).unwrap();
-        xattr::set(&upper.join("opaque"), b"user.overlay.opaque", b"y").unwrap();
+        xattr::set(&upper.join("opaque"), b"trusted.overlay.opaque", b"y").unwrap();
         fs::write(upper.join("opaque/inner"), "i").unwrap();
         // `x` marks a directory holding xattr whiteouts, not an opaque one.
         fs::create_dir(upper.join("plain")).unwrap();
-        xattr::set(&upper.join("plain"), b"user.overlay.opaque", b"x").unwrap();
+        xattr::set(&upper.join("plain"), b"trusted.overlay.opaque", b"x").unwrap();
+        // kiln's mounts have no `userxattr`: `user.overlay.*` is the image's own.
+        fs::write(upper.join("user-file"), "").unwrap();
+        fs::create_dir(upper.join("user-dir")).unwrap();
+        let user = xattr::set(&upper.join("user-file"), b"user.overlay.whiteout", b"")
+            .and_then(|()| xattr::set(&upper.join("user-dir"), b"user.overlay.opaque", b"y"));
+        if let Err(error) = user {
+            // A filesystem without user xattrs (tmpfs before Linux 6.6) cannot hold them.
+            assert_eq!(error.raw_os_error(), Some(libc::EOPNOTSUPP), "{error}");
+        }
         assert_eq!(
             read_upper(upper).unwrap(),
             vec![
@@ -392,6 +386,8 @@ mod tests {
                 UpperChange::OpaqueDir("opaque".into()),
                 UpperChange::Entry("opaque/inner".into()),
                 UpperChange::Entry("plain".into()),
+                UpperChange::Entry("user-dir".into()),
+                UpperChange::Entry("user-file".into()),
             ]
         );
     }
