@@ -4,7 +4,9 @@
 //!
 //! The compression is told by the content's magic bytes, as kmod does, not by the name. Of an
 //! uncompressed module only the ELF header, section headers, section names and `.modinfo` are
-//! read (four positioned reads), never the whole file; a compressed one is decompressed whole.
+//! read (through `object`'s [`ReadCache`]), never the whole file, and each read is checked
+//! against the file's length before anything is allocated for it, so a damaged module is an
+//! error, never a huge allocation; a compressed one is decompressed whole.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,7 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use object::read::elf::{FileHeader, SectionHeader};
-use object::{Endianness, ReadRef, elf};
+use object::{Endianness, ReadCache, ReadRef, elf};
 
 /// What one module declares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,14 +136,7 @@ pub fn read_module_file(path: &Path) -> Result<ModInfo, ModInfoError> {
     let compression = Compression::detect(&head[..got]);
     file.seek(SeekFrom::Start(0))?;
     match compression {
-        Compression::None => match modinfo_by_pread(&file)? {
-            Some(info) => Ok(info),
-            None => {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)?;
-                modinfo_of_elf(bytes.as_slice())
-            }
-        },
+        Compression::None => modinfo_of_elf(&ReadCache::new(file)),
         Compression::Zstd => {
             let mut bytes = Vec::new();
             zstd::stream::read::Decoder::new(file)?.read_to_end(&mut bytes)?;
@@ -169,71 +164,6 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-/// The `.modinfo` of an uncompressed 64-bit ELF file, reading only its header, section
-/// headers, section names and `.modinfo` (four reads). `None` when the file is anything else
-/// (32-bit, an extended section count, damaged): the caller then reads it whole.
-fn modinfo_by_pread(file: &File) -> io::Result<Option<ModInfo>> {
-    use std::os::unix::fs::FileExt;
-    type Header = elf::FileHeader64<Endianness>;
-    type Section = elf::SectionHeader64<Endianness>;
-    let read_at = |offset: u64, len: usize| -> io::Result<Option<Vec<u8>>> {
-        let mut buf = vec![0u8; len];
-        match file.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(Some(buf)),
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(err) => Err(err),
-        }
-    };
-    let Some(head) = read_at(0, std::mem::size_of::<Header>())? else {
-        return Ok(None);
-    };
-    if head[4] != 2 {
-        return Ok(None);
-    }
-    let Ok(header) = Header::parse(head.as_slice()) else {
-        return Ok(None);
-    };
-    let Ok(endian) = header.endian() else {
-        return Ok(None);
-    };
-    let count = usize::from(header.e_shnum.get(endian));
-    let Some(names_index) = header.e_shstrndx.get(endian).index() else {
-        return Ok(None);
-    };
-    let names_index = usize::from(names_index);
-    let entry_size = usize::from(header.e_shentsize.get(endian));
-    if count == 0 || names_index >= count || entry_size != std::mem::size_of::<Section>() {
-        return Ok(None);
-    }
-    let Some(table) = read_at(header.e_shoff.get(endian), count * entry_size)? else {
-        return Ok(None);
-    };
-    let Ok(sections) = table.as_slice().read_slice_at::<Section>(0, count) else {
-        return Ok(None);
-    };
-    let names = &sections[names_index];
-    let Some(names) = read_at(names.sh_offset(endian), names.sh_size(endian) as usize)? else {
-        return Ok(None);
-    };
-    let wanted = b".modinfo\0";
-    let found = sections.iter().find(|section| {
-        let start = section.sh_name(endian) as usize;
-        names
-            .get(start..start + wanted.len())
-            .is_some_and(|name| name == wanted)
-    });
-    let Some(section) = found else {
-        return Ok(Some(ModInfo::default()));
-    };
-    if section.sh_type(endian) == elf::SHT_NOBITS {
-        return Ok(Some(ModInfo::default()));
-    }
-    match read_at(section.sh_offset(endian), section.sh_size(endian) as usize)? {
-        Some(bytes) => Ok(Some(ModInfo::parse(&bytes))),
-        None => Ok(None),
-    }
 }
 
 /// The `.modinfo` of an uncompressed ELF module.
@@ -305,6 +235,81 @@ mod tests {
             Compression::detect(&[0x1f, 0x8b, 8, 0, 0, 0]),
             Compression::Gzip
         );
+    }
+
+    /// A 64-bit little-endian relocatable ELF file with the sections `.shstrtab` and
+    /// `.modinfo` holding `modinfo`, whose section header claims `claimed` bytes when given.
+    fn module(modinfo: &[u8], claimed: Option<u64>) -> Vec<u8> {
+        let names = b"\0.shstrtab\0.modinfo\0";
+        let names_at = 64u64;
+        let modinfo_at = names_at + names.len() as u64;
+        let table_at = (modinfo_at + modinfo.len() as u64).next_multiple_of(8);
+        let mut elf = Vec::new();
+        elf.extend_from_slice(b"\x7fELF\x02\x01\x01");
+        elf.resize(16, 0);
+        elf.extend_from_slice(&1u16.to_le_bytes()); // e_type: ET_REL
+        elf.extend_from_slice(&62u16.to_le_bytes()); // e_machine: x86-64
+        elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+        elf.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+        elf.extend_from_slice(&0u64.to_le_bytes()); // e_phoff
+        elf.extend_from_slice(&table_at.to_le_bytes()); // e_shoff
+        elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 0, 0, 64, 3, 1] {
+            // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        elf.extend_from_slice(names);
+        elf.extend_from_slice(modinfo);
+        elf.resize(table_at as usize, 0);
+        let section = |elf: &mut Vec<u8>, name: u32, kind: u32, offset: u64, size: u64| {
+            elf.extend_from_slice(&name.to_le_bytes());
+            elf.extend_from_slice(&kind.to_le_bytes());
+            elf.extend_from_slice(&[0; 16]); // sh_flags, sh_addr
+            elf.extend_from_slice(&offset.to_le_bytes());
+            elf.extend_from_slice(&size.to_le_bytes());
+            elf.extend_from_slice(&[0; 24]); // sh_link, sh_info, sh_addralign, sh_entsize
+        };
+        section(&mut elf, 0, elf::SHT_NULL.0, 0, 0);
+        section(&mut elf, 1, elf::SHT_STRTAB.0, names_at, names.len() as u64);
+        let size = claimed.unwrap_or(modinfo.len() as u64);
+        section(&mut elf, 11, elf::SHT_PROGBITS.0, modinfo_at, size);
+        elf
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_module_file_is_read_plain_or_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = module(b"depends=jbd2,mbcache\0firmware=a.bin\0", None);
+        let want = ModInfo {
+            depends: vec!["jbd2".into(), "mbcache".into()],
+            softdeps: Vec::new(),
+            firmware: vec!["a.bin".into()],
+        };
+        let plain = write(&dir, "ext4.ko", &elf);
+        assert_eq!(read_module_file(&plain).unwrap(), want);
+        let zstd = write(&dir, "ext4.ko.zst", &zstd::encode_all(&elf[..], 3).unwrap());
+        assert_eq!(read_module_file(&zstd).unwrap(), want);
+    }
+
+    #[test]
+    fn a_damaged_module_is_an_error_not_a_huge_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        // `.modinfo` claims a terabyte of a 300-byte file.
+        let huge = write(&dir, "huge.ko", &module(b"depends=x\0", Some(1 << 40)));
+        assert!(matches!(read_module_file(&huge), Err(ModInfoError::Elf(_))));
+        // Cut in the middle of the section table.
+        let elf = module(b"depends=x\0", None);
+        let cut = write(&dir, "cut.ko", &elf[..elf.len() - 100]);
+        assert!(matches!(read_module_file(&cut), Err(ModInfoError::Elf(_))));
+        // Only the ELF identification.
+        let short = write(&dir, "short.ko", &elf[..20]);
+        assert!(read_module_file(&short).is_err());
     }
 
     #[test]
