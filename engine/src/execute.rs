@@ -118,17 +118,20 @@ struct Job {
     fetch: Option<RemoteHit>,
 }
 
+/// A remote hit's download that ended.
+struct Fetched {
+    index: usize,
+    key: Digest,
+    hit: RemoteHit,
+    started: Instant,
+    /// False when the shared cache failed (it warned).
+    ok: bool,
+}
+
 /// What a worker sends back.
 enum Done {
     Ran(Finished),
-    /// A remote hit's download ended; `ok` is false when the shared cache failed (it warned).
-    Fetched {
-        index: usize,
-        key: Digest,
-        hit: RemoteHit,
-        started: Instant,
-        ok: bool,
-    },
+    Fetched(Fetched),
 }
 
 /// How one scheduling of the build ended.
@@ -226,25 +229,73 @@ pub(crate) struct StageRunner<'a> {
     pub(crate) remote: Option<&'a RemoteSession<'a>>,
 }
 
-impl Scheduler<'_> {
-    fn run(&self) -> Result<Pass, BuildError> {
-        let graph = self.graph;
-        let mut remaining_deps: Vec<usize> = (0..graph.len())
+/// What one pass of the scheduler has settled so far, and what it waits for. Only the scheduler
+/// thread holds it.
+struct PassState {
+    /// For each stage, how many of its upstream stages are not settled yet.
+    remaining_deps: Vec<usize>,
+    /// The output of each settled stage, by name.
+    outputs: BTreeMap<String, Digest>,
+    /// The stages whose upstream stages are all settled, not started yet.
+    ready: Vec<usize>,
+    reports: Vec<StageReport>,
+    failure: Option<BuildError>,
+    remote_only: RemoteOnly<Job>,
+    /// A needed output could not be downloaded: start nothing more, schedule again.
+    again: bool,
+    /// Jobs handed to the workers and not back yet.
+    running: usize,
+}
+
+impl PassState {
+    fn new(graph: &Graph) -> PassState {
+        let remaining_deps: Vec<usize> = (0..graph.len())
             .map(|stage| graph.dependencies(stage).len())
             .collect();
-        let mut outputs: BTreeMap<String, Digest> = BTreeMap::new();
-        let mut ready: Vec<usize> = graph
+        let ready = graph
             .order()
             .iter()
             .copied()
             .filter(|&stage| remaining_deps[stage] == 0)
             .collect();
-        let mut reports = Vec::new();
-        let mut failure: Option<BuildError> = None;
-        let mut remote_only: RemoteOnly<Job> = RemoteOnly::default();
-        // A needed output could not be downloaded: start nothing more, schedule again.
-        let mut again = false;
+        PassState {
+            remaining_deps,
+            outputs: BTreeMap::new(),
+            ready,
+            reports: Vec::new(),
+            failure: None,
+            remote_only: RemoteOnly::default(),
+            again: false,
+            running: 0,
+        }
+    }
 
+    /// Whether another stage may start: nothing failed and nothing sends the build round again.
+    fn may_start(&self) -> bool {
+        self.failure.is_none() && !self.again
+    }
+
+    /// A stage is settled with `report`: its output is known, and the stages that waited only
+    /// for it are ready.
+    fn settled(&mut self, graph: &Graph, stage: usize, report: StageReport) {
+        self.outputs.insert(report.name.clone(), report.output);
+        release(graph, stage, &mut self.remaining_deps, &mut self.ready);
+        self.reports.push(report);
+    }
+
+    /// Hand a job to the workers.
+    fn dispatch(&mut self, jobs: &mpsc::Sender<Job>, job: Job) {
+        if jobs.send(job).is_ok() {
+            self.running += 1;
+        }
+    }
+}
+
+impl Scheduler<'_> {
+    /// One pass: workers run jobs while this thread settles stages, until nothing is ready and
+    /// nothing runs.
+    fn run(&self) -> Result<Pass, BuildError> {
+        let mut state = PassState::new(self.graph);
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -255,267 +306,267 @@ impl Scheduler<'_> {
             for _ in 0..workers {
                 let job_rx = Arc::clone(&job_rx);
                 let done_tx = done_tx.clone();
-                scope.spawn(move || {
-                    loop {
-                        let job = match job_rx.lock() {
-                            Ok(receiver) => receiver.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        let started = Instant::now();
-                        let done = match job.fetch {
-                            Some(hit) => Done::Fetched {
-                                ok: runner.fetch(job.index, &hit),
-                                index: job.index,
-                                key: job.key,
-                                hit,
-                                started,
-                            },
-                            None => {
-                                let (result, notes) = runner.run_stage(job.index, &job.inputs);
-                                Done::Ran(Finished {
-                                    index: job.index,
-                                    key: job.key,
-                                    inputs: job.inputs,
-                                    started,
-                                    result,
-                                    notes,
-                                })
-                            }
-                        };
-                        if done_tx.send(done).is_err() {
-                            return;
-                        }
-                    }
-                });
+                scope.spawn(move || runner.work(&job_rx, &done_tx));
             }
             drop(done_tx);
 
-            let mut running = 0usize;
             loop {
-                // Start or settle everything that is ready, in graph order.
-                ready.sort_by_key(|stage| graph.order().iter().position(|s| s == stage));
-                while failure.is_none() && !again && !ready.is_empty() {
-                    let stage_index = ready.remove(0);
-                    match self.prepare(stage_index, &outputs) {
-                        Err(error) => failure = Some(error),
-                        Ok(Prepared::Cached {
-                            key,
-                            inputs,
-                            output,
-                        }) => {
-                            let stage = graph.stage(stage_index);
-                            if let Some(earlier) = self.earlier.get(stage.name()) {
-                                // Settled and recorded by the earlier pass already.
-                                outputs.insert(earlier.name.clone(), earlier.output);
-                                release(graph, stage_index, &mut remaining_deps, &mut ready);
-                                reports.push(earlier.clone());
-                                continue;
-                            }
-                            let report = StageReport {
-                                name: stage.name().to_string(),
-                                outcome: Outcome::Cached,
-                                output: output.output,
-                                duration: Duration::ZERO,
-                            };
-                            if let Err(error) =
-                                self.record(stage_index, key, inputs, output, &report, Vec::new())
-                            {
-                                failure = Some(error);
-                                break;
-                            }
-                            self.reporter.stage_finished(
-                                &report.name,
-                                report.outcome,
-                                &report.output,
-                                report.duration,
-                            );
-                            outputs.insert(report.name.clone(), report.output);
-                            for dependent in graph.dependents(stage_index) {
-                                remaining_deps[dependent] -= 1;
-                                if remaining_deps[dependent] == 0 {
-                                    ready.push(dependent);
-                                }
-                            }
-                            reports.push(report);
-                        }
-                        Ok(Prepared::Remote { key, hit }) => {
-                            let stage = graph.stage(stage_index);
-                            if let Some(earlier) = self.earlier.get(stage.name())
-                                && earlier.outcome == Outcome::Remote
-                                && earlier.output == hit.output().output
-                                && !graph.dependents(stage_index).is_empty()
-                            {
-                                // Settled and recorded by the earlier pass already.
-                                remote_only.insert(stage_index, hit);
-                                outputs.insert(earlier.name.clone(), earlier.output);
-                                release(graph, stage_index, &mut remaining_deps, &mut ready);
-                                reports.push(earlier.clone());
-                                continue;
-                            }
-                            if graph.dependents(stage_index).is_empty() {
-                                // The build's output: download it before it settles.
-                                self.reporter.stage_started(graph.stage(stage_index).name());
-                                let job = Job {
-                                    index: stage_index,
-                                    key,
-                                    inputs: Vec::new(),
-                                    fetch: Some(hit),
-                                };
-                                dispatch(&job_tx, &mut running, job);
-                                continue;
-                            }
-                            match self.settle_remote(stage_index, key, &hit, Duration::ZERO) {
-                                Err(error) => failure = Some(error),
-                                Ok(report) => {
-                                    remote_only.insert(stage_index, hit);
-                                    outputs.insert(report.name.clone(), report.output);
-                                    release(graph, stage_index, &mut remaining_deps, &mut ready);
-                                    reports.push(report);
-                                }
-                            }
-                        }
-                        Ok(Prepared::Run { key, inputs }) => {
-                            let job = Job {
-                                index: stage_index,
-                                key,
-                                inputs,
-                                fetch: None,
-                            };
-                            // A running stage reads its inputs from the local store.
-                            let needs = remote_only.missing(&graph.dependencies(stage_index));
-                            if needs.is_empty() {
-                                self.reporter.stage_started(graph.stage(stage_index).name());
-                                dispatch(&job_tx, &mut running, job);
-                            } else if self.remote.is_some_and(RemoteSession::usable) {
-                                for (upstream, hit) in remote_only.wait(needs, job) {
-                                    let fetch = Job {
-                                        index: upstream,
-                                        key: hit.record.key,
-                                        inputs: Vec::new(),
-                                        fetch: Some(hit),
-                                    };
-                                    dispatch(&job_tx, &mut running, fetch);
-                                }
-                            } else {
-                                again = true;
-                            }
-                        }
-                    }
-                }
-                if running == 0 {
+                self.start_ready(&mut state, &job_tx);
+                if state.running == 0 {
                     break;
                 }
                 let Ok(done) = done_rx.recv() else { break };
-                running -= 1;
-                let finished = match done {
-                    Done::Ran(finished) => finished,
-                    Done::Fetched {
-                        index: stage_index,
-                        key,
-                        hit,
-                        started,
-                        ok,
-                    } => {
-                        if !ok {
-                            again = true;
-                            continue;
-                        }
-                        // Its objects are stored: the action may be recorded.
-                        if let Err(error) = self.index.record_action(&key, hit.output()) {
-                            failure.get_or_insert(error.into());
-                            continue;
-                        }
-                        if remote_only.contains(stage_index) {
-                            // Downloaded for stages about to run.
-                            for job in remote_only.fetched(stage_index) {
-                                if failure.is_none() && !again {
-                                    self.reporter.stage_started(graph.stage(job.index).name());
-                                    dispatch(&job_tx, &mut running, job);
-                                }
-                            }
-                        } else {
-                            // The build's output, settled now that it is here.
-                            match self.settle_remote(stage_index, key, &hit, started.elapsed()) {
-                                Err(error) => {
-                                    failure.get_or_insert(error);
-                                }
-                                Ok(report) => {
-                                    outputs.insert(report.name.clone(), report.output);
-                                    reports.push(report);
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                };
-                let stage = graph.stage(finished.index);
-                match finished.result {
-                    Err(error) => {
-                        if failure.is_none() {
-                            failure = Some(error);
-                        }
-                    }
-                    Ok(output) => {
-                        let output_changed = match self.previous_output(stage.name()) {
-                            Ok(previous) => previous != Some(output),
-                            Err(error) => {
-                                failure.get_or_insert(error);
-                                true
-                            }
-                        };
-                        let report = StageReport {
-                            name: stage.name().to_string(),
-                            outcome: Outcome::Ran { output_changed },
-                            output,
-                            duration: finished.started.elapsed(),
-                        };
-                        let result = ActionResult {
-                            output,
-                            kind: stage.output_kind(),
-                        };
-                        let recorded = self
-                            .index
-                            .record_action(&finished.key, result)
-                            .map_err(BuildError::from)
-                            .and_then(|()| {
-                                self.record(
-                                    finished.index,
-                                    finished.key,
-                                    finished.inputs,
-                                    result,
-                                    &report,
-                                    finished.notes,
-                                )
-                            });
-                        if let Err(error) = recorded {
-                            failure.get_or_insert(error);
-                        }
-                        self.reporter.stage_finished(
-                            &report.name,
-                            report.outcome,
-                            &report.output,
-                            report.duration,
-                        );
-                        outputs.insert(report.name.clone(), output);
-                        for dependent in graph.dependents(finished.index) {
-                            remaining_deps[dependent] -= 1;
-                            if remaining_deps[dependent] == 0 {
-                                ready.push(dependent);
-                            }
-                        }
-                        reports.push(report);
-                    }
+                state.running -= 1;
+                match done {
+                    Done::Ran(finished) => self.ran(&mut state, finished),
+                    Done::Fetched(fetched) => self.fetched(&mut state, &job_tx, fetched),
                 }
             }
             drop(job_tx);
         });
 
-        match failure {
+        match state.failure {
             Some(error) => Err(error),
-            None if again => Ok(Pass::Again(reports)),
-            None => Ok(Pass::Done(reports)),
+            None if state.again => Ok(Pass::Again(state.reports)),
+            None => Ok(Pass::Done(state.reports)),
         }
+    }
+
+    /// Start or settle everything that is ready, in graph order, until something fails.
+    fn start_ready(&self, state: &mut PassState, jobs: &mpsc::Sender<Job>) {
+        let graph = self.graph;
+        state
+            .ready
+            .sort_by_key(|stage| graph.order().iter().position(|s| s == stage));
+        while state.may_start() && !state.ready.is_empty() {
+            let stage_index = state.ready.remove(0);
+            match self.prepare(stage_index, &state.outputs) {
+                Err(error) => state.failure = Some(error),
+                Ok(Prepared::Cached {
+                    key,
+                    inputs,
+                    output,
+                }) => self.settle_cached(state, stage_index, key, inputs, output),
+                Ok(Prepared::Remote { key, hit }) => {
+                    self.start_remote(state, jobs, stage_index, key, hit)
+                }
+                Ok(Prepared::Run { key, inputs }) => {
+                    self.start_run(state, jobs, stage_index, key, inputs)
+                }
+            }
+        }
+    }
+
+    /// Settle a stage the local action cache holds.
+    fn settle_cached(
+        &self,
+        state: &mut PassState,
+        stage_index: usize,
+        key: Digest,
+        inputs: Vec<RecordedInput>,
+        output: ActionResult,
+    ) {
+        let stage = self.graph.stage(stage_index);
+        if let Some(earlier) = self.earlier.get(stage.name()) {
+            // Settled and recorded by the earlier pass already.
+            state.settled(self.graph, stage_index, earlier.clone());
+            return;
+        }
+        let report = StageReport {
+            name: stage.name().to_string(),
+            outcome: Outcome::Cached,
+            output: output.output,
+            duration: Duration::ZERO,
+        };
+        if let Err(error) = self.record(stage_index, key, inputs, output, &report, Vec::new()) {
+            state.failure = Some(error);
+            return;
+        }
+        self.reporter.stage_finished(
+            &report.name,
+            report.outcome,
+            &report.output,
+            report.duration,
+        );
+        state.settled(self.graph, stage_index, report);
+    }
+
+    /// A stage the shared cache holds: settled without its output, which is downloaded only when
+    /// a stage that reads it runs; the build's output is downloaded before it settles.
+    fn start_remote(
+        &self,
+        state: &mut PassState,
+        jobs: &mpsc::Sender<Job>,
+        stage_index: usize,
+        key: Digest,
+        hit: RemoteHit,
+    ) {
+        let graph = self.graph;
+        let is_output = graph.dependents(stage_index).is_empty();
+        if let Some(earlier) = self.earlier.get(graph.stage(stage_index).name())
+            && earlier.outcome == Outcome::Remote
+            && earlier.output == hit.output().output
+            && !is_output
+        {
+            // Settled and recorded by the earlier pass already.
+            state.remote_only.insert(stage_index, hit);
+            state.settled(graph, stage_index, earlier.clone());
+            return;
+        }
+        if is_output {
+            // The build's output: download it before it settles.
+            self.reporter.stage_started(graph.stage(stage_index).name());
+            let job = Job {
+                index: stage_index,
+                key,
+                inputs: Vec::new(),
+                fetch: Some(hit),
+            };
+            state.dispatch(jobs, job);
+            return;
+        }
+        match self.settle_remote(stage_index, key, &hit, Duration::ZERO) {
+            Err(error) => state.failure = Some(error),
+            Ok(report) => {
+                state.remote_only.insert(stage_index, hit);
+                state.settled(graph, stage_index, report);
+            }
+        }
+    }
+
+    /// Hand a stage that must run to the workers, once the outputs it reads are in the local
+    /// store: those only on the shared cache are downloaded first.
+    fn start_run(
+        &self,
+        state: &mut PassState,
+        jobs: &mpsc::Sender<Job>,
+        stage_index: usize,
+        key: Digest,
+        inputs: Vec<RecordedInput>,
+    ) {
+        let job = Job {
+            index: stage_index,
+            key,
+            inputs,
+            fetch: None,
+        };
+        // A running stage reads its inputs from the local store.
+        let needs = state
+            .remote_only
+            .missing(&self.graph.dependencies(stage_index));
+        if needs.is_empty() {
+            self.reporter
+                .stage_started(self.graph.stage(stage_index).name());
+            state.dispatch(jobs, job);
+        } else if self.remote.is_some_and(RemoteSession::usable) {
+            for (upstream, hit) in state.remote_only.wait(needs, job) {
+                let fetch = Job {
+                    index: upstream,
+                    key: hit.record.key,
+                    inputs: Vec::new(),
+                    fetch: Some(hit),
+                };
+                state.dispatch(jobs, fetch);
+            }
+        } else {
+            state.again = true;
+        }
+    }
+
+    /// A download ended: start the stages that waited for it, or settle the build's output.
+    fn fetched(&self, state: &mut PassState, jobs: &mpsc::Sender<Job>, fetched: Fetched) {
+        let Fetched {
+            index: stage_index,
+            key,
+            hit,
+            started,
+            ok,
+        } = fetched;
+        if !ok {
+            state.again = true;
+            return;
+        }
+        // Its objects are stored: the action may be recorded.
+        if let Err(error) = self.index.record_action(&key, hit.output()) {
+            state.failure.get_or_insert(error.into());
+            return;
+        }
+        if state.remote_only.contains(stage_index) {
+            // Downloaded for stages about to run.
+            for job in state.remote_only.fetched(stage_index) {
+                if state.may_start() {
+                    self.reporter
+                        .stage_started(self.graph.stage(job.index).name());
+                    state.dispatch(jobs, job);
+                }
+            }
+            return;
+        }
+        // The build's output, settled now that it is here.
+        match self.settle_remote(stage_index, key, &hit, started.elapsed()) {
+            Err(error) => {
+                state.failure.get_or_insert(error);
+            }
+            Ok(report) => {
+                state.outputs.insert(report.name.clone(), report.output);
+                state.reports.push(report);
+            }
+        }
+    }
+
+    /// A stage ran: record its action and run, and settle it.
+    fn ran(&self, state: &mut PassState, finished: Finished) {
+        let stage = self.graph.stage(finished.index);
+        let output = match finished.result {
+            Ok(output) => output,
+            Err(error) => {
+                if state.failure.is_none() {
+                    state.failure = Some(error);
+                }
+                return;
+            }
+        };
+        let output_changed = match self.previous_output(stage.name()) {
+            Ok(previous) => previous != Some(output),
+            Err(error) => {
+                state.failure.get_or_insert(error);
+                true
+            }
+        };
+        let report = StageReport {
+            name: stage.name().to_string(),
+            outcome: Outcome::Ran { output_changed },
+            output,
+            duration: finished.started.elapsed(),
+        };
+        let result = ActionResult {
+            output,
+            kind: stage.output_kind(),
+        };
+        let recorded = self
+            .index
+            .record_action(&finished.key, result)
+            .map_err(BuildError::from)
+            .and_then(|()| {
+                self.record(
+                    finished.index,
+                    finished.key,
+                    finished.inputs,
+                    result,
+                    &report,
+                    finished.notes,
+                )
+            });
+        if let Err(error) = recorded {
+            state.failure.get_or_insert(error);
+        }
+        self.reporter.stage_finished(
+            &report.name,
+            report.outcome,
+            &report.output,
+            report.duration,
+        );
+        state.settled(self.graph, finished.index, report);
     }
 
     /// Record and report a stage taken from the shared cache: its run carries the record's
@@ -657,6 +708,45 @@ impl Scheduler<'_> {
 }
 
 impl StageRunner<'_> {
+    /// A worker: runs the jobs it is handed, one at a time, until the scheduler stops sending.
+    fn work(&self, jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::Sender<Done>) {
+        loop {
+            let job = match jobs.lock() {
+                Ok(receiver) => receiver.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            if done.send(self.perform(job)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Download a remote hit's output, or run the stage.
+    fn perform(&self, job: Job) -> Done {
+        let started = Instant::now();
+        match job.fetch {
+            Some(hit) => Done::Fetched(Fetched {
+                ok: self.fetch(job.index, &hit),
+                index: job.index,
+                key: job.key,
+                hit,
+                started,
+            }),
+            None => {
+                let (result, notes) = self.run_stage(job.index, &job.inputs);
+                Done::Ran(Finished {
+                    index: job.index,
+                    key: job.key,
+                    inputs: job.inputs,
+                    started,
+                    result,
+                    notes,
+                })
+            }
+        }
+    }
+
     /// Download a remote hit's output into the store; `false` when the shared cache failed.
     fn fetch(&self, stage_index: usize, hit: &RemoteHit) -> bool {
         let name = self.graph.stage(stage_index).name();
@@ -771,13 +861,6 @@ fn release(graph: &Graph, stage: usize, remaining_deps: &mut [usize], ready: &mu
         if remaining_deps[dependent] == 0 {
             ready.push(dependent);
         }
-    }
-}
-
-/// Hand a job to the workers.
-fn dispatch(jobs: &mpsc::Sender<Job>, running: &mut usize, job: Job) {
-    if jobs.send(job).is_ok() {
-        *running += 1;
     }
 }
 
