@@ -5,8 +5,8 @@
 //! kernel modules and firmware on the manifest and runs depmod on a checkout of just the kept
 //! modules; mutable stages ([`scripts`]) run on an overlay over a read-only checkout and record
 //! what changed. Host effects (mounts, sandboxes, scripts, host tools) sit behind
-//! [`host::Host`]. [`uki`] assembles and inspects Unified Kernel Images, [`sign`] signs them
-//! for Secure Boot and [`vm`] boots them in qemu.
+//! [`host::Host`]. [`pe`] reads the headers of PE images, [`uki`] assembles and inspects Unified
+//! Kernel Images, [`sign`] signs them for Secure Boot and [`vm`] boots them in qemu.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -29,6 +29,7 @@ pub mod log;
 pub mod modules;
 pub mod namespace;
 pub mod packages;
+pub mod pe;
 pub mod pipeline;
 pub mod remove_files;
 pub mod scripts;

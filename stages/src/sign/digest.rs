@@ -28,7 +28,7 @@ use miette::Diagnostic;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use crate::uki::PeHeaders;
+use crate::pe::PeHeaders;
 
 /// Size of a buffer used to stream a file.
 pub const CHUNK: usize = 1 << 20;

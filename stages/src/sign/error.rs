@@ -10,7 +10,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::digest::LayoutError;
-use crate::uki::PeError;
+use crate::pe::PeError;
 
 /// The recipe settings signing reads, so a report can point at the line that set one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

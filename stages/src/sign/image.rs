@@ -25,8 +25,7 @@ use super::digest::{AuthenticodeLayout, CHUNK, PeChecksum, SequentialHasher, has
 use super::error::SignError;
 use super::keys::PrivateKey;
 use super::pkcs7::{self, BuildError};
-use crate::uki::PeHeaders;
-use crate::uki::pe::align_up;
+use crate::pe::{PeHeaders, align_up};
 
 /// `WIN_CERT_REVISION_2_0`.
 pub const WIN_CERT_REVISION_2_0: u16 = 0x0200;

@@ -26,7 +26,7 @@ use super::error::SignError;
 use super::image::{Signer, sign_image};
 use super::keys::{self, PrivateKey};
 use crate::host::{Host, ToolInvocation};
-use crate::uki::PeHeaders;
+use crate::pe::PeHeaders;
 
 /// Signs the UKI the stage `uki` outputs.
 #[derive(Clone)]

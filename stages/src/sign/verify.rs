@@ -13,7 +13,7 @@ use super::image::{WIN_CERT_REVISION_2_0, WIN_CERT_TYPE_PKCS_SIGNED_DATA};
 use super::keys;
 use super::pkcs7::{self, ParsedSignature};
 use super::spc;
-use crate::uki::PeHeaders;
+use crate::pe::PeHeaders;
 
 /// The first signature of an image, as `kiln inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

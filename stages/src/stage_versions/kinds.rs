@@ -178,7 +178,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 tree: String::new(),
                 architecture: String::new(),
             },
-            &["uki/stage.rs", "uki/lookup.rs"],
+            &["uki/stage.rs", "uki/lookup.rs", "pe.rs"],
         ),
         StageKind::of(
             UkiStage {
@@ -189,7 +189,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 architecture: String::new(),
                 kernel_command_line: Vec::new(),
             },
-            &["uki/"],
+            &["uki/", "pe.rs"],
         ),
         StageKind::of(
             SignStage {
@@ -207,7 +207,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 signing_time: None,
                 host: Arc::clone(&host),
             },
-            &["sign/"],
+            &["sign/", "pe.rs"],
         ),
         StageKind::of(
             DirectoryStage {

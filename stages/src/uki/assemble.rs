@@ -45,7 +45,7 @@ use object::pe::{
 use object::pod;
 
 use super::error::UkiError;
-use super::pe::{MAX_SECTIONS, PeFormat, PeHeaders, SECTION_HEADER_SIZE, align_up};
+use crate::pe::{MAX_SECTIONS, PeFormat, PeHeaders, SECTION_HEADER_SIZE, align_up};
 
 /// The largest stub kiln reads into memory (a systemd-stub is about 100 KiB).
 pub const MAX_STUB_SIZE: u64 = 64 << 20;
@@ -192,19 +192,77 @@ pub fn assemble_uki(
         path: stub.to_path_buf(),
         source,
     })?;
+    let alignment = check_stub(stub, &headers)?;
+    let symbol_table = trailing_symbol_table(&headers, &image);
+    if let Some(start) = symbol_table {
+        image.truncate(start as usize);
+    }
+    let lengths = check_sections(sections)?;
+
+    let mut table = Table::of_stub(&headers);
+    let to_append = table.replace(&mut image, sections, &lengths, alignment.file)?;
+    table.append(
+        sections,
+        &lengths,
+        &to_append,
+        image.len() as u64,
+        alignment,
+    )?;
+    let placed = table.placed(sections);
+
+    let size_of_headers = header_room(stub, &headers, table.rows.len(), alignment, &image)?;
+    let size_of_image = align_up(virtual_end(&table.rows), alignment.section)
+        .and_then(|end| u32::try_from(end).ok())
+        .ok_or(UkiError::ImageTooLarge)?;
+    let [size_of_headers, initialized_data] = to_u32([size_of_headers, table.initialized_data])?;
+    patch_headers(
+        &mut image,
+        &headers,
+        &table.rows,
+        HeaderFields {
+            symbol_table: match symbol_table {
+                Some(_) => SymbolTable::Dropped,
+                None => SymbolTable::At(table.symbol_table_pointer as u32),
+            },
+            size_of_headers,
+            size_of_image,
+            initialized_data,
+        },
+    );
+    write_replaced(&mut image, &table.rows, sections, &lengths)?;
+
+    let file_len = write_image(out, &image, sections, &lengths, &table.appended)?;
+    Ok(UkiLayout {
+        sections: placed,
+        size_of_image,
+        file_len,
+        symbol_table_dropped: symbol_table.is_some(),
+    })
+}
+
+/// The stub's FileAlignment and SectionAlignment.
+#[derive(Debug, Clone, Copy)]
+struct Alignment {
+    file: u64,
+    section: u64,
+}
+
+/// Refuses a stub that is signed already or whose alignments are not powers of two (or a
+/// FileAlignment beyond the specification's); returns the alignments.
+fn check_stub(stub: &Path, headers: &PeHeaders) -> Result<Alignment, UkiError> {
     if headers.certificate_table().is_some() {
         return Err(UkiError::StubSigned {
             path: stub.to_path_buf(),
         });
     }
     let optional = headers.optional;
-    let (file_alignment, section_alignment) = (
-        u64::from(optional.file_alignment),
-        u64::from(optional.section_alignment),
-    );
-    if !file_alignment.is_power_of_two()
-        || !section_alignment.is_power_of_two()
-        || file_alignment > MAX_FILE_ALIGNMENT
+    let alignment = Alignment {
+        file: u64::from(optional.file_alignment),
+        section: u64::from(optional.section_alignment),
+    };
+    if !alignment.file.is_power_of_two()
+        || !alignment.section.is_power_of_two()
+        || alignment.file > MAX_FILE_ALIGNMENT
     {
         return Err(UkiError::BadAlignment {
             path: stub.to_path_buf(),
@@ -212,83 +270,137 @@ pub fn assemble_uki(
             section_alignment: optional.section_alignment,
         });
     }
+    Ok(alignment)
+}
 
-    let symbol_table = trailing_symbol_table(&headers, &image);
-    if let Some(start) = symbol_table {
-        image.truncate(start as usize);
+/// The section table being built, row by row: the stub's, then the new ones; and what the
+/// headers will say of it.
+struct Table {
+    rows: Vec<Row>,
+    /// The appended sections (by index in the sections given) and where their data goes.
+    appended: Vec<(usize, Range32)>,
+    /// Where each appended section went, by index in the sections given.
+    placed_appended: Vec<(usize, PlacedSection)>,
+    /// SizeOfInitializedData.
+    initialized_data: u64,
+    /// PointerToSymbolTable, moved down with the data after a removed section.
+    symbol_table_pointer: u64,
+    /// A debug directory holds file offsets: no data may move.
+    has_debug_directory: bool,
+}
+
+impl Table {
+    fn of_stub(headers: &PeHeaders) -> Table {
+        Table {
+            rows: headers
+                .sections
+                .iter()
+                .map(|section| Row {
+                    header: section.header,
+                    from_stub: true,
+                    replaced_by: None,
+                })
+                .collect(),
+            appended: Vec::new(),
+            placed_appended: Vec::new(),
+            initialized_data: u64::from(headers.optional.size_of_initialized_data),
+            symbol_table_pointer: u64::from(headers.file_header.pointer_to_symbol_table.get(LE)),
+            has_debug_directory: headers
+                .data_directories
+                .get(IMAGE_DIRECTORY_ENTRY_DEBUG)
+                .is_some_and(|directory| directory.size.get(LE) != 0),
+        }
     }
 
-    let lengths = check_sections(sections)?;
-
-    // The section table, row by row: the stub's, then the new ones.
-    let mut rows: Vec<Row> = headers
-        .sections
-        .iter()
-        .map(|section| Row {
-            header: section.header,
-            from_stub: true,
-            replaced_by: None,
-        })
-        .collect();
-    let mut placed: Vec<(usize, PlacedSection)> = Vec::with_capacity(sections.len());
-    let mut appended: Vec<(usize, Range32)> = Vec::new();
-    let mut initialized_data = u64::from(optional.size_of_initialized_data);
-    let mut symbol_table_pointer = u64::from(headers.file_header.pointer_to_symbol_table.get(LE));
-    let has_debug_directory = headers
-        .data_directories
-        .get(IMAGE_DIRECTORY_ENTRY_DEBUG)
-        .is_some_and(|directory| directory.size.get(LE) != 0);
-
-    // First the sections that replace one of the stub's: in place when they fit, else the
-    // stub's section goes and they are appended below.
-    let mut to_append: Vec<usize> = Vec::with_capacity(sections.len());
-    for (index, (section, &len)) in sections.iter().zip(&lengths).enumerate() {
-        let Some(row) = rows
-            .iter()
-            .position(|row| row.from_stub && name_of(&row.header) == section.name.as_bytes())
-        else {
+    /// Puts each section named like one of the stub's in its place when it fits, else removes
+    /// the stub's section (and its data from `image`). Returns the indexes of the sections to
+    /// append, in order.
+    fn replace(
+        &mut self,
+        image: &mut Vec<u8>,
+        sections: &[UkiSection],
+        lengths: &[u64],
+        file_alignment: u64,
+    ) -> Result<Vec<usize>, UkiError> {
+        let mut to_append: Vec<usize> = Vec::with_capacity(sections.len());
+        for (index, (section, &len)) in sections.iter().zip(lengths).enumerate() {
+            let Some(row) = self
+                .rows
+                .iter()
+                .position(|row| row.from_stub && name_of(&row.header) == section.name.as_bytes())
+            else {
+                to_append.push(index);
+                continue;
+            };
+            let header = self.rows[row].header;
+            if !replaceable(&header) {
+                return Err(UkiError::StubSectionClash {
+                    name: section.name.clone(),
+                });
+            }
+            let raw_room = u64::from(header.size_of_raw_data.get(LE));
+            if len <= raw_room && len <= virtual_room(&self.rows, row) {
+                self.rows[row].header.virtual_size.set(LE, len as u32);
+                self.rows[row].replaced_by = Some(index);
+                continue;
+            }
+            self.rows.remove(row);
+            let removed = remove_raw_data(
+                image,
+                &mut self.rows,
+                &header,
+                file_alignment,
+                !self.has_debug_directory,
+            );
+            if let Some(removed) = removed
+                && self.symbol_table_pointer >= removed.end
+            {
+                self.symbol_table_pointer -= removed.end - removed.start;
+            }
             to_append.push(index);
-            continue;
-        };
-        let header = rows[row].header;
-        if !replaceable(&header) {
-            return Err(UkiError::StubSectionClash {
-                name: section.name.clone(),
-            });
         }
-        let raw_room = u64::from(header.size_of_raw_data.get(LE));
-        if len <= raw_room && len <= virtual_room(&rows, row) {
-            rows[row].header.virtual_size.set(LE, len as u32);
-            rows[row].replaced_by = Some(index);
-            continue;
-        }
-        rows.remove(row);
-        let removed = remove_raw_data(
-            &mut image,
-            &mut rows,
-            &header,
-            file_alignment,
-            !has_debug_directory,
-        );
-        if let Some(removed) = removed
-            && symbol_table_pointer >= removed.end
-        {
-            symbol_table_pointer -= removed.end - removed.start;
-        }
-        to_append.push(index);
+        Ok(to_append)
     }
 
-    let mut file_end = image.len() as u64;
-    for index in to_append {
-        let (section, len) = (&sections[index], lengths[index]);
+    /// Appends the sections of `to_append` after the stub's data, which ends at `file_end`.
+    fn append(
+        &mut self,
+        sections: &[UkiSection],
+        lengths: &[u64],
+        to_append: &[usize],
+        mut file_end: u64,
+        alignment: Alignment,
+    ) -> Result<(), UkiError> {
+        for &index in to_append {
+            let placed = self.append_one(&sections[index], lengths[index], file_end, alignment)?;
+            file_end = u64::from(placed.raw_offset) + u64::from(placed.raw_size);
+            let range = Range32 {
+                offset: placed.raw_offset,
+                size: placed.raw_size,
+            };
+            self.appended.push((index, range));
+            self.placed_appended.push((index, placed));
+        }
+        Ok(())
+    }
+
+    /// Adds the row of `section`, `len` bytes long, with its data at the end of the file
+    /// (`file_end`) and its address after the highest section.
+    fn append_one(
+        &mut self,
+        section: &UkiSection,
+        len: u64,
+        file_end: u64,
+        alignment: Alignment,
+    ) -> Result<PlacedSection, UkiError> {
         let too_large = || UkiError::SectionTooLarge {
             name: section.name.clone(),
             size: len,
         };
-        let raw_size = align_up(len, file_alignment).ok_or_else(too_large)?;
-        let raw_offset = align_up(file_end, file_alignment).ok_or(UkiError::ImageTooLarge)?;
+        let raw_size = align_up(len, alignment.file).ok_or_else(too_large)?;
+        let raw_offset = align_up(file_end, alignment.file).ok_or(UkiError::ImageTooLarge)?;
         let virtual_address =
-            align_up(virtual_end(&rows), section_alignment).ok_or(UkiError::ImageTooLarge)?;
+            align_up(virtual_end(&self.rows), alignment.section).ok_or(UkiError::ImageTooLarge)?;
         let virtual_size = section.virtual_size.map_or(len, u64::from);
         let [raw_size, raw_offset, virtual_address, virtual_size] =
             to_u32([raw_size, raw_offset, virtual_address, virtual_size])?;
@@ -312,56 +424,62 @@ pub fn assemble_uki(
             characteristics: U32::new(LE, SectionFlags(IMAGE_SCN_MEM_READ.0 | kind.0)),
             ..ImageSectionHeader::default()
         };
-        rows.push(Row {
+        self.rows.push(Row {
             header,
             from_stub: false,
             replaced_by: None,
         });
-        let range = Range32 {
-            offset: raw_offset,
-            size: raw_size,
-        };
-        appended.push((index, range));
-        placed.push((
-            index,
-            PlacedSection {
-                name: section.name.clone(),
-                placement: Placement::Appended,
-                virtual_address,
-                virtual_size,
-                raw_offset,
-                raw_size,
-            },
-        ));
-        initialized_data += u64::from(virtual_size);
-        file_end = u64::from(raw_offset) + u64::from(raw_size);
+        self.initialized_data += u64::from(virtual_size);
+        Ok(PlacedSection {
+            name: section.name.clone(),
+            placement: Placement::Appended,
+            virtual_address,
+            virtual_size,
+            raw_offset,
+            raw_size,
+        })
     }
-    // Where the replaced sections ended up (data after a removed section may have moved).
-    for row in &rows {
-        if let Some(index) = row.replaced_by {
-            placed.push((
-                index,
-                PlacedSection {
-                    name: sections[index].name.clone(),
-                    placement: Placement::Replaced,
-                    virtual_address: row.header.virtual_address.get(LE),
-                    virtual_size: row.header.virtual_size.get(LE),
-                    raw_offset: row.header.pointer_to_raw_data.get(LE),
-                    raw_size: row.header.size_of_raw_data.get(LE),
-                },
-            ));
-        }
-    }
-    placed.sort_by_key(|(index, _)| *index);
 
-    if rows.len() > usize::from(MAX_SECTIONS) {
+    /// Where every new section ended up, in the order given (the data after a removed section
+    /// may have moved a replaced one).
+    fn placed(&self, sections: &[UkiSection]) -> Vec<PlacedSection> {
+        let mut placed = self.placed_appended.clone();
+        for row in &self.rows {
+            if let Some(index) = row.replaced_by {
+                placed.push((
+                    index,
+                    PlacedSection {
+                        name: sections[index].name.clone(),
+                        placement: Placement::Replaced,
+                        virtual_address: row.header.virtual_address.get(LE),
+                        virtual_size: row.header.virtual_size.get(LE),
+                        raw_offset: row.header.pointer_to_raw_data.get(LE),
+                        raw_size: row.header.size_of_raw_data.get(LE),
+                    },
+                ));
+            }
+        }
+        placed.sort_by_key(|(index, _)| *index);
+        placed.into_iter().map(|(_, section)| section).collect()
+    }
+}
+
+/// Checks that a section table of `rows` rows fits in the stub's header space, below its first
+/// section's data; returns SizeOfHeaders rounded up to FileAlignment.
+fn header_room(
+    stub: &Path,
+    headers: &PeHeaders,
+    rows: usize,
+    alignment: Alignment,
+    image: &[u8],
+) -> Result<u64, UkiError> {
+    if rows > usize::from(MAX_SECTIONS) {
         return Err(UkiError::TooManySections {
-            count: rows.len(),
+            count: rows,
             max: MAX_SECTIONS,
         });
     }
-    // The new table must fit in the header space, below the first section's data.
-    let size_of_headers = align_up(u64::from(optional.size_of_headers), file_alignment)
+    let size_of_headers = align_up(u64::from(headers.optional.size_of_headers), alignment.file)
         .ok_or(UkiError::ImageTooLarge)?;
     let first_data = headers
         .sections
@@ -371,37 +489,27 @@ pub fn assemble_uki(
         .min()
         .unwrap_or(u64::MAX);
     let available = size_of_headers.min(first_data).min(image.len() as u64);
-    let table_start = headers.section_table_offset;
-    let needed = table_start + rows.len() as u64 * SECTION_HEADER_SIZE;
+    let needed = headers.section_table_offset + rows as u64 * SECTION_HEADER_SIZE;
     if needed > available {
         return Err(UkiError::NoHeaderRoom {
             path: stub.to_path_buf(),
-            count: rows.len().saturating_sub(headers.sections.len()),
+            count: rows.saturating_sub(headers.sections.len()),
             needed,
             available,
         });
     }
+    Ok(size_of_headers)
+}
 
-    let size_of_image = align_up(virtual_end(&rows), section_alignment)
-        .and_then(|end| u32::try_from(end).ok())
-        .ok_or(UkiError::ImageTooLarge)?;
-    let [size_of_headers, initialized_data] = to_u32([size_of_headers, initialized_data])?;
-
-    patch_headers(
-        &mut image,
-        &headers,
-        &rows,
-        HeaderFields {
-            symbol_table: match symbol_table {
-                Some(_) => SymbolTable::Dropped,
-                None => SymbolTable::At(symbol_table_pointer as u32),
-            },
-            size_of_headers,
-            size_of_image,
-            initialized_data,
-        },
-    );
-    for row in &rows {
+/// Writes the content of each section that replaces one of the stub's over that section's
+/// data, padded with zeros.
+fn write_replaced(
+    image: &mut [u8],
+    rows: &[Row],
+    sections: &[UkiSection],
+    lengths: &[u64],
+) -> Result<(), UkiError> {
+    for row in rows {
         let Some(index) = row.replaced_by else {
             continue;
         };
@@ -413,14 +521,7 @@ pub fn assemble_uki(
         target.fill(0);
         target[..data.len()].copy_from_slice(&data);
     }
-
-    let file_len = write_image(out, &image, sections, &lengths, &appended)?;
-    Ok(UkiLayout {
-        sections: placed.into_iter().map(|(_, section)| section).collect(),
-        size_of_image,
-        file_len,
-        symbol_table_dropped: symbol_table.is_some(),
-    })
+    Ok(())
 }
 
 /// A section's place in the file.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use miette::Diagnostic;
 use thiserror::Error;
 
-use super::pe::PeError;
+use crate::pe::PeError;
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum UkiError {

@@ -51,7 +51,7 @@ use thiserror::Error;
 
 use x509_cert::Certificate;
 
-use super::pe::{PeError, PeHeaders};
+use crate::pe::{PeError, PeHeaders};
 use crate::sign::SignatureReport;
 use crate::sign::digest::{AuthenticodeLayout, hash_ranges};
 use crate::sign::verify::{hex, read_signature};

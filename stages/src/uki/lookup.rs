@@ -15,7 +15,7 @@ use kiln_cache::{BlobId, Entry, EntryKind, Manifest, Store};
 use kiln_engine::recipe::compare_versions;
 
 use super::error::UkiError;
-use super::pe::PeHeaders;
+use crate::pe::PeHeaders;
 use crate::trees::resolve_in_tree;
 
 /// Where kernels' modules directories are.

@@ -1,6 +1,7 @@
-//! Unified Kernel Images: reading PE files ([`pe`]), assembling a UKI from a systemd-stub as
-//! ukify does ([`assemble`]), the uki stage that takes its parts from the image tree
-//! ([`stage`], [`lookup`]), and `kiln inspect` ([`inspect`]).
+//! Unified Kernel Images: assembling a UKI from a systemd-stub as ukify does ([`assemble`]), the
+//! uki stage that takes its parts from the image tree ([`stage`], [`lookup`]), and `kiln
+//! inspect` ([`inspect`]), which shows a signature with [`crate::sign`]'s help. The PE headers
+//! are read by [`crate::pe`], below both this module and [`crate::sign`].
 //!
 //! ```no_run
 //! use kiln_stages::uki::{assemble_uki, inspect_file, UkiSection};
@@ -22,15 +23,14 @@ pub mod assemble;
 pub mod error;
 pub mod inspect;
 pub mod lookup;
-pub mod pe;
 pub mod sbat;
 pub mod stage;
 
+pub use crate::pe::{PeError, PeHeaders};
 pub use assemble::{PlacedSection, Placement, SectionContent, UkiLayout, UkiSection, assemble_uki};
 pub use error::UkiError;
 pub use inspect::{
     CertificateCheck, InspectError, InspectedSection, Inspection, inspect, inspect_file,
     inspect_file_with_certificate,
 };
-pub use pe::{PeError, PeHeaders};
 pub use stage::{KernelStage, UkiInputs, UkiStage, ukify_sections};

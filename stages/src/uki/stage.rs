@@ -16,8 +16,8 @@ use kiln_engine::{Input, Stage, StageContext, StageError};
 use super::assemble::{UkiSection, assemble_uki};
 use super::error::UkiError;
 use super::lookup::{PackageHints, efi_arch, find_kernel, find_os_release, find_stub};
-use super::pe::PeHeaders;
 use super::sbat::{KILN_SBAT_LINE, merge_sbat};
+use crate::pe::PeHeaders;
 
 /// The most bytes of a `.sbat` section kiln reads.
 const MAX_SBAT: u64 = 64 << 10;
@@ -98,7 +98,7 @@ fn open(path: &Path) -> Result<File, UkiError> {
 }
 
 /// The content of a PE file's section, if it has one.
-fn pe_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, super::pe::PeError> {
+fn pe_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, crate::pe::PeError> {
     let mut file = File::open(path)?;
     let headers = PeHeaders::read(&mut file)?;
     match headers.section(name) {

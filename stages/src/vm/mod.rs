@@ -27,7 +27,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use crate::host::{Host, HostError, ToolInvocation};
-use crate::uki::{PeError, PeHeaders};
+use crate::pe::{PeError, PeHeaders};
 pub use accel::AccelChoice;
 pub use command_line::{Accel, Boot, ESP_UKI, Machine, OVMF_CODE, OVMF_VARS, QEMU, UkiFacts};
 
