@@ -18,11 +18,11 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use crate::config::{
-    AutologinStage, CleanMetadata, EditStage, Firstboot, HostnameStage, InitStage, MachineIdStage,
-    OsRelease, PresetsStage, RootPasswordStage,
+    Autologin, CleanMetadata, EditStage, Firstboot, Hostname, Init, MachineId, OsRelease,
+    PresetsStage, RootPasswordHash, TreeEdit,
 };
 use crate::export::Export;
-use crate::formats::{Artifact, FormatContext, for_format};
+use crate::formats::{Artifact, Format, FormatContext, FormatStages, for_format};
 use crate::host::Host;
 use crate::modules::{ModuleRules, ModulesStage};
 use crate::packages::{Installer, LOCK_FILE, LockFile, Locked, PackagesError, PackagesStage};
@@ -185,11 +185,37 @@ struct Chain {
 }
 
 impl Chain {
+    /// The chain's first stage: the base trees (none for most images), the root every image
+    /// starts from.
+    fn base(base_trees: &[PathBuf]) -> Chain {
+        let layers = base_trees
+            .iter()
+            .map(|source| TreeLayer {
+                source: source.clone(),
+                target: None,
+                owned_by_root: false,
+            })
+            .collect();
+        Chain {
+            stages: vec![Box::new(TreesStage {
+                name: "base-trees".to_string(),
+                base: None,
+                layers,
+            })],
+            last: "base-trees".to_string(),
+        }
+    }
+
     /// Add the stage `make` builds over the current tree.
     fn then(&mut self, make: impl FnOnce(String) -> Box<dyn Stage>) {
         let stage = make(self.last.clone());
         self.last = stage.name().to_string();
         self.stages.push(stage);
+    }
+
+    /// Add the stage of `edit` over the current tree.
+    fn edit(&mut self, edit: impl TreeEdit + 'static) {
+        self.then(|base| Box::new(EditStage { base, edit }));
     }
 
     fn trees(&mut self, name: &str, trees: &[TreeSource]) {
@@ -225,6 +251,43 @@ pub fn pipeline_with(
         for_format(recipe.output.format).ok_or_else(|| PipelineError::UnsupportedFormat {
             format: serde_name(&recipe.output.format),
         })?;
+    let installer = installer_for(recipe)?;
+    let locked = match installer {
+        Some(_) if options.locked => Some(locked_set(project_dir)?),
+        _ => None,
+    };
+    let module_rules = module_rules(recipe);
+    // A rule that cannot compile is the recipe's error, found before anything runs.
+    module_rules.compile(&[])?;
+    check_scripts(recipe, project_dir)?;
+    let epoch = source_date_epoch(recipe);
+    let layout = Layout {
+        recipe,
+        project_dir,
+        host,
+        format,
+        installer,
+        epoch,
+        variables: script_variables(recipe, epoch),
+    };
+
+    let mut chain = Chain::base(&recipe.content.base_trees);
+    layout.install(&mut chain, locked);
+    layout.configure(&mut chain, module_rules);
+    // mkosi takes the kernel and the EFI stub here, before anything is removed.
+    let esp_tree = chain.last.clone();
+    layout.finish(&mut chain);
+    let output = layout.output_stages(chain, esp_tree)?;
+    let export = layout.export_plan(output.artifacts)?;
+    Ok(Pipeline {
+        graph: Graph::new(output.stages)?,
+        export,
+    })
+}
+
+/// The package manager of the recipe's distribution: `None` for `Distribution=custom`, which
+/// installs nothing.
+fn installer_for(recipe: &Recipe) -> Result<Option<Installer>, PipelineError> {
     if !Installer::supports(recipe.distribution.distribution) {
         return Err(PipelineError::UnsupportedDistribution {
             distribution: serde_name(&recipe.distribution.distribution),
@@ -234,19 +297,24 @@ pub fn pipeline_with(
     if installer.is_none() && !recipe.content.packages.is_empty() {
         return Err(PipelineError::PackagesWithoutDistribution);
     }
-    let locked = if options.locked && installer.is_some() {
-        let lock = LockFile::read(project_dir)?.ok_or_else(|| PipelineError::NoLockFile {
-            path: project_dir.join(LOCK_FILE),
-        })?;
-        Some(match lock.stages.get(crate::packages::STAGE_NAME) {
-            Some(set) => Locked::Set(set.clone()),
-            None => Locked::Missing,
-        })
-    } else {
-        None
-    };
+    Ok(installer)
+}
+
+/// `--locked`: the package set `kiln.lock` holds for the packages stage.
+fn locked_set(project_dir: &Path) -> Result<Locked, PipelineError> {
+    let lock = LockFile::read(project_dir)?.ok_or_else(|| PipelineError::NoLockFile {
+        path: project_dir.join(LOCK_FILE),
+    })?;
+    Ok(match lock.stages.get(crate::packages::STAGE_NAME) {
+        Some(set) => Locked::Set(set.clone()),
+        None => Locked::Missing,
+    })
+}
+
+/// The recipe's kernel module and firmware settings.
+fn module_rules(recipe: &Recipe) -> ModuleRules {
     let content = &recipe.content;
-    let module_rules = ModuleRules {
+    ModuleRules {
         kernel_modules_include: content.kernel_modules_include.clone(),
         kernel_modules_exclude: content.kernel_modules_exclude.clone(),
         kernel_modules_include_host: content.kernel_modules_include_host,
@@ -255,166 +323,176 @@ pub fn pipeline_with(
         firmware_exclude: content.firmware_exclude.clone(),
         firmware_files: content.firmware_files.clone(),
         architecture: recipe.distribution.architecture.clone(),
-    };
-    // A rule that cannot compile is the recipe's error, found before anything runs.
-    module_rules.compile(&[])?;
-    check_scripts(recipe, project_dir)?;
-    let epoch = source_date_epoch(recipe);
-    let variables = script_variables(recipe, epoch);
-    let scripts = |phase: ScriptPhase, scripts: &[PathBuf], chain: &mut Chain| {
+    }
+}
+
+/// What every part of the layout reads.
+struct Layout<'a> {
+    recipe: &'a Recipe,
+    project_dir: &'a Path,
+    host: Arc<dyn Host>,
+    format: Box<dyn Format>,
+    installer: Option<Installer>,
+    epoch: u64,
+    /// The variables scripts see.
+    variables: BTreeMap<String, Option<String>>,
+}
+
+impl Layout<'_> {
+    /// The scripts of `phase`, as one stage, when there are any.
+    fn scripts(&self, chain: &mut Chain, phase: ScriptPhase, scripts: &[PathBuf]) {
         if scripts.is_empty() {
             return;
         }
-        let stage = ScriptsStage {
-            phase,
-            base: chain.last.clone(),
-            scripts: scripts.to_vec(),
-            variables: variables.clone(),
-            project_dir: project_dir.to_path_buf(),
-            host: Arc::clone(&host),
+        chain.then(|base| {
+            Box::new(ScriptsStage {
+                phase,
+                base,
+                scripts: scripts.to_vec(),
+                variables: self.variables.clone(),
+                project_dir: self.project_dir.to_path_buf(),
+                host: Arc::clone(&self.host),
+            })
+        });
+    }
+
+    /// The image's content: skeleton trees, packages, prepare scripts, extra trees, postinst
+    /// scripts.
+    fn install(&self, chain: &mut Chain, locked: Option<Locked>) {
+        let (recipe, content) = (self.recipe, &self.recipe.content);
+        chain.trees("skeleton-trees", &content.skeleton_trees);
+        if let Some(installer) = self.installer.clone() {
+            chain.then(|base| Box::new(PackagesStage::new(base, installer, locked)));
+        }
+        self.scripts(chain, ScriptPhase::Prepare, &recipe.scripts.prepare);
+        chain.trees("extra-trees", &content.extra_trees);
+        self.scripts(chain, ScriptPhase::Postinst, &recipe.scripts.postinst);
+    }
+
+    /// The image's configuration, up to where mkosi takes the kernel and the EFI stub:
+    /// autologin, os-release, `/init`, presets, kernel modules, first-boot settings, hostname,
+    /// root password, machine ID.
+    fn configure(&self, chain: &mut Chain, module_rules: ModuleRules) {
+        let (recipe, content) = (self.recipe, &self.recipe.content);
+        if content.autologin {
+            chain.edit(Autologin);
+        }
+        let os_release = OsRelease {
+            image_id: recipe.output.image_id.clone(),
+            image_version: recipe.output.image_version.clone(),
+            hostname: content.hostname.clone(),
         };
-        chain.then(|_| Box::new(stage));
-    };
+        if !os_release.is_empty() {
+            chain.edit(os_release);
+        }
+        if self.format.runs_as_initrd() {
+            chain.edit(Init);
+        }
+        if self.installer.is_some() {
+            let host = Arc::clone(&self.host);
+            chain.then(|base| Box::new(PresetsStage { base, host }));
+        }
+        if !module_rules.is_empty() {
+            let host = Arc::clone(&self.host);
+            chain.then(|base| Box::new(ModulesStage::new(base, module_rules, host)));
+        }
+        let firstboot = Firstboot {
+            locale: content.locale.clone(),
+            locale_messages: content.locale_messages.clone(),
+            keymap: content.keymap.clone(),
+            timezone: content.timezone.clone(),
+            root_shell: content.root_shell.clone(),
+        };
+        if !firstboot.is_empty() {
+            chain.edit(firstboot);
+        }
+        if let Some(hostname) = &content.hostname {
+            chain.edit(Hostname {
+                hostname: hostname.clone(),
+            });
+        }
+        if let Some(password) = &content.root_password {
+            chain.edit(RootPasswordHash::new(password, &recipe.image_name()));
+        }
+        if self.installer.is_some() {
+            chain.edit(MachineId);
+        }
+    }
 
-    let mut chain = Chain {
-        stages: vec![Box::new(TreesStage {
-            name: "base-trees".to_string(),
-            base: None,
-            layers: content
-                .base_trees
-                .iter()
-                .map(|source| TreeLayer {
-                    source: source.clone(),
-                    target: None,
-                    owned_by_root: false,
+    /// What goes after the kernel is taken: package metadata cleaned, RemoveFiles=, finalize
+    /// scripts.
+    fn finish(&self, chain: &mut Chain) {
+        let content = &self.recipe.content;
+        let clean = CleanMetadata {
+            setting: content.clean_package_metadata,
+            keeps_by_default: self.format.keeps_package_metadata(),
+        };
+        if !clean.is_noop() {
+            chain.edit(clean);
+        }
+        if !content.remove_files.is_empty() {
+            let globs = content.remove_files.clone();
+            chain.then(|base| {
+                Box::new(RemoveFilesStage {
+                    name: "remove-files".to_string(),
+                    base,
+                    globs,
                 })
-                .collect(),
-        })],
-        last: "base-trees".to_string(),
-    };
-    chain.trees("skeleton-trees", &content.skeleton_trees);
-    if let Some(installer) = installer.clone() {
-        chain.then(|base| Box::new(PackagesStage::new(base, installer, locked)));
+            });
+        }
+        self.scripts(chain, ScriptPhase::Finalize, &self.recipe.scripts.finalize);
     }
-    scripts(ScriptPhase::Prepare, &recipe.scripts.prepare, &mut chain);
-    chain.trees("extra-trees", &content.extra_trees);
-    scripts(ScriptPhase::Postinst, &recipe.scripts.postinst, &mut chain);
-    if content.autologin {
-        chain.then(|base| Box::new(AutologinStage { base }));
-    }
-    let os_release = OsRelease {
-        image_id: recipe.output.image_id.clone(),
-        image_version: recipe.output.image_version.clone(),
-        hostname: content.hostname.clone(),
-    };
-    if !os_release.is_empty() {
-        chain.then(|base| {
-            Box::new(EditStage {
-                base,
-                edit: os_release,
-            })
-        });
-    }
-    if format.runs_as_initrd() {
-        chain.then(|base| Box::new(InitStage { base }));
-    }
-    if installer.is_some() {
-        let host = Arc::clone(&host);
-        chain.then(|base| Box::new(PresetsStage { base, host }));
-    }
-    if !module_rules.is_empty() {
-        let host = Arc::clone(&host);
-        chain.then(|base| Box::new(ModulesStage::new(base, module_rules, host)));
-    }
-    let firstboot = Firstboot {
-        locale: content.locale.clone(),
-        locale_messages: content.locale_messages.clone(),
-        keymap: content.keymap.clone(),
-        timezone: content.timezone.clone(),
-        root_shell: content.root_shell.clone(),
-    };
-    if !firstboot.is_empty() {
-        chain.then(|base| {
-            Box::new(EditStage {
-                base,
-                edit: firstboot,
-            })
-        });
-    }
-    if let Some(hostname) = &content.hostname {
-        let hostname = hostname.clone();
-        chain.then(|base| Box::new(HostnameStage { base, hostname }));
-    }
-    if let Some(password) = &content.root_password {
-        let image = recipe.image_name();
-        chain.then(|base| Box::new(RootPasswordStage::new(base, password, &image)));
-    }
-    if installer.is_some() {
-        chain.then(|base| Box::new(MachineIdStage { base }));
-    }
-    // mkosi takes the kernel and the EFI stub here, before anything is removed.
-    let esp_tree = chain.last.clone();
-    let clean = CleanMetadata {
-        setting: content.clean_package_metadata,
-        keeps_by_default: format.keeps_package_metadata(),
-    };
-    if !clean.is_noop() {
-        chain.then(|base| Box::new(EditStage { base, edit: clean }));
-    }
-    if !content.remove_files.is_empty() {
-        let globs = content.remove_files.clone();
-        chain.then(|base| {
-            Box::new(RemoveFilesStage {
-                name: "remove-files".to_string(),
-                base,
-                globs,
-            })
-        });
-    }
-    scripts(ScriptPhase::Finalize, &recipe.scripts.finalize, &mut chain);
 
-    let formatted = format.stages(&FormatContext {
-        recipe,
-        tree: chain.last.clone(),
-        esp_tree,
-        source_date_epoch: epoch,
-        compress_level: None,
-    });
-    let mut stages = chain.stages;
-    stages.extend(formatted.stages);
-    let mut artifacts = formatted.artifacts;
-    // SecureBoot=yes: the EFI binary is signed, and the signed one is the output.
-    if let Some(signed) = format.signed_stage()
-        && let Some(sign) =
-            crate::sign::SignStage::for_recipe(recipe, project_dir, signed, Arc::clone(&host))?
-    {
-        for artifact in artifacts
-            .iter_mut()
-            .filter(|artifact| artifact.stage == signed)
+    /// Every stage with the format's after the finished tree `chain`, and the artifacts; with
+    /// `SecureBoot=yes` the format's EFI binary is signed and the signed one is the output.
+    fn output_stages(&self, chain: Chain, esp_tree: String) -> Result<FormatStages, PipelineError> {
+        let formatted = self.format.stages(&FormatContext {
+            recipe: self.recipe,
+            tree: chain.last.clone(),
+            esp_tree,
+            source_date_epoch: self.epoch,
+            compress_level: None,
+        });
+        let mut stages = chain.stages;
+        stages.extend(formatted.stages);
+        let mut artifacts = formatted.artifacts;
+        if let Some(signed) = self.format.signed_stage()
+            && let Some(sign) = crate::sign::SignStage::for_recipe(
+                self.recipe,
+                self.project_dir,
+                signed,
+                Arc::clone(&self.host),
+            )?
         {
-            artifact.stage = sign.name().to_string();
+            for artifact in artifacts
+                .iter_mut()
+                .filter(|artifact| artifact.stage == signed)
+            {
+                artifact.stage = sign.name().to_string();
+            }
+            stages.push(Box::new(sign));
         }
-        stages.push(Box::new(sign));
+        Ok(FormatStages { stages, artifacts })
     }
 
-    let output_dir = recipe.output_dir(project_dir);
-    let name = recipe.output_name();
-    let unversioned = recipe.image_name();
-    for name in [&name, &unversioned] {
-        if !kiln_engine::paths::is_file_name(name) {
-            return Err(PipelineError::OutputName { name: name.clone() });
+    /// Where and under which names `artifacts` are written.
+    fn export_plan(&self, artifacts: Vec<Artifact>) -> Result<ExportPlan, PipelineError> {
+        let recipe = self.recipe;
+        let name = recipe.output_name();
+        let unversioned = recipe.image_name();
+        for name in [&name, &unversioned] {
+            if !kiln_engine::paths::is_file_name(name) {
+                return Err(PipelineError::OutputName { name: name.clone() });
+            }
         }
-    }
-    Ok(Pipeline {
-        graph: Graph::new(stages)?,
-        export: ExportPlan {
-            output_dir,
+        Ok(ExportPlan {
+            output_dir: recipe.output_dir(self.project_dir),
             link: (unversioned != name).then_some(unversioned),
             name,
             artifacts,
-            source_date_epoch: epoch,
-        },
-    })
+            source_date_epoch: self.epoch,
+        })
+    }
 }
 
 /// Every script exists and is executable (mkosi refuses one that is not, unless

@@ -14,7 +14,7 @@ use kiln_engine::recipe::{Distribution, OutputFormat, Recipe, RootPassword};
 use kiln_engine::{BuildOptions, Graph, SilentReporter, Stage, execute, plan};
 use kiln_stages::config::crypt::sha512_crypt;
 use kiln_stages::config::{
-    AutologinStage, HostnameStage, InitStage, MachineIdStage, PresetsStage, RootPasswordStage,
+    Autologin, EditStage, Hostname, Init, MachineId, PresetsStage, RootPasswordHash,
 };
 use kiln_stages::host::RealHost;
 use kiln_stages::pipeline::{PipelineError, PipelineOptions, pipeline, pipeline_with};
@@ -97,12 +97,15 @@ fn hostname_writes_etc_hostname_and_a_change_reruns_only_what_follows() {
     let fixture = Fixture::new(&[("etc/shadow", SHADOW, 0o640)]);
     let stages = |hostname: &str| -> Vec<Box<dyn Stage>> {
         vec![
-            Box::new(HostnameStage {
+            Box::new(EditStage {
                 base: "base-trees".to_string(),
-                hostname: hostname.to_string(),
+                edit: Hostname {
+                    hostname: hostname.to_string(),
+                },
             }),
-            Box::new(MachineIdStage {
+            Box::new(EditStage {
                 base: "hostname".to_string(),
+                edit: MachineId,
             }),
         ]
     };
@@ -128,9 +131,12 @@ fn the_root_password_replaces_roots_hash_only() {
         value: "rescue".to_string(),
         hashed: false,
     };
-    let stage = RootPasswordStage::new("base-trees", &password, "debian-rescue");
-    let hash = stage.hash().to_string();
-    let (_, tree) = fixture.build(vec![Box::new(stage)]);
+    let edit = RootPasswordHash::new(&password, "debian-rescue");
+    let hash = edit.hash().to_string();
+    let (_, tree) = fixture.build(vec![Box::new(EditStage {
+        base: "base-trees".to_string(),
+        edit,
+    })]);
     let shadow = fixture.text(&tree, "etc/shadow");
     assert_eq!(
         shadow,
@@ -149,11 +155,10 @@ fn a_hashed_root_password_is_used_as_given_and_a_missing_shadow_is_created() {
         value: "$6$salt$abc".to_string(),
         hashed: true,
     };
-    let (_, tree) = fixture.build(vec![Box::new(RootPasswordStage::new(
-        "base-trees",
-        &password,
-        "i",
-    ))]);
+    let (_, tree) = fixture.build(vec![Box::new(EditStage {
+        base: "base-trees".to_string(),
+        edit: RootPasswordHash::new(&password, "i"),
+    })]);
     assert_eq!(
         fixture.text(&tree, "etc/shadow"),
         "root:$6$salt$abc::0:99999:7:::\n"
@@ -168,8 +173,9 @@ fn a_hashed_root_password_is_used_as_given_and_a_missing_shadow_is_created() {
 #[test]
 fn autologin_writes_mkosis_four_getty_dropins() {
     let fixture = Fixture::new(&[]);
-    let (_, tree) = fixture.build(vec![Box::new(AutologinStage {
+    let (_, tree) = fixture.build(vec![Box::new(EditStage {
         base: "base-trees".to_string(),
+        edit: Autologin,
     })]);
     let dropins: Vec<&str> = tree
         .entries()
@@ -201,8 +207,9 @@ fn init_links_to_systemd_through_a_merged_usr_only_when_systemd_is_there() {
     // /lib -> usr/lib: the path to systemd goes through a symlink of the image.
     let fixture = Fixture::new(&[("usr/lib/systemd/systemd", "ELF", 0o755)]);
     std::os::unix::fs::symlink("usr/lib", fixture.project.join("base/lib")).unwrap();
-    let (_, tree) = fixture.build(vec![Box::new(InitStage {
+    let (_, tree) = fixture.build(vec![Box::new(EditStage {
         base: "base-trees".to_string(),
+        edit: Init,
     })]);
     assert_eq!(
         tree.get("init").map(|entry| entry.kind.clone()),
@@ -212,10 +219,14 @@ fn init_links_to_systemd_through_a_merged_usr_only_when_systemd_is_there() {
     );
 
     let without = Fixture::new(&[("etc/os-release", "ID=x\n", 0o644)]);
-    let (_, tree) = without.build(vec![Box::new(InitStage {
+    let (_, tree) = without.build(vec![Box::new(EditStage {
         base: "base-trees".to_string(),
+        edit: Init,
     })]);
     assert!(tree.get("init").is_none());
+    // Nothing to do leaves the tree, and so its id, as it was.
+    let (_, base) = without.build(Vec::new());
+    assert_eq!(tree, base);
 }
 
 #[test]
@@ -407,9 +418,11 @@ fn a_hostname_laid_over_a_symlinked_etc_lands_in_its_target() {
     // Some images keep /etc elsewhere: the file goes where the link leads, as a copy would.
     let fixture = Fixture::new(&[("usr/etc/os-release", "ID=x\n", 0o644)]);
     std::os::unix::fs::symlink("usr/etc", fixture.project.join("base/etc")).unwrap();
-    let (_, tree) = fixture.build(vec![Box::new(HostnameStage {
+    let (_, tree) = fixture.build(vec![Box::new(EditStage {
         base: "base-trees".to_string(),
-        hostname: "h".to_string(),
+        edit: Hostname {
+            hostname: "h".to_string(),
+        },
     })]);
     assert_eq!(fixture.text(&tree, "usr/etc/hostname"), "h\n");
     assert!(matches!(

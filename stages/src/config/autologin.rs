@@ -1,8 +1,10 @@
 //! `Autologin=`: agetty drop-ins that log root in on the console, the first virtual terminal and
 //! the serial consoles, as mkosi writes them.
 
-use kiln_cache::{Digest, OutputKind};
-use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_cache::{Manifest, Store};
+use kiln_engine::StageError;
+
+use super::edit::TreeEdit;
 
 /// Each getty unit and the agetty arguments mkosi gives it.
 pub const UNITS: [(&str, &str); 4] = [
@@ -29,16 +31,11 @@ pub fn dropin(extra: &str) -> String {
     )
 }
 
-pub struct AutologinStage {
-    pub base: String,
-}
+/// The drop-ins of every unit of [`UNITS`].
+pub struct Autologin;
 
-impl Stage for AutologinStage {
-    fn name(&self) -> &str {
-        "autologin"
-    }
-
-    fn kind(&self) -> &'static str {
+impl TreeEdit for Autologin {
+    fn name(&self) -> &'static str {
         "autologin"
     }
 
@@ -46,20 +43,15 @@ impl Stage for AutologinStage {
         1
     }
 
-    fn inputs(&self) -> Vec<Input> {
-        vec![Input::stage("base", &self.base)]
+    fn values(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
-    fn output_kind(&self) -> OutputKind {
-        OutputKind::Tree
-    }
-
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let mut tree = ctx.store.manifest(&ctx.input("base")?)?;
+    fn edit(&self, store: &Store, tree: &mut Manifest) -> Result<(), StageError> {
         for (unit, extra) in UNITS {
             let path = format!("usr/lib/systemd/system/{unit}.d/autologin.conf");
-            super::put_file(ctx.store, &mut tree, &path, dropin(extra).as_bytes(), 0o644)?;
+            super::put_file(store, tree, &path, dropin(extra).as_bytes(), 0o644)?;
         }
-        Ok(ctx.store.put_manifest(&tree)?)
+        Ok(())
     }
 }

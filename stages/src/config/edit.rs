@@ -1,6 +1,7 @@
 //! A configuration step that edits the tree's manifest, as one stage: the stage's name, the
-//! values its key holds, and the edit. Steps that only write or remove a few files (os-release
-//! lines, first-boot settings, package metadata) are a [`TreeEdit`] each.
+//! values its key holds, and the edit. Every step that only writes or removes a few files
+//! (autologin drop-ins, os-release lines, `/init`, first-boot settings, the hostname, the root
+//! password, the machine ID, package metadata) is a [`TreeEdit`], made a stage by [`EditStage`].
 
 use kiln_cache::{Digest, Manifest, OutputKind, Store};
 use kiln_engine::{Input, Stage, StageContext, StageError};

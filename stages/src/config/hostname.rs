@@ -1,19 +1,16 @@
 //! `Hostname=`: `/etc/hostname` holding the name and a newline, as mkosi writes it.
 
-use kiln_cache::{Digest, OutputKind};
-use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_cache::{Manifest, Store};
+use kiln_engine::StageError;
 
-pub struct HostnameStage {
-    pub base: String,
+use super::edit::TreeEdit;
+
+pub struct Hostname {
     pub hostname: String,
 }
 
-impl Stage for HostnameStage {
-    fn name(&self) -> &str {
-        "hostname"
-    }
-
-    fn kind(&self) -> &'static str {
+impl TreeEdit for Hostname {
+    fn name(&self) -> &'static str {
         "hostname"
     }
 
@@ -21,27 +18,12 @@ impl Stage for HostnameStage {
         1
     }
 
-    fn inputs(&self) -> Vec<Input> {
-        vec![
-            Input::stage("base", &self.base),
-            Input::value("Hostname", &self.hostname),
-        ]
+    fn values(&self) -> Vec<(String, String)> {
+        vec![("Hostname".to_string(), self.hostname.clone())]
     }
 
-    fn output_kind(&self) -> OutputKind {
-        OutputKind::Tree
-    }
-
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let mut tree = ctx.store.manifest(&ctx.input("base")?)?;
+    fn edit(&self, store: &Store, tree: &mut Manifest) -> Result<(), StageError> {
         let content = format!("{}\n", self.hostname);
-        super::put_file(
-            ctx.store,
-            &mut tree,
-            "etc/hostname",
-            content.as_bytes(),
-            0o644,
-        )?;
-        Ok(ctx.store.put_manifest(&tree)?)
+        super::put_file(store, tree, "etc/hostname", content.as_bytes(), 0o644)
     }
 }

@@ -1,22 +1,19 @@
 //! `/init` for images the kernel starts from an initramfs (`Format=uki`, `Format=cpio`): a link to
 //! systemd, made when the image has systemd and no `/init` of its own, as mkosi does.
 
-use kiln_cache::{Digest, OutputKind};
-use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_cache::{Manifest, Store};
+use kiln_engine::StageError;
+
+use super::edit::TreeEdit;
 
 /// Where the link points.
 pub const SYSTEMD: &str = "/usr/lib/systemd/systemd";
 
-pub struct InitStage {
-    pub base: String,
-}
+/// The `/init` link.
+pub struct Init;
 
-impl Stage for InitStage {
-    fn name(&self) -> &str {
-        "init"
-    }
-
-    fn kind(&self) -> &'static str {
+impl TreeEdit for Init {
+    fn name(&self) -> &'static str {
         "init"
     }
 
@@ -24,23 +21,16 @@ impl Stage for InitStage {
         1
     }
 
-    fn inputs(&self) -> Vec<Input> {
-        vec![Input::stage("base", &self.base)]
+    fn values(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
-    fn output_kind(&self) -> OutputKind {
-        OutputKind::Tree
-    }
-
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let base = ctx.input("base")?;
-        let mut tree = ctx.store.manifest(&base)?;
-        let has_systemd = super::lookup(&tree, SYSTEMD.trim_start_matches('/'))
+    fn edit(&self, _store: &Store, tree: &mut Manifest) -> Result<(), StageError> {
+        let has_systemd = super::lookup(tree, SYSTEMD.trim_start_matches('/'))
             .is_some_and(|entry| entry.blob().is_some());
         if tree.get("init").is_some() || !has_systemd {
-            return Ok(base);
+            return Ok(());
         }
-        super::put_symlink(&mut tree, "init", SYSTEMD)?;
-        Ok(ctx.store.put_manifest(&tree)?)
+        super::put_symlink(tree, "init", SYSTEMD)
     }
 }

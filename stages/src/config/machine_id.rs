@@ -4,19 +4,16 @@
 //! mkosi removes them: the random seed, the credential secret, `/etc/machine-info` and D-Bus's
 //! copy of the machine ID.
 
-use kiln_cache::{Digest, EntryKind, OutputKind};
-use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_cache::{EntryKind, Manifest, Store};
+use kiln_engine::StageError;
 
-pub struct MachineIdStage {
-    pub base: String,
-}
+use super::edit::TreeEdit;
 
-impl Stage for MachineIdStage {
-    fn name(&self) -> &str {
-        "machine-id"
-    }
+/// `/etc/machine-id` reset, and the files that tie the image to the build machine removed.
+pub struct MachineId;
 
-    fn kind(&self) -> &'static str {
+impl TreeEdit for MachineId {
+    fn name(&self) -> &'static str {
         "machine-id"
     }
 
@@ -24,28 +21,17 @@ impl Stage for MachineIdStage {
         2
     }
 
-    fn inputs(&self) -> Vec<Input> {
-        vec![Input::stage("base", &self.base)]
+    fn values(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
-    fn output_kind(&self) -> OutputKind {
-        OutputKind::Tree
-    }
-
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let mut tree = ctx.store.manifest(&ctx.input("base")?)?;
+    fn edit(&self, store: &Store, tree: &mut Manifest) -> Result<(), StageError> {
         // Keep the mode packages gave the file (systemd ships it 0444).
-        let mode = match super::lookup(&tree, "etc/machine-id") {
+        let mode = match super::lookup(tree, "etc/machine-id") {
             Some(entry) if matches!(entry.kind, EntryKind::File { .. }) => entry.mode,
             _ => 0o444,
         };
-        super::put_file(
-            ctx.store,
-            &mut tree,
-            "etc/machine-id",
-            b"uninitialized\n",
-            mode,
-        )?;
+        super::put_file(store, tree, "etc/machine-id", b"uninitialized\n", mode)?;
         for path in [
             "var/lib/systemd/random-seed",
             "var/lib/systemd/credential.secret",
@@ -59,6 +45,6 @@ impl Stage for MachineIdStage {
                 tree.remove_path_recursive(path);
             }
         }
-        Ok(ctx.store.put_manifest(&tree)?)
+        Ok(())
     }
 }

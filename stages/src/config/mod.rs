@@ -4,9 +4,10 @@
 //! metadata cleaned away.
 //!
 //! Each is a stage of its own with its own key, so changing the hostname re-runs only the
-//! hostname stage and the stages after it. All but presets are edits of the manifest (a blob
-//! read, changed and stored again, an entry replaced): fast, exact, and without touching the
-//! disk. Presets need `systemctl preset-all`, which runs against an overlay of the tree.
+//! hostname stage and the stages after it. All but presets are a [`TreeEdit`] of the manifest (a
+//! blob read, changed and stored again, an entry replaced), each the stage of an [`EditStage`]:
+//! fast, exact, and without touching the disk. Presets need `systemctl preset-all`, which runs
+//! against an overlay of the tree.
 
 pub mod autologin;
 pub mod clean_metadata;
@@ -26,17 +27,17 @@ use std::path::Path;
 use kiln_cache::{Entry, EntryKind, Manifest, Store};
 use kiln_engine::StageError;
 
-pub use autologin::AutologinStage;
+pub use autologin::Autologin;
 pub use clean_metadata::CleanMetadata;
 pub use edit::{EditStage, TreeEdit};
 pub use error::ConfigError;
 pub use firstboot::Firstboot;
-pub use hostname::HostnameStage;
-pub use init::InitStage;
-pub use machine_id::MachineIdStage;
+pub use hostname::Hostname;
+pub use init::Init;
+pub use machine_id::MachineId;
 pub use os_release::OsRelease;
 pub use presets::PresetsStage;
-pub use root_password::RootPasswordStage;
+pub use root_password::RootPasswordHash;
 
 use crate::trees::{lay_over, resolve_in_tree};
 

@@ -7,21 +7,22 @@
 //! password gives the same hash again. When the image has no `/etc/shadow`, one is created as
 //! systemd-firstboot creates it (mode 0000), with `/etc/passwd` pointing root at it.
 
-use kiln_cache::{Digest, OutputKind};
+use kiln_cache::{Digest, Manifest, Store};
+use kiln_engine::StageError;
 use kiln_engine::recipe::RootPassword;
-use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use super::crypt::{salt_from, sha512_crypt};
+use super::edit::TreeEdit;
 use super::error::ConfigError;
 
-pub struct RootPasswordStage {
-    pub base: String,
+/// Root's password hash, set in `/etc/shadow`.
+pub struct RootPasswordHash {
     hash: String,
 }
 
-impl RootPasswordStage {
-    /// The stage for `password` of the image named `image`.
-    pub fn new(base: impl Into<String>, password: &RootPassword, image: &str) -> RootPasswordStage {
+impl RootPasswordHash {
+    /// The edit for `password` of the image named `image`.
+    pub fn new(password: &RootPassword, image: &str) -> RootPasswordHash {
         let hash = if password.hashed {
             password.value.clone()
         } else {
@@ -30,10 +31,7 @@ impl RootPasswordStage {
             );
             sha512_crypt(password.value.as_bytes(), &salt_from(seed.as_bytes()))
         };
-        RootPasswordStage {
-            base: base.into(),
-            hash,
-        }
+        RootPasswordHash { hash }
     }
 
     /// What goes into the second field of root's shadow entry.
@@ -65,12 +63,8 @@ pub fn set_field(text: &str, user: &str, value: &str) -> Option<String> {
     found.then(|| lines.iter().map(|line| format!("{line}\n")).collect())
 }
 
-impl Stage for RootPasswordStage {
-    fn name(&self) -> &str {
-        "root-password"
-    }
-
-    fn kind(&self) -> &'static str {
+impl TreeEdit for RootPasswordHash {
+    fn name(&self) -> &'static str {
         "root-password"
     }
 
@@ -78,35 +72,16 @@ impl Stage for RootPasswordStage {
         1
     }
 
-    fn inputs(&self) -> Vec<Input> {
-        vec![
-            Input::stage("base", &self.base),
-            Input::value("root password hash", &self.hash),
-        ]
+    fn values(&self) -> Vec<(String, String)> {
+        vec![("root password hash".to_string(), self.hash.clone())]
     }
 
-    fn output_kind(&self) -> OutputKind {
-        OutputKind::Tree
-    }
-
-    fn run(&self, ctx: &StageContext<'_>) -> Result<Digest, StageError> {
-        let mut tree = ctx.store.manifest(&ctx.input("base")?)?;
-        let text = |path: &str, bytes: Vec<u8>| {
-            String::from_utf8(bytes).map_err(|_| {
-                StageError::failed(ConfigError::NotText {
-                    path: path.to_string(),
-                })
-            })
-        };
-        let shadow = match super::read_file(ctx.store, &tree, "etc/shadow")? {
-            Some((entry, bytes)) => Some((entry, text("/etc/shadow", bytes)?)),
-            None => None,
-        };
-        match shadow {
+    fn edit(&self, store: &Store, tree: &mut Manifest) -> Result<(), StageError> {
+        match read_text(store, tree, "etc/shadow")? {
             Some((entry, content)) => {
                 let edited = set_field(&content, "root", &self.hash)
                     .unwrap_or_else(|| format!("{content}root:{}::0:99999:7:::\n", self.hash));
-                let blob = ctx.store.put_bytes(edited.as_bytes())?;
+                let blob = store.put_bytes(edited.as_bytes())?;
                 let mut entry = entry;
                 entry.kind = kiln_cache::EntryKind::File {
                     blob,
@@ -119,22 +94,35 @@ impl Stage for RootPasswordStage {
             }
             None => {
                 let line = format!("root:{}::0:99999:7:::\n", self.hash);
-                super::put_file(ctx.store, &mut tree, "etc/shadow", line.as_bytes(), 0)?;
-                let passwd = match super::read_file(ctx.store, &tree, "etc/passwd")? {
-                    Some((entry, bytes)) => Some((entry, text("/etc/passwd", bytes)?)),
-                    None => None,
-                };
-                let (mode, content) = match passwd {
+                super::put_file(store, tree, "etc/shadow", line.as_bytes(), 0)?;
+                let (mode, content) = match read_text(store, tree, "etc/passwd")? {
                     Some((entry, content)) => (entry.mode, content),
                     None => (0o644, String::new()),
                 };
                 let edited = set_field(&content, "root", "x")
                     .unwrap_or_else(|| format!("{content}root:x:0:0:root:/root:/bin/sh\n"));
-                super::put_file(ctx.store, &mut tree, "etc/passwd", edited.as_bytes(), mode)?;
+                super::put_file(store, tree, "etc/passwd", edited.as_bytes(), mode)?;
             }
         }
-        Ok(ctx.store.put_manifest(&tree)?)
+        Ok(())
     }
+}
+
+/// The regular file at `path` of the image as text, with its entry.
+fn read_text(
+    store: &Store,
+    tree: &Manifest,
+    path: &str,
+) -> Result<Option<(kiln_cache::Entry, String)>, StageError> {
+    let Some((entry, bytes)) = super::read_file(store, tree, path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes).map_err(|_| {
+        StageError::failed(ConfigError::NotText {
+            path: format!("/{path}"),
+        })
+    })?;
+    Ok(Some((entry, text)))
 }
 
 #[cfg(test)]
@@ -157,9 +145,9 @@ mod tests {
             value: "rescue".to_string(),
             hashed: false,
         };
-        let one = RootPasswordStage::new("b", &plain, "debian-rescue");
-        let again = RootPasswordStage::new("b", &plain, "debian-rescue");
-        let other = RootPasswordStage::new("b", &plain, "archlinux-rescue");
+        let one = RootPasswordHash::new(&plain, "debian-rescue");
+        let again = RootPasswordHash::new(&plain, "debian-rescue");
+        let other = RootPasswordHash::new(&plain, "archlinux-rescue");
         assert!(one.hash().starts_with("$6$"), "{}", one.hash());
         assert_eq!(one.hash(), again.hash());
         assert_ne!(one.hash(), other.hash());
@@ -168,6 +156,6 @@ mod tests {
             value: "$6$x$y".to_string(),
             hashed: true,
         };
-        assert_eq!(RootPasswordStage::new("b", &hashed, "i").hash(), "$6$x$y");
+        assert_eq!(RootPasswordHash::new(&hashed, "i").hash(), "$6$x$y");
     }
 }

@@ -14,8 +14,8 @@ use kiln_engine::recipe::{
 };
 
 use crate::config::{
-    AutologinStage, CleanMetadata, EditStage, Firstboot, HostnameStage, InitStage, MachineIdStage,
-    OsRelease, PresetsStage, RootPasswordStage, TreeEdit,
+    Autologin, CleanMetadata, EditStage, Firstboot, Hostname, Init, MachineId, OsRelease,
+    PresetsStage, RootPasswordHash, TreeEdit,
 };
 use crate::formats::directory::DirectoryStage;
 use crate::formats::tar::TarStage;
@@ -98,7 +98,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["scripts.rs"],
         ),
-        StageKind::of(AutologinStage { base: base() }, &["config/autologin.rs"]),
+        StageKind::edit(Autologin, &["config/autologin.rs", "config/edit.rs"]),
         StageKind::edit(
             OsRelease {
                 image_id: None,
@@ -107,7 +107,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["config/os_release.rs", "config/edit.rs"],
         ),
-        StageKind::of(InitStage { base: base() }, &["config/init.rs"]),
+        StageKind::edit(Init, &["config/init.rs", "config/edit.rs"]),
         StageKind::of(
             PresetsStage {
                 base: base(),
@@ -125,25 +125,27 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["config/firstboot.rs", "config/edit.rs"],
         ),
-        StageKind::of(
-            HostnameStage {
-                base: base(),
+        StageKind::edit(
+            Hostname {
                 hostname: String::new(),
             },
-            &["config/hostname.rs"],
+            &["config/hostname.rs", "config/edit.rs"],
         ),
-        StageKind::of(
-            RootPasswordStage::new(
-                base(),
+        StageKind::edit(
+            RootPasswordHash::new(
                 &RootPassword {
                     value: String::new(),
                     hashed: true,
                 },
                 "",
             ),
-            &["config/root_password.rs", "config/crypt.rs"],
+            &[
+                "config/root_password.rs",
+                "config/crypt.rs",
+                "config/edit.rs",
+            ],
         ),
-        StageKind::of(MachineIdStage { base: base() }, &["config/machine_id.rs"]),
+        StageKind::edit(MachineId, &["config/machine_id.rs", "config/edit.rs"]),
         StageKind::edit(
             CleanMetadata {
                 setting: Feature::Auto,
