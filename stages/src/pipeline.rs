@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::recipe::{Recipe, TreeSource};
 use kiln_engine::{Graph, Stage};
+use kiln_recipe::{Recipe, TreeSource};
 use miette::Diagnostic;
 use thiserror::Error;
 
@@ -401,7 +401,7 @@ pub fn pipeline_with(
     let name = recipe.output_name();
     let unversioned = recipe.image_name();
     for name in [&name, &unversioned] {
-        if !kiln_engine::paths::is_file_name(name) {
+        if !kiln_recipe::paths::is_file_name(name) {
             return Err(PipelineError::OutputName { name: name.clone() });
         }
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_cache::{Manifest, Store, TreeId};
-use kiln_engine::recipe::Distribution;
 use kiln_engine::{BuildOptions, Graph, SilentReporter, Stage, execute, plan};
+use kiln_recipe::Distribution;
 use kiln_stages::packages::apt::AptSetup;
 use kiln_stages::packages::state::PackageCache;
 use kiln_stages::packages::{Installer, PackagesStage, mirror};

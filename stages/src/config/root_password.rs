@@ -8,8 +8,8 @@
 //! systemd-firstboot creates it (mode 0000), with `/etc/passwd` pointing root at it.
 
 use kiln_cache::{Digest, OutputKind};
-use kiln_engine::recipe::RootPassword;
 use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_recipe::RootPassword;
 
 use super::crypt::{salt_from, sha512_crypt};
 use super::error::ConfigError;

@@ -27,6 +27,7 @@ mod error;
 mod foreground;
 mod overlay;
 pub(crate) mod process;
+pub mod reader;
 mod sandbox;
 mod script;
 mod tool;

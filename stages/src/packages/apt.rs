@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::{Manifest, Store};
 use kiln_engine::ResolveMode;
-use kiln_engine::recipe::{Distribution, Recipe};
+use kiln_recipe::{Distribution, Recipe};
 
 use super::error::PackagesError;
 use super::freshness::{self, IndexFile};

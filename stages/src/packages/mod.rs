@@ -14,9 +14,11 @@
 //! `--locked`, resolution must also equal the stage's section of `kiln.lock` ([`lockfile`]).
 //!
 //! ```no_run
-//! use kiln_engine::recipe::{load_project, LoadOptions};
+//! use kiln_recipe::{load_project, LoadOptions};
 //! use kiln_stages::packages::{Installer, PackagesStage};
-//! let loaded = load_project(std::path::Path::new("recipes/debian-rescue"), &LoadOptions::default())?;
+//! use kiln_stages::host::reader::RealReaderHost;
+//! let dir = std::path::Path::new("recipes/debian-rescue");
+//! let loaded = load_project(dir, &LoadOptions::default(), &RealReaderHost)?;
 //! let installer = Installer::for_recipe(&loaded.recipe)?.expect("a distribution with packages");
 //! let stage = PackagesStage::new("skeleton-trees", installer, None);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -38,10 +40,10 @@ use std::sync::{Mutex, MutexGuard};
 use kiln_cache::{
     CheckoutMode, CheckoutOptions, Digest, IngestOptions, Manifest, OutputKind, PutMode, Store,
 };
-use kiln_engine::recipe::{Distribution, Recipe};
 use kiln_engine::{
     Input, Resolution, ResolveContext, ResolveMode, Stage, StageContext, StageError,
 };
+use kiln_recipe::{Distribution, Recipe};
 
 pub use error::PackagesError;
 pub use listing::{PackageChange, PackageSet, ResolvedPackage};

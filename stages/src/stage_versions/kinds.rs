@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_engine::Stage;
-use kiln_engine::recipe::{
-    CertificateSource, Distribution, Feature, KeySource, Recipe, RootPassword,
-};
+use kiln_recipe::{CertificateSource, Distribution, Feature, KeySource, Recipe, RootPassword};
 
 use crate::config::{
     AutologinStage, CleanMetadata, EditStage, Firstboot, HostnameStage, InitStage, MachineIdStage,
