@@ -37,7 +37,8 @@ pub(crate) struct StageKind {
     /// The type whose `version()` to bump: the `Stage`, or for an edit stage the `TreeEdit`.
     pub(crate) type_name: &'static str,
     /// Its sources, relative to `stages/src`: a file, or a directory (ending in `/`) standing
-    /// for every `.rs` file below it.
+    /// for every `.rs` file below it; `../../` reaches another crate's file its output depends
+    /// on.
     pub(crate) sources: &'static [&'static str],
 }
 
@@ -151,7 +152,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
         ),
         StageKind::of(
             ModulesStage::new(base(), ModuleRules::default(), Arc::clone(&host)),
-            &["modules/"],
+            &["modules/", "../../recipe/src/fnmatch.rs"],
         ),
         StageKind::of(
             RemoveFilesStage {
