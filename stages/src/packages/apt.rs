@@ -432,7 +432,7 @@ impl AptSetup {
             // tree, the lists and the packages go in, and the downloads come out, through
             // mmdebstrap's special hooks, which its process outside the namespace serves.
             let base_tar = scratch.join("base.tar");
-            crate::formats::tar::write_tar(store, base, 0, &base_tar)
+            crate::tarball::write_tar(store, base, 0, &base_tar)
                 .map_err(|source| PackagesError::io("write", &base_tar, source))?;
             let mut command = clean_command("mmdebstrap");
             // Not root's home: dpkg would warn that it cannot read its configuration there.

@@ -85,8 +85,8 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["trees.rs"],
         ),
-        StageKind::of(packages(Distribution::Debian), &["packages/"]),
-        StageKind::of(packages(Distribution::Arch), &["packages/"]),
+        StageKind::of(packages(Distribution::Debian), &["packages/", "tarball.rs"]),
+        StageKind::of(packages(Distribution::Arch), &["packages/", "tarball.rs"]),
         StageKind::of(
             ScriptsStage {
                 phase: ScriptPhase::Postinst,
@@ -222,7 +222,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 base: base(),
                 source_date_epoch: 0,
             },
-            &["formats/tar.rs"],
+            &["formats/tar.rs", "tarball.rs"],
         ),
     ]
 }
