@@ -44,7 +44,6 @@ pub use error::HostError;
 pub use overlay::{Overlay, UpperChange, is_overlay_xattr, read_upper};
 pub use process::TAIL_LINES;
 pub use script::{ScriptError, ScriptInvocation, ScriptOutcome, Tools};
-pub(crate) use tool::clean_command;
 pub use tool::{ToolInvocation, ToolOutcome, find_tool};
 pub use watch::{WatchEnd, Watched};
 pub use workspace::{MutableTree, TreeChanges};

@@ -129,7 +129,7 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
 
 /// A command with a clean environment: `PATH`, `LC_ALL=C.UTF-8` (so messages can be read), and
 /// the proxy variables of the host.
-pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     command.env_clear();
     command.env(

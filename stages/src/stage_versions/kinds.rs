@@ -235,5 +235,10 @@ fn packages(distribution: Distribution) -> PackagesStage {
     let installer = Installer::for_recipe(&recipe)
         .expect("x86-64 is an architecture of every distribution kiln installs")
         .expect("the distribution has a package manager");
-    PackagesStage::new(String::new(), installer, None)
+    PackagesStage::new(
+        String::new(),
+        installer,
+        None,
+        Arc::new(RealHost::default()),
+    )
 }
