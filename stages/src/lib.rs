@@ -37,6 +37,7 @@ pub mod scripts;
 pub mod sign;
 #[cfg(test)]
 mod stage_versions;
+mod tarball;
 pub mod trees;
 pub mod uki;
 pub mod vm;

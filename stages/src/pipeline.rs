@@ -294,7 +294,8 @@ pub fn pipeline_with(
     };
     chain.trees("skeleton-trees", &content.skeleton_trees);
     if let Some(installer) = installer.clone() {
-        chain.then(|base| Box::new(PackagesStage::new(base, installer, locked)));
+        let host = Arc::clone(&host);
+        chain.then(|base| Box::new(PackagesStage::new(base, installer, locked, host)));
     }
     scripts(ScriptPhase::Prepare, &recipe.scripts.prepare, &mut chain);
     chain.trees("extra-trees", &content.extra_trees);

@@ -84,8 +84,8 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["trees.rs"],
         ),
-        StageKind::of(packages(Distribution::Debian), &["packages/"]),
-        StageKind::of(packages(Distribution::Arch), &["packages/"]),
+        StageKind::of(packages(Distribution::Debian), &["packages/", "tarball.rs"]),
+        StageKind::of(packages(Distribution::Arch), &["packages/", "tarball.rs"]),
         StageKind::of(
             ScriptsStage {
                 phase: ScriptPhase::Postinst,
@@ -221,7 +221,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 base: base(),
                 source_date_epoch: 0,
             },
-            &["formats/tar.rs"],
+            &["formats/tar.rs", "tarball.rs"],
         ),
     ]
 }
@@ -234,5 +234,10 @@ fn packages(distribution: Distribution) -> PackagesStage {
     let installer = Installer::for_recipe(&recipe)
         .expect("x86-64 is an architecture of every distribution kiln installs")
         .expect("the distribution has a package manager");
-    PackagesStage::new(String::new(), installer, None)
+    PackagesStage::new(
+        String::new(),
+        installer,
+        None,
+        Arc::new(RealHost::default()),
+    )
 }
