@@ -1,5 +1,6 @@
 //! The `kiln` binary: parses the command line, resolves it into settings and hands them to one
-//! verb. Everything that builds lives in the `kiln-engine`, `kiln-stages` and `kiln-cache` crates.
+//! verb. Everything that builds lives in the `kiln-recipe`, `kiln-engine`, `kiln-stages` and
+//! `kiln-cache` crates.
 
 mod cli;
 mod commands;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_cache::Store;
-use kiln_engine::paths::absolute;
-use kiln_engine::recipe::Loaded;
+use kiln_recipe::Loaded;
+use kiln_recipe::paths::absolute;
 use kiln_stages::host::RealHost;
 use kiln_stages::packages::PackagesError;
 use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};

@@ -188,7 +188,7 @@ pub fn resolve_with(
     }
 
     let signing_key_file = match env.var("KILN_CACHE_SIGNING_KEY") {
-        Some(path) => Some(kiln_engine::paths::absolute(cwd, Path::new(&path))),
+        Some(path) => Some(kiln_recipe::paths::absolute(cwd, Path::new(&path))),
         None => file
             .cache
             .signing_key
@@ -244,7 +244,7 @@ pub fn config_dir(env: &dyn Environment) -> PathBuf {
 /// config directory when it exists.
 fn config_file(cwd: &Path, env: &dyn Environment) -> Option<PathBuf> {
     if let Some(path) = env.var("KILN_CONFIG") {
-        return Some(kiln_engine::paths::absolute(cwd, Path::new(&path)));
+        return Some(kiln_recipe::paths::absolute(cwd, Path::new(&path)));
     }
     let path = config_dir(env).join("config.toml");
     path.is_file().then_some(path)
@@ -272,7 +272,7 @@ fn expand_path(config_dir: &Path, path: &Path, env: &dyn Environment) -> PathBuf
     {
         return PathBuf::from(home).join(rest);
     }
-    kiln_engine::paths::absolute(config_dir, path)
+    kiln_recipe::paths::absolute(config_dir, path)
 }
 
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, CliError> {
@@ -338,7 +338,7 @@ fn credentials(
         return Ok((None, None));
     };
     let path = match env.var("KILN_CACHE_CREDENTIALS") {
-        Some(path) => kiln_engine::paths::absolute(cwd, Path::new(&path)),
+        Some(path) => kiln_recipe::paths::absolute(cwd, Path::new(&path)),
         None => {
             let path = config_dir(env).join("credentials.toml");
             if !path.is_file() {

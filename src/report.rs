@@ -14,7 +14,7 @@ use thiserror::Error;
 pub enum CliError {
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Config(#[from] kiln_engine::recipe::LoadError),
+    Config(#[from] kiln_recipe::LoadError),
 
     #[error("The project directory `{}` does not exist", path.display())]
     #[diagnostic(help("Pass an existing directory with -C DIR"))]
@@ -244,7 +244,7 @@ pub struct SettingSource {
 
 impl SettingSource {
     /// The last assignment of `setting` to the main image, if it came from a file.
-    pub fn find(loaded: &kiln_engine::recipe::Loaded, setting: &str) -> Option<SettingSource> {
+    pub fn find(loaded: &kiln_recipe::Loaded, setting: &str) -> Option<SettingSource> {
         let assignment = loaded
             .assignments
             .iter()
@@ -272,7 +272,7 @@ impl SettingSource {
 
     /// The line of `setting`'s value that holds `item` (a package, a path), when one does.
     pub fn find_item(
-        loaded: &kiln_engine::recipe::Loaded,
+        loaded: &kiln_recipe::Loaded,
         setting: &str,
         item: &str,
     ) -> Option<SettingSource> {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use kiln_engine::recipe::LoadOptions;
+use kiln_recipe::LoadOptions;
 
 use crate::cli::GlobalArgs;
 use crate::report::CliError;
@@ -39,7 +39,7 @@ impl Settings {
             what: "Cannot read the current directory".to_string(),
             source,
         })?;
-        let project_dir = kiln_engine::paths::absolute(&cwd, &args.directory);
+        let project_dir = kiln_recipe::paths::absolute(&cwd, &args.directory);
         if !project_dir.is_dir() {
             return Err(CliError::NoProjectDir { path: project_dir });
         }
@@ -61,7 +61,7 @@ impl Settings {
             cache_dir: args
                 .cache_dir
                 .as_ref()
-                .map(|dir| kiln_engine::paths::absolute(&cwd, dir)),
+                .map(|dir| kiln_recipe::paths::absolute(&cwd, dir)),
             locked: args.locked,
             cwd,
             offline: args.offline,

@@ -198,7 +198,7 @@ fn missing_project_directory() {
 
 #[test]
 fn seed_recipe_show() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/tests/fixtures/arch-rescue");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipe/tests/fixtures/arch-rescue");
     std::fs::set_permissions(
         dir.join("mkosi.rootpw"),
         std::fs::Permissions::from_mode(0o600),

@@ -2,7 +2,7 @@
 //! README holds exactly that between its markers. When the table changes, the failure prints
 //! the section to paste.
 
-use kiln_engine::recipe::{Built, settings_table};
+use kiln_recipe::{Built, settings_table};
 
 const BEGIN: &str = "<!-- settings table: begin -->\n";
 const END: &str = "<!-- settings table: end -->";
@@ -105,6 +105,7 @@ fn answers_corpus() -> String {
     for dir in [
         "tests/snapshots",
         "src",
+        "recipe/src",
         "engine/src",
         "stages/src",
         "cache/src",

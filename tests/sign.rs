@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use kiln_engine::recipe::{Recipe, SecureBootSignTool};
+use kiln_recipe::{Recipe, SecureBootSignTool};
 use kiln_stages::sign::genkey::{generate_key_pair, write_key_pair};
 use kiln_stages::sign::{SignError, check_signing};
 
@@ -290,15 +290,19 @@ fn signing_recipe() -> Recipe {
     recipe
 }
 
-fn load(project: &Path) -> Result<kiln_engine::recipe::Loaded, kiln_engine::recipe::LoadError> {
-    let options = kiln_engine::recipe::LoadOptions {
+fn load(project: &Path) -> Result<kiln_recipe::Loaded, kiln_recipe::LoadError> {
+    let options = kiln_recipe::LoadOptions {
         environment: Some(BTreeMap::from([
             ("MKOSI_HOST_DISTRIBUTION".to_string(), "debian".to_string()),
             ("MKOSI_HOST_RELEASE".to_string(), "bookworm".to_string()),
         ])),
         ..Default::default()
     };
-    kiln_engine::recipe::load_project(project, &options)
+    kiln_recipe::load_project(
+        project,
+        &options,
+        &kiln_stages::host::reader::RealReaderHost,
+    )
 }
 
 // Reports: every bad key, rendered as the binary renders reports (plain text, 100 columns).

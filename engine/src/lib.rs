@@ -1,16 +1,17 @@
-//! The engine of kiln: what a recipe is and how it becomes a build.
+//! The engine of kiln: how a recipe's stages become a build.
 //!
-//! It owns the recipe model and its readers ([`recipe`]: mkosi projects and `kiln.ron`), the
-//! [`Stage`] trait every stage kind implements, the stage [`Graph`], stage keys ([`key`]), the
-//! [`plan`] (cached, from the shared cache, or will run, before anything runs), the scheduler
-//! ([`execute`]), the use of a shared cache ([`remote`]) and [`explain`]. It knows nothing of
-//! Linux, package managers or PE files: those are stage kinds in the `kiln-stages` crate.
+//! It owns the [`Stage`] trait every stage kind implements, the stage [`Graph`], stage keys
+//! ([`key`]), the [`plan`] (cached, from the shared cache, or will run, before anything runs),
+//! the scheduler ([`execute`]), the use of a shared cache ([`remote`]) and [`explain`]. It knows
+//! nothing of recipes (the `kiln-recipe` crate reads them) nor of Linux, package managers or PE
+//! files: those are stage kinds in the `kiln-stages` crate.
 //!
 //! ```no_run
-//! use kiln_engine::recipe::{load_project, LoadOptions};
-//! let loaded = load_project(std::path::Path::new("recipes/arch-rescue"), &LoadOptions::default())?;
-//! println!("{}", loaded.recipe.image_name());
-//! # Ok::<(), kiln_engine::recipe::LoadError>(())
+//! use kiln_cache::Store;
+//! let store = Store::open(std::path::Path::new("/var/cache/kiln"))?;
+//! let explanation = kiln_engine::explain(&store, "rescue@/home/me/project", None)?;
+//! print!("{}", kiln_engine::explain::render_text(&explanation));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod check;
@@ -19,9 +20,7 @@ pub mod explain;
 pub mod graph;
 pub mod inputs;
 pub mod key;
-pub mod paths;
 pub mod plan;
-pub mod recipe;
 pub mod remote;
 pub mod reporter;
 pub mod stage;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Manifest, Store};
-use kiln_engine::recipe::{LoadOptions, from_ron, load_project, to_ron};
+use kiln_recipe::{LoadOptions, from_ron, load_project, to_ron};
+use kiln_stages::host::reader::RealReaderHost;
 
 /// The targets, by the names of their `fuzz_targets/*.rs` and `corpus/*` directories.
 pub const TARGETS: [&str; 6] = [
@@ -94,7 +95,7 @@ impl Workdir {
             environment: Some(BTreeMap::new()),
             ..LoadOptions::default()
         };
-        match load_project(&project, &options) {
+        match load_project(&project, &options, &RealReaderHost) {
             Ok(loaded) => {
                 for warning in &loaded.warnings {
                     check_labels(warning);

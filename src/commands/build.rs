@@ -4,10 +4,8 @@
 use std::time::Instant;
 
 use kiln_engine::check::{CheckError, Mismatch};
-use kiln_engine::{
-    BuildOptions, Outcome, PlanOptions, RemoteSession, execute_with_remote, plan, plan_with_remote,
-};
-use kiln_stages::export::export;
+use kiln_engine::{BuildOptions, Outcome, PlanOptions, RemoteSession, plan};
+use kiln_stages::build::{BuildError, BuildEvent, BuildRequest, build};
 
 use crate::progress::{TerminalReporter, format_duration};
 use crate::project::Project;
@@ -47,83 +45,35 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         .as_ref()
         .map(|(remote, _)| RemoteSession::new(remote, &reporter));
     timings.lap("read the recipe and open the store");
-    let force_rerun = settings.force >= 2;
-    let options = BuildOptions {
-        started: std::time::SystemTime::now(),
-        recipe: project.recipe_key.clone(),
-        project_dir: project.loaded.dir.clone(),
-        force_rerun,
+    let request = BuildRequest {
+        pipeline: &pipeline,
+        store: &store,
+        project_dir: &project.loaded.dir,
+        recipe_key: project.recipe_key.clone(),
+        overwrite: settings.force >= 1,
+        rerun: settings.force >= 2,
+        offline: settings.offline,
+        remote: session.as_ref(),
+        reporter: &reporter,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    // A damaged object found on the way (a blob or manifest that no longer hashes to its name,
-    // or one that is missing) is forgotten with what it made unservable, and the build runs
-    // again: the stages that made it run again.
-    let mut repairs = 0;
-    let (report, exported) = loop {
-        let attempt = (|| {
-            let plan = plan_with_remote(
-                &pipeline.graph,
-                Some(&store),
-                &project.loaded.dir,
-                PlanOptions::build(force_rerun, settings.offline),
-                session.as_ref(),
-            )
-            .map_err(|error| project.locate(error.into()))?;
-            timings.lap("plan (inputs read, packages resolved)");
-            let report = execute_with_remote(
-                &pipeline.graph,
-                &plan,
-                &store,
-                &options,
-                &reporter,
-                session.as_ref(),
-            )?;
-            timings.lap("stages");
-            let mut exported = Vec::new();
-            for artifact in &pipeline.export.artifacts {
-                let output = report
-                    .stage(&artifact.stage)
-                    .map(|stage| stage.output)
-                    .expect("every build runs the stages of its artifacts");
-                exported.push(export(
-                    &store,
-                    &pipeline.export.with_digest(artifact, output),
-                    settings.force >= 1,
-                )?);
-            }
-            timings.lap("export");
-            Ok::<_, CliError>((report, exported))
-        })();
-        warn_repairs(&store);
-        match attempt {
-            Ok(done) => break done,
-            Err(error) => {
-                let damaged = store.take_damaged();
-                if damaged.is_empty() || repairs == MAX_REPAIRS {
-                    return Err(with_store_help(error, &store, &pipeline.export.output_dir));
-                }
-                repairs += 1;
-                for object in &damaged {
-                    let forgotten =
-                        store
-                            .forget_damaged(object)
-                            .map_err(|source| CliError::Store {
-                                path: store.root().to_path_buf(),
-                                source,
-                            })?;
-                    eprintln!(
-                        "warning: {error}: object {} is damaged or missing; forgot the {} cache \
-                         entries that used it and building again",
-                        object.short(),
-                        forgotten.actions.len()
-                    );
-                }
-                warn_repairs(&store);
-            }
-        }
-    };
-    let main = exported.first().expect("every format has a main artifact");
+    let built = build(&request, &mut show_event).map_err(|error| {
+        let error = match error {
+            BuildError::Plan(error) => project.locate(error.into()),
+            BuildError::Run(error) => CliError::Build(error),
+            BuildError::Export(error) => CliError::Export(error),
+            BuildError::Forget { path, source } => CliError::Store { path, source },
+        };
+        with_store_help(error, &store, &pipeline.export.output_dir)
+    })?;
+    timings.laps.extend(built.phases.iter().copied());
+    let report = &built.report;
+    let main = built
+        .exported
+        .first()
+        .expect("every format has a main artifact");
     if let (Some((remote, true)), Some(session)) = (&remote, &session) {
+        timings.restart();
         crate::commands::cache::push_after_build(remote, session, &store, report.build);
         timings.lap("push");
     }
@@ -144,7 +94,7 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     } else {
         String::new()
     };
-    let verb = if exported.iter().any(|artifact| artifact.written) {
+    let verb = if built.exported.iter().any(|artifact| artifact.written) {
         "wrote"
     } else {
         "up to date:"
@@ -160,13 +110,19 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     Ok(())
 }
 
-/// How many times one build forgets damaged objects and runs again before it gives up.
-const MAX_REPAIRS: usize = 3;
-
-/// Shows what the store found damaged and repaired on its own.
-fn warn_repairs(store: &kiln_cache::Store) {
-    for repair in store.take_repairs() {
-        eprintln!("warning: {repair}");
+/// Shows what the store repaired on its own during a build.
+fn show_event(event: BuildEvent<'_>) {
+    match event {
+        BuildEvent::Repaired(repair) => eprintln!("warning: {repair}"),
+        BuildEvent::Forgot {
+            error,
+            object,
+            entries,
+        } => eprintln!(
+            "warning: {error}: object {} is damaged or missing; forgot the {entries} cache \
+             entries that used it and building again",
+            object.short(),
+        ),
     }
 }
 
@@ -219,6 +175,11 @@ impl Timings {
             last: Instant::now(),
             laps: Vec::new(),
         }
+    }
+
+    /// Time from now on: what happened since the last lap is counted elsewhere.
+    fn restart(&mut self) {
+        self.last = Instant::now();
     }
 
     fn lap(&mut self, what: &'static str) {

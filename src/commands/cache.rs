@@ -270,7 +270,7 @@ fn pull_verb(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
 /// `kiln cache keygen NAME`: a key pair in `~/.config/kiln/keys/` (or `--dir`).
 fn keygen(settings: &Settings, name: &str, dir: Option<&Path>) -> Result<(), CliError> {
     let dir = match dir {
-        Some(dir) => kiln_engine::paths::absolute(&settings.cwd, dir),
+        Some(dir) => kiln_recipe::paths::absolute(&settings.cwd, dir),
         None => config_dir(&ProcessEnvironment).join("keys"),
     };
     let key = SecretKey::generate(name).map_err(|source| CliError::RemoteKey {

@@ -1,8 +1,11 @@
 //! `kiln lock`: resolve the recipe's packages against the mirror and write the exact set to
 //! `kiln.lock`, which `--locked` builds are then held to.
 
+use std::sync::Arc;
+
 use kiln_engine::StageError;
 use kiln_engine::plan::PlanError;
+use kiln_stages::host::RealHost;
 use kiln_stages::packages::{Installer, LockFile, PackagesStage, STAGE_NAME};
 use kiln_stages::pipeline::PipelineError;
 
@@ -19,7 +22,7 @@ pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
         eprintln!("nothing to lock: `Distribution=custom` installs no packages");
         return Ok(());
     };
-    let stage = PackagesStage::new("", installer, None);
+    let stage = PackagesStage::new("", installer, None, Arc::new(RealHost::new()));
     let set = stage.resolve_set(&store).map_err(|error| {
         CliError::Plan(PlanError::Resolve {
             stage: STAGE_NAME.to_string(),

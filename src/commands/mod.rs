@@ -10,14 +10,15 @@ pub mod lock;
 pub mod qemu;
 pub mod recipe_show;
 
-use kiln_engine::recipe::{Loaded, load_project};
+use kiln_recipe::{Loaded, load_project};
+use kiln_stages::host::reader::RealReaderHost;
 
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
 /// Read the project's recipe and print its warnings.
 pub fn load_recipe(settings: &Settings, renderer: &Renderer) -> Result<Loaded, CliError> {
-    let loaded = load_project(&settings.project_dir, &settings.load)?;
+    let loaded = load_project(&settings.project_dir, &settings.load, &RealReaderHost)?;
     for warning in &loaded.warnings {
         renderer.eprint(warning);
     }

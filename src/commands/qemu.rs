@@ -12,8 +12,9 @@
 
 use std::path::PathBuf;
 
-use kiln_engine::recipe::{Loaded, load_project};
+use kiln_recipe::{Loaded, load_project};
 use kiln_stages::host::RealHost;
+use kiln_stages::host::reader::RealReaderHost;
 use kiln_stages::vm::{AccelChoice, VmRequest};
 
 use crate::cli::{AccelArg, QemuArgs};
@@ -21,7 +22,7 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, renderer: &Renderer, args: &QemuArgs) -> Result<u8, CliError> {
-    let loaded = load_project(&settings.project_dir, &settings.load)?;
+    let loaded = load_project(&settings.project_dir, &settings.load, &RealReaderHost)?;
     let Some(suffix) = boot_suffix(&loaded) else {
         return Err(CliError::NotUki {
             format: loaded.recipe.output.format.as_str(),
@@ -100,7 +101,7 @@ fn built_uki(loaded: &Loaded, suffix: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use kiln_engine::recipe::LoadOptions;
+    use kiln_recipe::LoadOptions;
 
     use super::*;
     use crate::cli::{Cli, Verb};
@@ -116,7 +117,7 @@ mod tests {
     fn project(conf: &str) -> (tempfile::TempDir, Loaded) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mkosi.conf"), conf).unwrap();
-        let loaded = load_project(dir.path(), &LoadOptions::default()).unwrap();
+        let loaded = load_project(dir.path(), &LoadOptions::default(), &RealReaderHost).unwrap();
         (dir, loaded)
     }
 

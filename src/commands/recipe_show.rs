@@ -1,6 +1,6 @@
 //! `kiln recipe show`: the resolved recipe of a mkosi or RON project, printed as RON.
 
-use kiln_engine::recipe::to_ron;
+use kiln_recipe::to_ron;
 
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;

@@ -51,7 +51,7 @@ pub struct Exported {
 pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
     let file_name = export.name.clone();
     for name in std::iter::once(&file_name).chain(&export.link) {
-        if !kiln_engine::paths::is_file_name(name) {
+        if !kiln_recipe::paths::is_file_name(name) {
             return Err(OutputError::Name { name: name.clone() });
         }
     }

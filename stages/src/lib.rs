@@ -10,15 +10,17 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc;
-//! use kiln_engine::recipe::{load_project, LoadOptions};
+//! use kiln_recipe::{load_project, LoadOptions};
 //! let dir = std::path::Path::new("recipes/arch-rescue");
-//! let loaded = load_project(dir, &LoadOptions::default())?;
+//! let reader = kiln_stages::host::reader::RealReaderHost;
+//! let loaded = load_project(dir, &LoadOptions::default(), &reader)?;
 //! let host = Arc::new(kiln_stages::host::RealHost::default());
 //! let pipeline = kiln_stages::pipeline::pipeline(&loaded.recipe, &loaded.dir, host)?;
 //! println!("{} stages", pipeline.graph.len());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod build;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -36,6 +38,7 @@ pub mod scripts;
 pub mod sign;
 #[cfg(test)]
 mod stage_versions;
+mod tarball;
 pub mod trees;
 pub mod uki;
 pub mod vm;

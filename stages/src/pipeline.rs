@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::recipe::{Recipe, TreeSource};
 use kiln_engine::{Graph, Stage};
+use kiln_recipe::{Recipe, TreeSource};
 use miette::Diagnostic;
 use thiserror::Error;
 
@@ -362,7 +362,8 @@ impl Layout<'_> {
         let (recipe, content) = (self.recipe, &self.recipe.content);
         chain.trees("skeleton-trees", &content.skeleton_trees);
         if let Some(installer) = self.installer.clone() {
-            chain.then(|base| Box::new(PackagesStage::new(base, installer, locked)));
+            let host = Arc::clone(&self.host);
+            chain.then(|base| Box::new(PackagesStage::new(base, installer, locked, host)));
         }
         self.scripts(chain, ScriptPhase::Prepare, &recipe.scripts.prepare);
         chain.trees("extra-trees", &content.extra_trees);
@@ -481,7 +482,7 @@ impl Layout<'_> {
         let name = recipe.output_name();
         let unversioned = recipe.image_name();
         for name in [&name, &unversioned] {
-            if !kiln_engine::paths::is_file_name(name) {
+            if !kiln_recipe::paths::is_file_name(name) {
                 return Err(PipelineError::OutputName { name: name.clone() });
             }
         }

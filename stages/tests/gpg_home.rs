@@ -7,7 +7,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use kiln_stages::packages::state::GpgHome;
+use kiln_stages::host::RealHost;
+use kiln_stages::packages::gpg_home::GpgHome;
 use kiln_test_support::Need;
 
 fn pacman_key(home: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -36,7 +37,8 @@ fn the_pacman_keyring_initialises_in_a_store_deep_below_a_project() {
     assert!(deep.join("S.gpg-agent").as_os_str().len() > 107);
 
     // The keyring's folder does not exist yet on a store's first use: the short path makes it.
-    let home = GpgHome::for_dir(&deep).unwrap();
+    let host = RealHost::new();
+    let home = GpgHome::for_dir(&deep, &host).unwrap();
     assert_eq!(deep.metadata().unwrap().permissions().mode() & 0o777, 0o700);
     assert!(
         home.path().as_os_str().len() < 40,

@@ -10,8 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use kiln_cache::{Entry, EntryKind, Manifest, Store};
-use kiln_engine::recipe::{Distribution, OutputFormat, Recipe, RootPassword};
 use kiln_engine::{BuildOptions, Graph, SilentReporter, Stage, execute, plan};
+use kiln_recipe::{Distribution, OutputFormat, Recipe, RootPassword};
 use kiln_stages::config::crypt::sha512_crypt;
 use kiln_stages::config::{
     Autologin, EditStage, Hostname, Init, MachineId, PresetsStage, RootPasswordHash,

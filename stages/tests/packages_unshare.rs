@@ -10,12 +10,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use kiln_cache::{Manifest, Store, TreeId};
-use kiln_engine::recipe::Distribution;
 use kiln_engine::{BuildOptions, Graph, SilentReporter, Stage, execute, plan};
+use kiln_recipe::Distribution;
+use kiln_stages::host::RealHost;
 use kiln_stages::packages::apt::AptSetup;
-use kiln_stages::packages::state::PackageCache;
+use kiln_stages::packages::package_cache::PackageCache;
 use kiln_stages::packages::{Installer, PackagesStage, mirror};
 use kiln_stages::trees::{TreeLayer, TreesStage};
 
@@ -58,6 +60,7 @@ fn build(dir: &Path) -> (Store, TreeId) {
             "base-trees",
             Installer::Apt(setup),
             None,
+            Arc::new(RealHost::new()),
         )),
     ];
     let graph = Graph::new(stages).unwrap();

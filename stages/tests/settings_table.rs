@@ -11,9 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_engine::recipe::{Built, LoadOptions, load_project, settings_table};
 use kiln_engine::{InputSource, Stage};
+use kiln_recipe::{Built, LoadOptions, load_project, settings_table};
 use kiln_stages::host::RecordingHost;
+use kiln_stages::host::reader::RealReaderHost;
 use kiln_stages::pipeline::pipeline;
 
 /// A project whose graph holds every stage kind a setting can key.
@@ -211,7 +212,7 @@ struct Laid {
 }
 
 fn lay_out(dir: &Path) -> Laid {
-    let loaded = load_project(dir, &LoadOptions::default()).unwrap();
+    let loaded = load_project(dir, &LoadOptions::default(), &RealReaderHost).unwrap();
     let cache_directory = loaded.recipe.output.cache_directory.clone();
     match pipeline(&loaded.recipe, &loaded.dir, Arc::new(RecordingHost::new())) {
         Ok(built) => {

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use kiln_cache::{Digest, OutputKind, Store};
-use kiln_engine::recipe::{Recipe, SecureBootSignTool};
 use kiln_engine::{
     BuildOptions, Graph, Input, PlanOptions, PlannedState, SilentReporter, Stage, StageContext,
     StageError, execute, plan,
 };
+use kiln_recipe::{Recipe, SecureBootSignTool};
 use kiln_stages::host::{Host, RealHost, RecordingHost};
 use kiln_stages::sign::genkey::{generate_key_pair, write_key_pair};
 use kiln_stages::sign::image::{Signer, sign_image};
@@ -762,15 +762,19 @@ fn a_key_readable_by_its_group_is_accepted_as_mkosi_accepts_it() {
 
 // A mkosi project: `mkosi.key` and `mkosi.crt` are the defaults, read as mkosi reads them.
 
-fn load(project: &Path) -> Result<kiln_engine::recipe::Loaded, kiln_engine::recipe::LoadError> {
-    let options = kiln_engine::recipe::LoadOptions {
+fn load(project: &Path) -> Result<kiln_recipe::Loaded, kiln_recipe::LoadError> {
+    let options = kiln_recipe::LoadOptions {
         environment: Some(BTreeMap::from([
             ("MKOSI_HOST_DISTRIBUTION".to_string(), "debian".to_string()),
             ("MKOSI_HOST_RELEASE".to_string(), "bookworm".to_string()),
         ])),
         ..Default::default()
     };
-    kiln_engine::recipe::load_project(project, &options)
+    kiln_recipe::load_project(
+        project,
+        &options,
+        &kiln_stages::host::reader::RealReaderHost,
+    )
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use kiln_cache::{Manifest, Store};
 use kiln_engine::StageError;
-use kiln_engine::recipe::Feature;
+use kiln_recipe::Feature;
 
 use super::edit::TreeEdit;
 

@@ -12,7 +12,7 @@ use kiln_cache::{Digest, OutputKind};
 use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use super::error::ConfigError;
-use crate::host::{Host, process};
+use crate::host::{Host, HostError, ToolInvocation};
 use crate::log::in_image_terms;
 use crate::scripts::apply_changes;
 
@@ -48,7 +48,7 @@ impl Stage for PresetsStage {
         if super::lookup(&base, "usr/bin/systemctl").is_none() {
             return Ok(base_id);
         }
-        let systemctl = crate::host::find_tool("systemctl").ok_or_else(|| {
+        let systemctl = self.host.find_tool("systemctl").ok_or_else(|| {
             StageError::failed(ConfigError::ToolMissing {
                 tool: "systemctl".to_string(),
                 package: "systemd".to_string(),
@@ -61,30 +61,39 @@ impl Stage for PresetsStage {
             .mutable_tree(&lower, &ctx.scratch.join("work"))
             .map_err(StageError::failed)?;
         for global in [false, true] {
-            let mut command = crate::host::clean_command(&systemctl);
-            command.arg(format!("--root={}", tree.root().display()));
+            let mut invocation =
+                ToolInvocation::new(&systemctl).arg(format!("--root={}", tree.root().display()));
             if global {
-                command.arg("--global");
+                invocation = invocation.arg("--global");
             }
-            command.arg("preset-all");
+            let invocation = invocation.arg("preset-all");
             let shown = format!(
                 "systemctl{} preset-all",
                 if global { " --global" } else { "" }
             );
             let root = tree.root().to_path_buf();
             let mut sink = |line: &str| ctx.log.line(&in_image_terms(line, &root));
-            let finished = process::run(command, &mut sink).map_err(|source| {
-                StageError::failed(ConfigError::Spawn {
-                    command: shown.clone(),
-                    source,
-                })
-            })?;
-            if !finished.status.success() {
+            let outcome = self
+                .host
+                .run_tool(&invocation, &mut sink)
+                .map_err(|error| {
+                    StageError::failed(match error {
+                        HostError::Spawn { source, .. } => ConfigError::Spawn {
+                            command: shown.clone(),
+                            source,
+                        },
+                        other => ConfigError::Spawn {
+                            command: shown.clone(),
+                            source: std::io::Error::other(other.to_string()),
+                        },
+                    })
+                })?;
+            if !outcome.success() {
                 return Err(StageError::failed(ConfigError::CommandFailed {
                     command: shown,
-                    code: process::exit_code(&finished.status),
-                    output: finished
-                        .tail
+                    code: outcome.code,
+                    output: outcome
+                        .output_tail
                         .iter()
                         .map(|line| in_image_terms(line, &root))
                         .collect::<Vec<_>>()

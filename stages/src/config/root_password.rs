@@ -9,7 +9,7 @@
 
 use kiln_cache::{Digest, Manifest, Store};
 use kiln_engine::StageError;
-use kiln_engine::recipe::RootPassword;
+use kiln_recipe::RootPassword;
 
 use super::crypt::{salt_from, sha512_crypt};
 use super::edit::TreeEdit;

@@ -10,7 +10,7 @@ pub mod tar;
 pub mod uki;
 
 use kiln_engine::Stage;
-use kiln_engine::recipe::{OutputFormat, Recipe};
+use kiln_recipe::{OutputFormat, Recipe};
 
 /// What a format builds on.
 pub struct FormatContext<'a> {

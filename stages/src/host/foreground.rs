@@ -52,6 +52,7 @@ pub(crate) fn run_foreground(invocation: &ToolInvocation) -> Result<i32, HostErr
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut command = Command::new(&invocation.program);
     command.args(&invocation.args);
+    command.envs(invocation.env.iter().map(|(name, value)| (name, value)));
     process::die_with_kiln(&mut command);
     let terminal = TerminalState::save();
     let handlers = Handlers::install();

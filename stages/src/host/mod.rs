@@ -27,23 +27,27 @@ mod error;
 mod foreground;
 mod overlay;
 pub(crate) mod process;
+pub mod reader;
 mod sandbox;
 mod script;
 mod tool;
+mod watch;
 mod workspace;
 
 pub use kiln_cache::xattr;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 pub use copy::copy_tree_preserving;
 pub use error::HostError;
 pub use overlay::{Overlay, UpperChange, read_upper};
 pub use process::TAIL_LINES;
 pub use script::{ScriptError, ScriptInvocation, ScriptOutcome, Tools};
-pub(crate) use tool::clean_command;
 pub use tool::{ToolInvocation, ToolOutcome, find_tool};
+pub use watch::{WatchEnd, Watched};
 pub use workspace::{MutableTree, TreeChanges};
 
 /// The host effects a mutable stage needs.
@@ -73,6 +77,18 @@ pub trait Host: Send + Sync {
     /// kiln, and receives the termination signals kiln receives meanwhile. Returns its exit code
     /// (`128 + n` for signal `n`).
     fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError>;
+
+    /// Runs a program with kiln's environment until it prints on stdout, writes a line `fatal`
+    /// accepts to stderr, exits, or `timeout` passes, then kills it (the KVM probe).
+    fn watch_output(
+        &self,
+        invocation: &ToolInvocation,
+        timeout: Duration,
+        fatal: &dyn Fn(&str) -> bool,
+    ) -> Result<Watched, HostError>;
+
+    /// Where the host keeps `tool` ([`find_tool`]), or `None` when it has none.
+    fn find_tool(&self, tool: &str) -> Option<PathBuf>;
 }
 
 /// The host as it is: overlayfs (a copy when unavailable), host scripts in their own PID
@@ -132,6 +148,19 @@ impl Host for RealHost {
     fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError> {
         foreground::run_foreground(invocation)
     }
+
+    fn watch_output(
+        &self,
+        invocation: &ToolInvocation,
+        timeout: Duration,
+        fatal: &dyn Fn(&str) -> bool,
+    ) -> Result<Watched, HostError> {
+        watch::watch_output(invocation, timeout, fatal)
+    }
+
+    fn find_tool(&self, tool: &str) -> Option<PathBuf> {
+        find_tool(tool)
+    }
 }
 
 /// One call made to a [`RecordingHost`].
@@ -141,20 +170,60 @@ pub enum HostCall {
     RunScript(ScriptInvocation),
     RunTool(ToolInvocation),
     RunForeground(ToolInvocation),
+    WatchOutput(ToolInvocation),
+}
+
+/// What a [`RecordingHost`] answers for a tool instead of running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolAnswer {
+    /// The exit code reported.
+    pub code: i32,
+    /// The lines streamed to the sink, as if the tool had printed them.
+    pub output: Vec<String>,
+}
+
+impl ToolAnswer {
+    /// An answer with exit code `code` and the lines of `output`.
+    pub fn new(code: i32, output: &str) -> ToolAnswer {
+        ToolAnswer {
+            code,
+            output: output.lines().map(str::to_string).collect(),
+        }
+    }
 }
 
 /// A host for tests without root: records every call, always copies trees (never mounts),
 /// runs host scripts for real (directly, without a PID namespace), and never enters a chroot:
 /// a chroot script is recorded and reported as succeeded with no output. Host tools (depmod)
 /// and foreground programs need no privileges: they are recorded, then run for real.
+///
+/// A test can also give it the host it needs to look at: a tool may be made missing
+/// ([`RecordingHost::without_tool`]), or answered instead of run
+/// ([`RecordingHost::answering`]) when the real one is absent or would need root or the network;
+/// an answered tool counts as present.
 #[derive(Debug, Default)]
 pub struct RecordingHost {
     calls: Mutex<Vec<HostCall>>,
+    missing: BTreeSet<String>,
+    answers: BTreeMap<String, ToolAnswer>,
 }
 
 impl RecordingHost {
     pub fn new() -> Self {
         RecordingHost::default()
+    }
+
+    /// The same host without `tool`: [`Host::find_tool`] does not find it.
+    pub fn without_tool(mut self, tool: &str) -> Self {
+        self.missing.insert(tool.to_string());
+        self
+    }
+
+    /// The same host where running the program named `tool` (by its file name) is recorded and
+    /// answered with `answer` instead of run.
+    pub fn answering(mut self, tool: &str, answer: ToolAnswer) -> Self {
+        self.answers.insert(tool.to_string(), answer);
+        self
     }
 
     /// The tools run so far, in order.
@@ -165,7 +234,8 @@ impl RecordingHost {
                 HostCall::RunTool(inv) => Some(inv.clone()),
                 HostCall::MutableTree { .. }
                 | HostCall::RunScript(_)
-                | HostCall::RunForeground(_) => None,
+                | HostCall::RunForeground(_)
+                | HostCall::WatchOutput(_) => None,
             })
             .collect()
     }
@@ -183,7 +253,8 @@ impl RecordingHost {
                 HostCall::RunScript(inv) => Some(inv.clone()),
                 HostCall::MutableTree { .. }
                 | HostCall::RunTool(_)
-                | HostCall::RunForeground(_) => None,
+                | HostCall::RunForeground(_)
+                | HostCall::WatchOutput(_) => None,
             })
             .collect()
     }
@@ -225,12 +296,45 @@ impl Host for RecordingHost {
         sink: &mut dyn FnMut(&str),
     ) -> Result<ToolOutcome, HostError> {
         self.lock().push(HostCall::RunTool(invocation.clone()));
-        tool::run_tool(invocation, sink)
+        match self.answers.get(&invocation.program_name()) {
+            Some(answer) => {
+                for line in &answer.output {
+                    sink(line);
+                }
+                let start = answer.output.len().saturating_sub(TAIL_LINES);
+                Ok(ToolOutcome {
+                    code: answer.code,
+                    output_tail: answer.output[start..].to_vec(),
+                    duration: Duration::ZERO,
+                })
+            }
+            None => tool::run_tool(invocation, sink),
+        }
     }
 
     fn run_foreground(&self, invocation: &ToolInvocation) -> Result<i32, HostError> {
         self.lock()
             .push(HostCall::RunForeground(invocation.clone()));
         foreground::run_foreground(invocation)
+    }
+
+    fn watch_output(
+        &self,
+        invocation: &ToolInvocation,
+        timeout: Duration,
+        fatal: &dyn Fn(&str) -> bool,
+    ) -> Result<Watched, HostError> {
+        self.lock().push(HostCall::WatchOutput(invocation.clone()));
+        watch::watch_output(invocation, timeout, fatal)
+    }
+
+    fn find_tool(&self, tool: &str) -> Option<PathBuf> {
+        if self.missing.contains(tool) {
+            return None;
+        }
+        if self.answers.contains_key(tool) {
+            return Some(PathBuf::from(tool));
+        }
+        find_tool(tool)
     }
 }

@@ -1,6 +1,7 @@
-//! Running a host tool (depmod, and later others) to completion: a program, its arguments, a
-//! clean environment, output streamed line by line; and finding a tool on the host
-//! ([`find_tool`]) and the clean environment every tool starts from ([`clean_command`]).
+//! Running a host tool (depmod, the package managers, systemctl) to completion: a program, its
+//! arguments, a clean environment with the variables the caller adds, output streamed line by
+//! line; and finding a tool on the host ([`find_tool`]) and the clean environment every tool
+//! starts from ([`clean_command`]).
 //!
 //! Unlike a script, a tool runs directly (no sandbox, no PID namespace): it is a program of the
 //! host that kiln points at a scratch directory, such as `depmod -b <scratch> <kver>`.
@@ -20,6 +21,8 @@ pub struct ToolInvocation {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Variables set on top of the clean environment, in order (a later one wins).
+    pub env: Vec<(String, String)>,
 }
 
 impl ToolInvocation {
@@ -27,6 +30,7 @@ impl ToolInvocation {
         ToolInvocation {
             program: program.into(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -36,14 +40,38 @@ impl ToolInvocation {
         self
     }
 
-    /// The command line as a user would type it, for messages.
-    pub fn shown(&self) -> String {
-        let program = self
-            .program
+    /// Appends a path as an argument.
+    pub fn arg_path(self, path: &std::path::Path) -> ToolInvocation {
+        self.arg(path.to_string_lossy())
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> ToolInvocation
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets a variable on top of the clean environment.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> ToolInvocation {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The program's file name (`apt-get` for `/usr/bin/apt-get`).
+    pub fn program_name(&self) -> String {
+        self.program
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.program.display().to_string());
-        std::iter::once(program)
+            .unwrap_or_else(|| self.program.display().to_string())
+    }
+
+    /// The command line as a user would type it, for messages.
+    pub fn shown(&self) -> String {
+        std::iter::once(self.program_name())
             .chain(self.args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ")
@@ -66,14 +94,15 @@ impl ToolOutcome {
     }
 }
 
-/// Runs `invocation` with a clean environment (`PATH`, `LC_ALL=C.UTF-8`), stdin from
-/// `/dev/null`, streaming its merged output to `sink`.
+/// Runs `invocation` with a clean environment (`PATH`, `LC_ALL=C.UTF-8`) and its own variables,
+/// stdin from `/dev/null`, streaming its merged output to `sink`.
 pub(crate) fn run_tool(
     invocation: &ToolInvocation,
     sink: &mut dyn FnMut(&str),
 ) -> Result<ToolOutcome, HostError> {
     let mut command = clean_command(&invocation.program);
     command.args(&invocation.args);
+    command.envs(invocation.env.iter().map(|(name, value)| (name, value)));
     let finished = process::run(command, sink).map_err(|source| HostError::Spawn {
         program: invocation.program.clone(),
         source,
@@ -100,7 +129,7 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
 
 /// A command with a clean environment: `PATH`, `LC_ALL=C.UTF-8` (so messages can be read), and
 /// the proxy variables of the host.
-pub(crate) fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     command.env_clear();
     command.env(
@@ -149,6 +178,20 @@ mod tests {
     fn a_missing_program_is_a_spawn_error_naming_it() {
         let err = run_tool(&ToolInvocation::new("/nonexistent/depmod"), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/depmod"), "{err}");
+    }
+
+    #[test]
+    fn added_variables_override_the_clean_environment() {
+        let mut lines = Vec::new();
+        run_tool(
+            &ToolInvocation::new("/bin/sh")
+                .args(["-c", "echo \"$HOME $KILN_X\""])
+                .env("HOME", "/scratch")
+                .env("KILN_X", "y"),
+            &mut |line| lines.push(line.to_string()),
+        )
+        .unwrap();
+        assert_eq!(lines, vec!["/scratch y"]);
     }
 
     #[test]

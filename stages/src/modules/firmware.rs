@@ -20,8 +20,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kiln_cache::{EntryKind, Manifest};
+use kiln_recipe::fnmatch;
 
-use super::rules::{CompiledRules, fnmatch_regex};
+use super::rules::CompiledRules;
 
 /// Where firmware lives in the image.
 pub const FIRMWARE_DIR: &str = "usr/lib/firmware";
@@ -271,7 +272,8 @@ impl<'a> Walker<'a> {
                     break;
                 }
             } else if part.contains(['*', '?', '[']) {
-                let Some(regex) = fnmatch_regex(part).and_then(|re| regex::Regex::new(&re).ok())
+                let Some(regex) =
+                    fnmatch::translate(part).and_then(|re| regex::Regex::new(&re).ok())
                 else {
                     return Vec::new();
                 };

@@ -17,14 +17,14 @@
 //!   the first that matches decides, `-` excludes, a trailing `/` means everything below, a
 //!   leading `/` is anchored at `kernel/` or at the kernel's directory, a glob with a `/` matches
 //!   at a path element boundary, any other glob matches the file name. Globs match like Python's
-//!   `fnmatch` (`*` crosses `/`, no braces, no escapes, an unclosed `[` is literal), so they are
-//!   translated here rather than compiled with globset, whose dialect differs on all four.
+//!   `fnmatch`, as everywhere in mkosi's configuration ([`kiln_recipe::fnmatch`]).
 //!
 //! Regexes are compiled by the `regex` crate. Where Python's `re` differs, a rule either fails
 //! to compile here ([`RuleError::BadRegex`]: look-around `(?=` `(?!` `(?<=`, back-references
 //! `\1`, `\Z`, possessive and atomic groups, a lone `{`) or means the same for module paths
 //! (classes such as `\d` and `\w` are Unicode-aware in both).
 
+use kiln_recipe::fnmatch;
 use regex::{Regex, RegexSet};
 
 /// mkosi-initrd's `KernelModules=` (mkosi's `resources/mkosi-initrd/mkosi.conf`), what `default`
@@ -636,7 +636,7 @@ impl GlobRules {
                 glob.push('*');
             }
             let mut add_whole = |pattern: String| {
-                if let Some(regex) = fnmatch_regex(&pattern) {
+                if let Some(regex) = fnmatch::translate(&pattern) {
                     whole.push(regex);
                     whole_owner.push(index);
                 }
@@ -648,12 +648,12 @@ impl GlobRules {
             if glob.contains('/') {
                 add_whole(format!("*/{glob}"));
             }
-            if let Some(regex) = fnmatch_regex(&glob) {
+            if let Some(regex) = fnmatch::translate(&glob) {
                 base.push(regex);
                 base_owner.push(index);
             }
         }
-        // `fnmatch_regex` only emits valid syntax; a failure here is a glob too large.
+        // `fnmatch::translate` only emits valid syntax; a failure here is a glob too large.
         let build = |patterns: Vec<String>, owners: &[usize]| {
             RegexSet::new(&patterns).map_err(|err| {
                 let culprit = patterns
@@ -706,191 +706,9 @@ impl GlobRules {
     }
 }
 
-/// Translates a pattern of Python's `fnmatch` into an anchored regex for the `regex` crate, or
-/// `None` when it can never match (an empty `[]` class). Follows `fnmatch.translate`: `*` is any
-/// run of characters (`/` included), `?` one character, `[...]` a class (`!` negates, an empty
-/// range such as `z-a` is dropped), an unclosed `[` and everything else literal.
-pub fn fnmatch_regex(pattern: &str) -> Option<String> {
-    let pat: Vec<char> = pattern.chars().collect();
-    let n = pat.len();
-    let mut out = String::from(r"\A(?s:");
-    let mut i = 0;
-    let mut last_star = false;
-    while i < n {
-        let c = pat[i];
-        i += 1;
-        if c != '*' {
-            last_star = false;
-        }
-        match c {
-            '*' => {
-                if !last_star {
-                    out.push_str(".*");
-                }
-                last_star = true;
-            }
-            '?' => out.push('.'),
-            '[' => {
-                let mut j = i;
-                if j < n && pat[j] == '!' {
-                    j += 1;
-                }
-                if j < n && pat[j] == ']' {
-                    j += 1;
-                }
-                while j < n && pat[j] != ']' {
-                    j += 1;
-                }
-                if j >= n {
-                    out.push_str(r"\[");
-                    continue;
-                }
-                match bracket_class(&pat, i, j) {
-                    Class::Never => return None,
-                    Class::Any => out.push('.'),
-                    Class::Set(class) => out.push_str(&class),
-                }
-                i = j + 1;
-            }
-            other => out.push_str(&regex::escape(&other.to_string())),
-        }
-    }
-    out.push_str(r")\z");
-    Some(out)
-}
-
-enum Class {
-    Never,
-    Any,
-    Set(String),
-}
-
-/// The class `pat[start..end]` (between `[` and `]`), as Python's `fnmatch.translate` reads it.
-fn bracket_class(pat: &[char], start: usize, end: usize) -> Class {
-    let negated_start = pat[start] == '!';
-    // Python splits the class at the hyphens that make ranges: the first character never is
-    // one, and after a range the search resumes past its end.
-    let mut chunks: Vec<Vec<char>> = Vec::new();
-    let mut i = start;
-    let mut k = if negated_start { start + 2 } else { start + 1 };
-    loop {
-        let found = (k..end).find(|&p| pat[p] == '-');
-        match found {
-            Some(hyphen) => {
-                chunks.push(pat[i..hyphen].to_vec());
-                i = hyphen + 1;
-                k = hyphen + 3;
-            }
-            None => break,
-        }
-    }
-    let tail: Vec<char> = if i < end {
-        pat[i..end].to_vec()
-    } else {
-        Vec::new()
-    };
-    if !tail.is_empty() {
-        chunks.push(tail);
-    } else if let Some(last) = chunks.last_mut() {
-        last.push('-');
-    } else {
-        chunks.push(Vec::new());
-    }
-    // Drop empty ranges (`z-a`), as Python does: the range's ends disappear with it.
-    let mut index = chunks.len();
-    while index > 1 {
-        index -= 1;
-        let (before, after) = (&chunks[index - 1], &chunks[index]);
-        if let (Some(&lo), Some(&hi)) = (before.last(), after.first())
-            && lo > hi
-        {
-            let mut merged = before[..before.len() - 1].to_vec();
-            merged.extend_from_slice(&after[1..]);
-            chunks[index - 1] = merged;
-            chunks.remove(index);
-        }
-    }
-    let all: Vec<char> = chunks.concat();
-    if all.is_empty() && chunks.len() <= 1 {
-        return Class::Never;
-    }
-    let (negated, first_chunk_skip) = match all.first() {
-        Some('!') => (true, 1),
-        _ => (false, 0),
-    };
-    if negated && all.len() == 1 && chunks.len() <= 1 {
-        return Class::Any;
-    }
-    // Escapes exactly the characters the regex syntax gives a meaning (`[`, `-`, `&`, `~`...),
-    // which are also the ones it allows escaped inside a class.
-    let escape = |c: char| regex::escape(&c.to_string());
-    let mut class = String::from(if negated { "[^" } else { "[" });
-    for (index, chunk) in chunks.iter().enumerate() {
-        let skip = if index == 0 { first_chunk_skip } else { 0 };
-        if index > 0 {
-            class.push('-');
-        }
-        for &c in &chunk[skip.min(chunk.len())..] {
-            class.push_str(&escape(c));
-        }
-    }
-    class.push(']');
-    Class::Set(class)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fnmatch(name: &str, pattern: &str) -> bool {
-        fnmatch_regex(pattern).is_some_and(|re| Regex::new(&re).unwrap().is_match(name))
-    }
-
-    #[test]
-    fn every_punctuation_character_works_in_a_class_and_a_range() {
-        for c in (0x21u8..0x7f)
-            .map(char::from)
-            .filter(char::is_ascii_punctuation)
-        {
-            if c == ']' || c == '!' {
-                continue;
-            }
-            let class = format!("a[{c}]");
-            assert!(fnmatch(&format!("a{c}"), &class), "{class}");
-            assert!(fnmatch(&format!("{c}"), &format!("{c}")), "{c}");
-        }
-        assert!(fnmatch("#", "[!-~]"));
-        assert!(!fnmatch("-", "[!-~]"));
-        assert!(!fnmatch("~", "[!-~]"));
-        assert!(fnmatch("~", "[%-~]"));
-    }
-
-    #[test]
-    fn fnmatch_follows_python() {
-        assert!(fnmatch("a/b/c", "a*c"));
-        assert!(fnmatch("virtio-blk", "virtio-*"));
-        assert!(!fnmatch("xvirtio", "virtio*"));
-        assert!(fnmatch("raid1", "raid[0-9]*"));
-        assert!(fnmatch("raid456", "raid[0-9]*"));
-        assert!(!fnmatch("raidx", "raid[0-9]*"));
-        assert!(fnmatch("b", "[!a]"));
-        assert!(!fnmatch("a", "[!a]"));
-        assert!(fnmatch("]", "[]]"));
-        assert!(fnmatch("[x", "[x"));
-        assert!(fnmatch("{a,b}", "{a,b}"));
-        assert!(!fnmatch("a", "{a,b}"));
-        assert!(fnmatch(r"a\b", r"a\b"));
-        assert!(fnmatch("-", "[a-]"));
-        assert!(fnmatch("e", "[a-c-e]"));
-        assert!(fnmatch("-", "[a-c-e]"));
-        assert!(!fnmatch("d", "[a-c-e]"));
-        // An empty range matches nothing; `[!z-a]` matches anything.
-        assert!(fnmatch_regex("[z-a]").is_none());
-        assert!(fnmatch("q", "[!z-a]"));
-        assert!(fnmatch("a.b", "a?b"));
-        assert!(!fnmatch("ab", "a?b"));
-        assert!(fnmatch("a&&b", "a[&]&b"));
-    }
 
     fn names(rules: &ModuleRules, host: &[&str], modules: &[&str]) -> Vec<String> {
         let host: Vec<String> = host.iter().map(|s| s.to_string()).collect();

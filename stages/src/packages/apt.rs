@@ -25,21 +25,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Manifest, Store};
-use kiln_engine::ResolveMode;
-use kiln_engine::recipe::{Distribution, Recipe};
+use kiln_recipe::{Distribution, Recipe};
 
+use super::Installation;
 use super::error::PackagesError;
-use super::freshness::{self, IndexFile};
-use super::listing::{PackageSet, ResolvedPackage, describe_changes};
+use super::files::{create_dir, remove_file_if_exists, write_file};
+use super::freshness::IndexFile;
+use super::listing::{PackageSet, ResolvedPackage};
+use super::manager::{PackageManager, check_installed, pins};
 use super::mirror;
-use super::resolution::SavedResolution;
-use crate::host::clean_command;
-
-use super::state::{
-    self, PackageCache, Snapshot, StateLock, ToolOutput, create_dir, run_tool, shell_quote,
-    write_file,
-};
-use super::{Installation, Resolved};
+use super::package_cache::PackageCache;
+use super::private_state::state_dir;
+use super::tools::{ToolOutput, is_root, require_tools, run};
+use crate::host::{Host, ToolInvocation};
 
 /// The host tools Debian installation needs, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
@@ -204,134 +202,6 @@ impl AptSetup {
         )
     }
 
-    /// Check the host tools and keyring.
-    pub fn check_host(&self) -> Result<(), PackagesError> {
-        state::require_tools(TOOLS)?;
-        let (keyring, package) = self.keyring();
-        if !keyring.is_file() {
-            return Err(PackagesError::KeyringMissing {
-                path: keyring,
-                package: package.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    /// What resolution depends on besides the mirror's index: the request's digest.
-    fn request(&self) -> String {
-        let text = format!(
-            "apt 1\n{}\n{}\n{}\n{}\n",
-            self.architecture,
-            self.sources().join("\n"),
-            self.essential_pattern(),
-            self.packages.join("\n"),
-        );
-        blake3::hash(text.as_bytes()).to_hex().to_string()
-    }
-
-    /// The private state of this sources list and architecture.
-    fn state(&self, store: &Store) -> PathBuf {
-        let identity = format!("{}\n{}\n", self.architecture, self.sources().join("\n"));
-        state::state_dir(store, "apt", &identity)
-    }
-
-    /// The signed index files (`InRelease`) of each archive, on the mirror and in `lists`.
-    fn index_files(&self, lists: &Path) -> Vec<IndexFile> {
-        self.archives()
-            .into_iter()
-            .map(|(uri, suite)| {
-                let url = format!("{uri}/dists/{suite}/InRelease");
-                IndexFile {
-                    local: lists.join(uri_to_file_name(&url)),
-                    url,
-                }
-            })
-            .collect()
-    }
-
-    /// Resolve the package set against the mirror's index, as `mode` allows: online, the last
-    /// resolution is taken again when the mirror's `InRelease` files have not changed since it
-    /// read them; offline, it is taken as it is; read-only, it is taken if there is one and
-    /// nothing is written. The snapshot (not read-only) holds the lists resolution read, for
-    /// [`AptSetup::install`].
-    pub fn resolve(
-        &self,
-        store: &Store,
-        mode: ResolveMode,
-    ) -> Result<Option<Resolved>, PackagesError> {
-        let state = self.state(store);
-        let request = self.request();
-        let lists = state.join("root/var/lib/apt/lists");
-        match mode {
-            ResolveMode::ReadOnly => {
-                return SavedResolution::load(&state, &request)
-                    .map(|saved| {
-                        Ok(Resolved {
-                            set: saved.set()?,
-                            snapshot: None,
-                            note: None,
-                        })
-                    })
-                    .transpose();
-            }
-            ResolveMode::Offline => {
-                let saved =
-                    SavedResolution::load(&state, &request).ok_or(PackagesError::NoResolution)?;
-                let _lock = StateLock::acquire(&state)?;
-                return Ok(Some(Resolved {
-                    set: saved.set()?,
-                    snapshot: Some(snapshot_of(store, &lists)?),
-                    note: Some(saved.offline_note()),
-                }));
-            }
-            ResolveMode::Online => {}
-        }
-        self.check_host()?;
-        let _lock = StateLock::acquire(&state)?;
-        let index = self.index_files(&lists);
-        if let Some(saved) = SavedResolution::load(&state, &request)
-            && saved.read_index_in(&lists)
-            && freshness::unchanged(&index)?
-        {
-            return Ok(Some(Resolved {
-                set: saved.set()?,
-                snapshot: Some(snapshot_of(store, &lists)?),
-                note: None,
-            }));
-        }
-        let config = self.prepare_state(&state)?;
-        let mut update = clean_command("apt-get");
-        update.env("APT_CONFIG", &config).args(["-q", "update"]);
-        let output = run_tool(update, "apt-get", &mut |_| {})?;
-        check_update(&output)?;
-
-        let mut simulate = clean_command("apt-get");
-        simulate
-            .env("APT_CONFIG", &config)
-            .args([
-                "-q",
-                "--simulate",
-                "--yes",
-                "-o",
-                "Debug::NoLocking=1",
-                "install",
-            ])
-            .arg(self.essential_pattern())
-            .args(&self.packages);
-        let output = run_tool(simulate, "apt-get", &mut |_| {})?;
-        let set = parse_simulation(&output)?;
-        let names: Vec<String> = index
-            .iter()
-            .filter_map(|file| Some(file.local.file_name()?.to_str()?.to_string()))
-            .collect();
-        SavedResolution::new(&request, &set, &lists, &names).save(&state)?;
-        Ok(Some(Resolved {
-            set,
-            snapshot: Some(snapshot_of(store, &lists)?),
-            note: None,
-        }))
-    }
-
     /// The fake root apt resolves in, refreshed for this resolution; returns its `APT_CONFIG`.
     fn prepare_state(&self, state: &Path) -> Result<PathBuf, PackagesError> {
         let root = state.join("root");
@@ -363,7 +233,7 @@ impl AptSetup {
             "var/cache/apt/pkgcache.bin",
             "var/cache/apt/srcpkgcache.bin",
         ] {
-            state::remove_file_if_exists(&root.join(cache))?;
+            remove_file_if_exists(&root.join(cache))?;
         }
         let config = state.join("apt.conf");
         write_file(
@@ -381,70 +251,28 @@ impl AptSetup {
         Ok(config)
     }
 
-    /// Install the job's set with mmdebstrap, reading the apt lists in its index. As root,
-    /// mmdebstrap installs into the job's target, over the base tree checked out there, and the
-    /// caller ingests it (`None`); otherwise it builds the tree in a user namespace as a tar
-    /// archive, over the base tree unpacked into it, and the stored tree is returned.
-    pub fn install(
+    /// `mmdebstrap --mode=unshare`, writing a tar archive: hooks run inside the namespace, as a
+    /// user that cannot read the store, so the base tree, the lists and the packages go in, and
+    /// the downloads come out, through mmdebstrap's special hooks, which its process outside the
+    /// namespace serves.
+    fn rootless_mmdebstrap(
         &self,
         job: &Installation<'_>,
-        log: &mut dyn FnMut(&str),
-    ) -> Result<Option<Manifest>, PackagesError> {
-        let Installation {
-            store,
-            set,
-            index: lists,
-            base,
-            target,
-            scratch,
-        } = *job;
-        self.check_host()?;
-        let rootless = !state::is_root();
-        if rootless {
-            check_rootless()?;
-        }
-        let cache = PackageCache::open(store, "debs")?;
-        let debs_in = scratch.join("debs-in");
-        let debs_out = scratch.join("debs-out");
-        create_dir(&debs_out)?;
-        let files: Vec<String> = set.iter().map(deb_file_name).collect();
-        let cached = cache.provide(files.iter().map(String::as_str), &debs_in)?;
-        log(&format!(
-            "{cached} of {} packages found in the package cache",
-            set.len()
-        ));
-
-        let mut removals = String::new();
-        for copied in ["etc/hostname", "etc/resolv.conf"] {
-            if base.get(copied).is_none() {
-                removals.push_str(&format!(" \"$1/{copied}\""));
-            }
-        }
-        let removals = if removals.is_empty() {
-            String::new()
-        } else {
-            format!("rm -f{removals}")
-        };
-        let quoted = |path: &Path| shell_quote(&path.display().to_string());
-        let archive = scratch.join("root.tar");
-        let mut command = if rootless {
-            // Hooks run inside the namespace, as a user that cannot read the store: the base
-            // tree, the lists and the packages go in, and the downloads come out, through
-            // mmdebstrap's special hooks, which its process outside the namespace serves.
-            let base_tar = scratch.join("base.tar");
-            crate::formats::tar::write_tar(store, base, 0, &base_tar)
-                .map_err(|source| PackagesError::io("write", &base_tar, source))?;
-            let mut command = clean_command("mmdebstrap");
-            // Not root's home: dpkg would warn that it cannot read its configuration there.
-            command
-                .env("HOME", scratch)
-                .arg("--mode=unshare")
-                .arg("--format=tar");
-            command.arg(format!("--setup-hook=tar-in {} /", quoted(&base_tar)));
-            // sync-in also gives its target folder the owner outside: the lists and packages
-            // go through folders of their own, and only the files move on.
-            let staged = ["kiln-lists", "kiln-debs"].map(|name| format!("\"$1/tmp/{name}\""));
-            command.arg(format!(
+        debs: &Debs,
+    ) -> Result<ToolInvocation, PackagesError> {
+        let base_tar = job.scratch.join("base.tar");
+        crate::tarball::write_tar(job.store, job.base, 0, &base_tar)
+            .map_err(|source| PackagesError::io("write", &base_tar, source))?;
+        let removals = removals(job.base);
+        // sync-in also gives its target folder the owner outside: the lists and packages go
+        // through folders of their own, and only the files move on.
+        let staged = ["kiln-lists", "kiln-debs"].map(|name| format!("\"$1/tmp/{name}\""));
+        // Not root's home: dpkg would warn that it cannot read its configuration there.
+        Ok(ToolInvocation::new("mmdebstrap")
+            .env("HOME", job.scratch.to_string_lossy())
+            .args(["--mode=unshare", "--format=tar"])
+            .arg(format!("--setup-hook=tar-in {} /", quoted(&base_tar)))
+            .arg(format!(
                 "--setup-hook=mkdir {} {} && {}",
                 staged[0],
                 staged[1],
@@ -453,67 +281,80 @@ impl AptSetup {
                 } else {
                     &removals
                 }
-            ));
-            command
-                .arg(format!(
-                    "--setup-hook=sync-in {} /tmp/kiln-lists",
-                    quoted(lists)
-                ))
-                .arg(format!(
-                    "--setup-hook=sync-in {} /tmp/kiln-debs",
-                    quoted(&debs_in)
-                ))
-                .arg(format!(
-                    "--setup-hook=mkdir -p \"$1/var/cache/apt/archives/partial\" && \
-                     find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/lib/apt/lists/\" {{}} + && \
-                     find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/cache/apt/archives/\" {{}} + && \
-                     rm -r {} {}",
-                    staged[0], staged[1], staged[0], staged[1]
-                ))
-                .arg(format!(
-                    "--customize-hook=sync-out /var/cache/apt/archives {}",
-                    quoted(&debs_out)
-                ));
-            command
-        } else {
-            let hooks = scratch.join("hooks");
-            create_dir(&hooks)?;
-            let setup = format!(
-                "#!/bin/sh\nset -eu\n{removals}\ncp -al {}/. \"$1/var/lib/apt/lists/\"\n\
-                 cp -al {}/. \"$1/var/cache/apt/archives/\"\n",
-                quoted(lists),
-                quoted(&debs_in),
-            );
-            let customize = format!(
-                "#!/bin/sh\nset -eu\nfind \"$1/var/cache/apt/archives\" -maxdepth 1 -type f -name '*.deb' -exec cp -al {{}} {}/ \\;\n",
-                quoted(&debs_out),
-            );
-            let setup_hook = write_hook(&hooks, "setup", &setup)?;
-            let customize_hook = write_hook(&hooks, "customize", &customize)?;
-            // mmdebstrap mounts /proc, /sys and /dev in the tree: in a mount namespace of its
-            // own they vanish with it, whatever happens. It is PID 1 of a PID namespace of its
-            // own too, killed with `unshare` (`--kill-child`), which dies with kiln: when kiln
-            // is killed, the apt and dpkg it started die with it instead of writing on into a
-            // tree the next build reclaims.
-            let mut command = clean_command("unshare");
-            command
-                .args([
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--pid",
-                    "--fork",
-                    "--kill-child",
-                    "mmdebstrap",
-                    "--mode=root",
-                    "--format=directory",
-                    "--skip=check/empty",
-                ])
-                .arg(format!("--setup-hook={}", setup_hook.display()))
-                .arg(format!("--customize-hook={}", customize_hook.display()));
-            command
-        };
-        command
+            ))
+            .arg(format!(
+                "--setup-hook=sync-in {} /tmp/kiln-lists",
+                quoted(job.index)
+            ))
+            .arg(format!(
+                "--setup-hook=sync-in {} /tmp/kiln-debs",
+                quoted(&debs.cached)
+            ))
+            .arg(format!(
+                "--setup-hook=mkdir -p \"$1/var/cache/apt/archives/partial\" && \
+                 find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/lib/apt/lists/\" {{}} + && \
+                 find {} -mindepth 1 -maxdepth 1 -exec mv -t \"$1/var/cache/apt/archives/\" {{}} + && \
+                 rm -r {} {}",
+                staged[0], staged[1], staged[0], staged[1]
+            ))
+            .arg(format!(
+                "--customize-hook=sync-out /var/cache/apt/archives {}",
+                quoted(&debs.downloaded)
+            )))
+    }
+
+    /// `mmdebstrap --mode=root` into the job's target, under `unshare`: mmdebstrap mounts
+    /// /proc, /sys and /dev in the tree, and in a mount namespace of its own they vanish with
+    /// it, whatever happens. It is PID 1 of a PID namespace of its own too, killed with
+    /// `unshare` (`--kill-child`), which dies with kiln: when kiln is killed, the apt and dpkg
+    /// it started die with it instead of writing on into a tree the next build reclaims.
+    fn root_mmdebstrap(
+        &self,
+        job: &Installation<'_>,
+        debs: &Debs,
+    ) -> Result<ToolInvocation, PackagesError> {
+        let hooks = job.scratch.join("hooks");
+        create_dir(&hooks)?;
+        let setup = format!(
+            "#!/bin/sh\nset -eu\n{}\ncp -al {}/. \"$1/var/lib/apt/lists/\"\n\
+             cp -al {}/. \"$1/var/cache/apt/archives/\"\n",
+            removals(job.base),
+            quoted(job.index),
+            quoted(&debs.cached),
+        );
+        let customize = format!(
+            "#!/bin/sh\nset -eu\nfind \"$1/var/cache/apt/archives\" -maxdepth 1 -type f -name '*.deb' -exec cp -al {{}} {}/ \\;\n",
+            quoted(&debs.downloaded),
+        );
+        let setup_hook = write_hook(&hooks, "setup", &setup)?;
+        let customize_hook = write_hook(&hooks, "customize", &customize)?;
+        Ok(ToolInvocation::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "mmdebstrap",
+                "--mode=root",
+                "--format=directory",
+                "--skip=check/empty",
+            ])
+            .arg(format!("--setup-hook={}", setup_hook.display()))
+            .arg(format!("--customize-hook={}", customize_hook.display())))
+    }
+
+    /// What both modes of mmdebstrap are told: the environment of a package installation, the
+    /// resolved set, the documentation left out, the release, where the tree goes and the
+    /// sources.
+    fn installation_args(
+        &self,
+        invocation: ToolInvocation,
+        set: &PackageSet,
+        into: &Path,
+    ) -> ToolInvocation {
+        let mut invocation = invocation
             .env("INITRD", "No")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
@@ -524,68 +365,200 @@ impl AptSetup {
                 "--skip=essential/unlink",
             ])
             .arg(format!("--architectures={}", self.architecture));
-        let pins = self.pins(set);
+        let pins = pins(&self.packages, set);
         if !pins.is_empty() {
-            command.arg(format!("--include={}", pins.join(",")));
+            invocation = invocation.arg(format!("--include={}", pins.join(",")));
         }
         if !self.with_docs {
             for glob in DOCUMENTATION {
-                command.arg(format!("--dpkgopt=path-exclude={glob}"));
+                invocation = invocation.arg(format!("--dpkgopt=path-exclude={glob}"));
             }
         }
-        command
+        invocation
             .arg(&self.release)
-            .arg(if rootless { archive.as_path() } else { target })
-            .args(self.sources());
-        let output = run_tool(command, "mmdebstrap", log)?;
-        let adopted = cache.adopt(&debs_out, &[".deb"])?;
-        if adopted > 0 {
-            log(&format!(
-                "{adopted} downloaded packages added to the package cache"
-            ));
-        }
-        if !output.success() {
-            return Err(install_error(&output));
-        }
-        let (installed, tree) = if rootless {
-            let tree = store.ingest_tar(&archive)?;
-            let _ = std::fs::remove_file(&archive);
-            let status = DPKG_STATUS;
-            let text = match tree.get(status).and_then(|entry| entry.blob()) {
-                Some(blob) => store.read_blob(blob)?,
-                None => Vec::new(),
-            };
-            let text = String::from_utf8_lossy(&text);
-            (parse_dpkg_status(&text), Some(tree))
-        } else {
-            (read_dpkg_status(&target.join(DPKG_STATUS))?, None)
-        };
-        let changes = set.changes(&installed);
-        if !changes.is_empty() {
-            return Err(PackagesError::InstalledDiffers {
-                changes: describe_changes(&changes),
-            });
-        }
-        Ok(tree)
+            .arg_path(into)
+            .args(self.sources())
     }
 
-    /// `Packages=` with each package the set holds pinned to its resolved version.
-    fn pins(&self, set: &PackageSet) -> Vec<String> {
-        self.packages
-            .iter()
-            .map(|name| match set.get(name) {
-                Some(package) => format!("{}={}", package.name, package.version),
-                None => name.clone(),
-            })
-            .collect()
+    /// The installed set and, without root, the tree mmdebstrap wrote as an archive, stored.
+    fn installed(
+        &self,
+        job: &Installation<'_>,
+        archive: Option<&Path>,
+    ) -> Result<(PackageSet, Option<Manifest>), PackagesError> {
+        let Some(archive) = archive else {
+            return Ok((read_dpkg_status(&job.target.join(DPKG_STATUS))?, None));
+        };
+        let tree = job.store.ingest_tar(archive)?;
+        let _ = std::fs::remove_file(archive);
+        let text = match tree.get(DPKG_STATUS).and_then(|entry| entry.blob()) {
+            Some(blob) => job.store.read_blob(blob)?,
+            None => Vec::new(),
+        };
+        let text = String::from_utf8_lossy(&text);
+        Ok((parse_dpkg_status(&text), Some(tree)))
     }
 }
 
-/// The lists resolution read, hard-linked into a folder of their own for installation.
-fn snapshot_of(store: &Store, lists: &Path) -> Result<Snapshot, PackagesError> {
-    let snapshot = Snapshot::create(store, "apt-lists")?;
-    state::link_files(lists, snapshot.path(), &["lock"])?;
-    Ok(snapshot)
+/// The folders the `.deb` files go through during an installation.
+struct Debs {
+    /// What the package cache held of the set, for apt to find.
+    cached: PathBuf,
+    /// What apt downloaded, for the package cache.
+    downloaded: PathBuf,
+}
+
+impl PackageManager for AptSetup {
+    /// The private state of this sources list and architecture.
+    fn state(&self, store: &Store) -> PathBuf {
+        let identity = format!("{}\n{}\n", self.architecture, self.sources().join("\n"));
+        state_dir(store, "apt", &identity)
+    }
+
+    fn index_dir(&self, state: &Path) -> PathBuf {
+        state.join("root/var/lib/apt/lists")
+    }
+
+    fn snapshot_label(&self) -> (&'static str, &'static [&'static str]) {
+        ("apt-lists", &["lock"])
+    }
+
+    fn request(&self) -> String {
+        let text = format!(
+            "apt 1\n{}\n{}\n{}\n{}\n",
+            self.architecture,
+            self.sources().join("\n"),
+            self.essential_pattern(),
+            self.packages.join("\n"),
+        );
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
+
+    /// The signed index files (`InRelease`) of each archive, on the mirror and in `lists`.
+    fn index_files(&self, lists: &Path) -> Vec<IndexFile> {
+        self.archives()
+            .into_iter()
+            .map(|(uri, suite)| {
+                let url = format!("{uri}/dists/{suite}/InRelease");
+                IndexFile {
+                    local: lists.join(uri_to_file_name(&url)),
+                    url,
+                }
+            })
+            .collect()
+    }
+
+    fn check_host(&self, host: &dyn Host) -> Result<(), PackagesError> {
+        require_tools(host, TOOLS)?;
+        let (keyring, package) = self.keyring();
+        if !keyring.is_file() {
+            return Err(PackagesError::KeyringMissing {
+                path: keyring,
+                package: package.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `apt-get update` in the state's fake root, then `apt-get install --simulate`.
+    fn refresh_and_resolve(
+        &self,
+        host: &dyn Host,
+        dir: &Path,
+    ) -> Result<PackageSet, PackagesError> {
+        let config = self.prepare_state(dir)?;
+        let config = config.to_string_lossy();
+        let update = ToolInvocation::new("apt-get")
+            .env("APT_CONFIG", config.clone())
+            .args(["-q", "update"]);
+        let output = run(host, &update, "apt-get", &mut |_| {})?;
+        check_update(&output)?;
+
+        let simulate = ToolInvocation::new("apt-get")
+            .env("APT_CONFIG", config)
+            .args([
+                "-q",
+                "--simulate",
+                "--yes",
+                "-o",
+                "Debug::NoLocking=1",
+                "install",
+            ])
+            .arg(self.essential_pattern())
+            .args(self.packages.iter().cloned());
+        let output = run(host, &simulate, "apt-get", &mut |_| {})?;
+        parse_simulation(&output)
+    }
+
+    /// Install the job's set with mmdebstrap, reading the apt lists in its index. As root,
+    /// mmdebstrap installs into the job's target, over the base tree checked out there, and the
+    /// caller ingests it (`None`); otherwise it builds the tree in a user namespace as a tar
+    /// archive, over the base tree unpacked into it, and the stored tree is returned.
+    fn install(
+        &self,
+        host: &dyn Host,
+        job: &Installation<'_>,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Option<Manifest>, PackagesError> {
+        self.check_host(host)?;
+        let rootless = !is_root();
+        if rootless {
+            check_rootless(host)?;
+        }
+        let cache = PackageCache::open(job.store, "debs")?;
+        let debs = Debs {
+            cached: job.scratch.join("debs-in"),
+            downloaded: job.scratch.join("debs-out"),
+        };
+        create_dir(&debs.downloaded)?;
+        let files: Vec<String> = job.set.iter().map(deb_file_name).collect();
+        let cached = cache.provide(files.iter().map(String::as_str), &debs.cached)?;
+        log(&format!(
+            "{cached} of {} packages found in the package cache",
+            job.set.len()
+        ));
+        let archive = job.scratch.join("root.tar");
+        let (invocation, into) = if rootless {
+            (self.rootless_mmdebstrap(job, &debs)?, archive.as_path())
+        } else {
+            (self.root_mmdebstrap(job, &debs)?, job.target)
+        };
+        let invocation = self.installation_args(invocation, job.set, into);
+        let output = run(host, &invocation, "mmdebstrap", log)?;
+        cache.adopt_downloads(&debs.downloaded, &[".deb"], log)?;
+        if !output.success() {
+            return Err(install_error(&output));
+        }
+        let (installed, tree) = self.installed(job, rootless.then_some(archive.as_path()))?;
+        check_installed(job.set, &installed)?;
+        Ok(tree)
+    }
+}
+
+/// The shell command that removes what mmdebstrap copies in from the host (`/etc/hostname`,
+/// `/etc/resolv.conf`) unless the base tree has it, or nothing.
+fn removals(base: &Manifest) -> String {
+    let mut removals = String::new();
+    for copied in ["etc/hostname", "etc/resolv.conf"] {
+        if base.get(copied).is_none() {
+            removals.push_str(&format!(" \"$1/{copied}\""));
+        }
+    }
+    if removals.is_empty() {
+        String::new()
+    } else {
+        format!("rm -f{removals}")
+    }
+}
+
+/// A path quoted for a POSIX shell.
+fn quoted(path: &Path) -> String {
+    shell_quote(&path.display().to_string())
+}
+
+/// Quote `text` for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// The name of the file apt keeps a downloaded index file under in its lists folder (apt's
@@ -629,8 +602,8 @@ pub fn deb_file_name(package: &ResolvedPackage) -> String {
 /// Installing without root needs `newuidmap` and `newgidmap` and, for the user, a range of
 /// subordinate user and group ids, where mmdebstrap looks for it: the user's name in
 /// `/etc/subuid` and `/etc/subgid`.
-fn check_rootless() -> Result<(), PackagesError> {
-    state::require_tools(ROOTLESS_TOOLS)?;
+fn check_rootless(host: &dyn Host) -> Result<(), PackagesError> {
+    require_tools(host, ROOTLESS_TOOLS)?;
     let uid = rustix::process::getuid().as_raw();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let user = user_name(&passwd, uid).unwrap_or_else(|| uid.to_string());
@@ -871,6 +844,60 @@ fn install_error(output: &ToolOutput) -> PackagesError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{RecordingHost, ToolAnswer};
+    use crate::packages::manager;
+    use kiln_cache::{Entry, EntryKind};
+    use kiln_engine::ResolveMode;
+    use kiln_test_support::Need;
+
+    const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+    /// A host on which every tool apt needs is answered with `answer` instead of run.
+    fn answering(answer: &ToolAnswer) -> RecordingHost {
+        TOOLS
+            .iter()
+            .chain(ROOTLESS_TOOLS)
+            .fold(RecordingHost::new(), |host, (tool, _)| {
+                host.answering(tool, answer.clone())
+            })
+    }
+
+    /// A store, a scratch folder, a lists folder and a base tree of the root folder alone.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: Store,
+        base: Manifest,
+        set: PackageSet,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            for folder in ["scratch", "lists"] {
+                std::fs::create_dir(dir.path().join(folder)).unwrap();
+            }
+            let base = Manifest::from_entries(vec![Entry::new("", EntryKind::Dir, 0o755)]).unwrap();
+            let set = PackageSet::parse("systemd 252.39 amd64\n").unwrap();
+            Fixture {
+                dir,
+                store,
+                base,
+                set,
+            }
+        }
+
+        fn job<'a>(&'a self, target: &'a Path, lists: &'a Path) -> Installation<'a> {
+            Installation {
+                store: &self.store,
+                set: &self.set,
+                index: lists,
+                base: &self.base,
+                target,
+                scratch: target.parent().unwrap(),
+            }
+        }
+    }
 
     fn output(code: i32, text: &str) -> ToolOutput {
         ToolOutput {
@@ -974,9 +1001,15 @@ mod tests {
     }
 
     #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
     fn pins_keep_names_the_set_does_not_hold() {
         let set = PackageSet::parse("systemd 252.39 amd64\nmawk 1.3 amd64\n").unwrap();
-        assert_eq!(setup().pins(&set), vec!["systemd=252.39", "awk"]);
+        assert_eq!(pins(&setup().packages, &set), vec!["systemd=252.39", "awk"]);
         assert_eq!(
             deb_file_name(&ResolvedPackage {
                 name: "python3".to_string(),
@@ -1023,5 +1056,180 @@ mod tests {
         assert_eq!(subordinate_ids(ranges, "builder"), 65536);
         assert_eq!(subordinate_ids(ranges, "nobody"), 0);
         assert_eq!(subordinate_ids("builder:x:y\n", "builder"), 0);
+    }
+
+    #[test]
+    fn resolution_updates_the_private_state_then_simulates_the_installation() {
+        kiln_test_support::require!(Need::File(KEYRING));
+        let fixture = Fixture::new();
+        let host = answering(&ToolAnswer::new(
+            0,
+            "Inst libc6 (2.36-9 Debian:12.11/stable [amd64])\n",
+        ));
+        let resolved = manager::resolve(&setup(), &host, &fixture.store, ResolveMode::Online)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resolved.set.listing(), "libc6 2.36-9 amd64\n");
+        let config = setup().state(&fixture.store).join("apt.conf");
+        let run = host.tools_run();
+        assert_eq!(run.len(), 2, "{run:?}");
+        for invocation in &run {
+            assert_eq!(
+                invocation.env,
+                [("APT_CONFIG".to_string(), config.display().to_string())]
+            );
+        }
+        assert_eq!(run[0].shown(), "apt-get -q update");
+        assert_eq!(
+            run[1].shown(),
+            format!(
+                "apt-get -q --simulate --yes -o Debug::NoLocking=1 install {} systemd awk",
+                setup().essential_pattern()
+            )
+        );
+        // The saved resolution answers a read-only resolution, which runs nothing.
+        let again = manager::resolve(&setup(), &host, &fixture.store, ResolveMode::ReadOnly)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.set.listing(), resolved.set.listing());
+        assert_eq!(host.tools_run().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_update_stops_resolution_with_the_mirrors_error() {
+        kiln_test_support::require!(Need::File(KEYRING));
+        let fixture = Fixture::new();
+        let host = answering(&ToolAnswer::new(
+            100,
+            "Err:1 http://127.0.0.1:9/debian bookworm InRelease\n  Could not connect to 127.0.0.1:9\n",
+        ));
+        match manager::resolve(&setup(), &host, &fixture.store, ResolveMode::Online) {
+            Err(PackagesError::MirrorUnreachable { url, message }) => {
+                assert!(url.contains("127.0.0.1:9"), "{url}");
+                assert_eq!(message, "Could not connect to 127.0.0.1:9");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(host.tools_run().len(), 1, "the simulation does not run");
+    }
+
+    #[test]
+    fn a_missing_tool_stops_resolution_before_anything_runs() {
+        let fixture = Fixture::new();
+        let host = answering(&ToolAnswer::new(0, "")).without_tool("mmdebstrap");
+        match manager::resolve(&setup(), &host, &fixture.store, ResolveMode::Online) {
+            Err(PackagesError::ToolMissing { tool, package }) => {
+                assert_eq!(
+                    (tool.as_str(), package.as_str()),
+                    ("mmdebstrap", "mmdebstrap")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(host.calls().is_empty());
+    }
+
+    #[test]
+    fn without_root_mmdebstrap_gets_its_inputs_through_its_hooks() {
+        let fixture = Fixture::new();
+        let scratch = fixture.dir.path().join("scratch");
+        let target = scratch.join("root");
+        let lists = fixture.dir.path().join("lists");
+        let job = fixture.job(&target, &lists);
+        let debs = Debs {
+            cached: scratch.join("debs-in"),
+            downloaded: scratch.join("debs-out"),
+        };
+        let archive = scratch.join("root.tar");
+        let setup = setup();
+        let invocation = setup.installation_args(
+            setup.rootless_mmdebstrap(&job, &debs).unwrap(),
+            &fixture.set,
+            &archive,
+        );
+        assert!(scratch.join("base.tar").is_file());
+        assert_eq!(invocation.program, PathBuf::from("mmdebstrap"));
+        assert_eq!(
+            invocation.env[..2],
+            [
+                ("HOME".to_string(), scratch.display().to_string()),
+                ("INITRD".to_string(), "No".to_string()),
+            ]
+        );
+        let quoted = |path: &Path| shell_quote(&path.display().to_string());
+        assert_eq!(
+            invocation.args[..4],
+            [
+                "--mode=unshare".to_string(),
+                "--format=tar".to_string(),
+                format!(
+                    "--setup-hook=tar-in {} /",
+                    quoted(&scratch.join("base.tar"))
+                ),
+                "--setup-hook=mkdir \"$1/tmp/kiln-lists\" \"$1/tmp/kiln-debs\" && \
+                 rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\""
+                    .to_string(),
+            ]
+        );
+        assert!(
+            invocation
+                .args
+                .contains(&"--include=systemd=252.39,awk".to_string()),
+            "{invocation:?}"
+        );
+        let tail: Vec<String> = std::iter::once("bookworm".to_string())
+            .chain([archive.display().to_string()])
+            .chain(setup.sources())
+            .collect();
+        assert_eq!(invocation.args[invocation.args.len() - 5..], tail[..]);
+    }
+
+    #[test]
+    fn as_root_a_failing_mmdebstrap_is_named_and_its_command_line_recorded() {
+        if !kiln_test_support::skip_unless(
+            (!is_root()).then(|| "mmdebstrap runs in root mode as root only".to_string()),
+        ) {
+            return;
+        }
+        kiln_test_support::require!(Need::File(KEYRING));
+        let fixture = Fixture::new();
+        let host = answering(&ToolAnswer::new(
+            1,
+            "dpkg: error processing package kiln-x (--configure):\n \
+             installed kiln-x package post-installation script subprocess returned error exit status 1\n",
+        ));
+        let target = fixture.dir.path().join("scratch/root");
+        let lists = fixture.dir.path().join("lists");
+        let error = setup()
+            .install(&host, &fixture.job(&target, &lists), &mut |_| {})
+            .unwrap_err();
+        match error {
+            PackagesError::MaintainerScript { package, .. } => assert_eq!(package, "kiln-x"),
+            other => panic!("{other:?}"),
+        }
+        let run = host.tools_run();
+        assert_eq!(run.len(), 1);
+        assert_eq!(run[0].program, PathBuf::from("unshare"));
+        assert_eq!(
+            run[0].args[..10],
+            [
+                "--mount",
+                "--propagation",
+                "private",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "mmdebstrap",
+                "--mode=root",
+                "--format=directory",
+                "--skip=check/empty",
+            ]
+        );
+        assert!(run[0].args.contains(&target.display().to_string()));
+        assert!(
+            run[0]
+                .env
+                .contains(&("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()))
+        );
     }
 }

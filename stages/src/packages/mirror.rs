@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use kiln_engine::recipe::Distribution;
+use kiln_recipe::Distribution;
 
 /// The Debian (dpkg) name of an mkosi architecture.
 pub fn dpkg_architecture(architecture: &str) -> Option<&'static str> {

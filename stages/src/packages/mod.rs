@@ -10,46 +10,61 @@
 //! resolved versions from exactly the index resolution read, checks the installed set against the
 //! listing, and stores the tree.
 //!
-//! Downloaded packages stay in the store's package cache for the next build ([`state`]). With
-//! `--locked`, resolution must also equal the stage's section of `kiln.lock` ([`lockfile`]).
+//! apt and pacman share one flow ([`manager`]); every tool they run goes through the [`Host`]
+//! the stage is given. Each keeps a private state in the store ([`private_state`]), and
+//! downloaded packages stay in the store's package cache for the next build
+//! ([`package_cache`]). With `--locked`, resolution must also equal the stage's section of
+//! `kiln.lock` ([`lockfile`]).
 //!
 //! ```no_run
-//! use kiln_engine::recipe::{load_project, LoadOptions};
+//! use kiln_recipe::{load_project, LoadOptions};
+//! use kiln_stages::host::RealHost;
 //! use kiln_stages::packages::{Installer, PackagesStage};
-//! let loaded = load_project(std::path::Path::new("recipes/debian-rescue"), &LoadOptions::default())?;
+//! use kiln_stages::host::reader::RealReaderHost;
+//! let dir = std::path::Path::new("recipes/debian-rescue");
+//! let loaded = load_project(dir, &LoadOptions::default(), &RealReaderHost)?;
 //! let installer = Installer::for_recipe(&loaded.recipe)?.expect("a distribution with packages");
-//! let stage = PackagesStage::new("skeleton-trees", installer, None);
+//! let host = std::sync::Arc::new(RealHost::new());
+//! let stage = PackagesStage::new("skeleton-trees", installer, None, host);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod apt;
 pub mod error;
+mod files;
 pub mod freshness;
+pub mod gpg_home;
 pub mod listing;
 pub mod lockfile;
+pub(crate) mod manager;
 pub mod mirror;
+pub mod package_cache;
 pub mod pacman;
+pub(crate) mod private_state;
 pub mod resolution;
-pub mod state;
+pub mod snapshot;
+mod tools;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kiln_cache::{
     CheckoutMode, CheckoutOptions, Digest, IngestOptions, Manifest, OutputKind, PutMode, Store,
 };
-use kiln_engine::recipe::{Distribution, Recipe};
 use kiln_engine::{
     Input, Resolution, ResolveContext, ResolveMode, Stage, StageContext, StageError,
 };
+use kiln_recipe::{Distribution, Recipe};
 
 pub use error::PackagesError;
 pub use listing::{PackageChange, PackageSet, ResolvedPackage};
 pub use lockfile::{LOCK_FILE, LockFile};
 
+use crate::host::Host;
 use apt::AptSetup;
+use manager::PackageManager;
 use pacman::PacmanSetup;
-use state::Snapshot;
+use snapshot::Snapshot;
 
 /// The name of the stage in the graph.
 pub const STAGE_NAME: &str = "packages";
@@ -87,11 +102,20 @@ impl Installer {
         )
     }
 
-    fn resolve(&self, store: &Store, mode: ResolveMode) -> Result<Option<Resolved>, PackagesError> {
+    fn manager(&self) -> &dyn PackageManager {
         match self {
-            Installer::Apt(setup) => setup.resolve(store, mode),
-            Installer::Pacman(setup) => setup.resolve(store, mode),
+            Installer::Apt(setup) => setup,
+            Installer::Pacman(setup) => setup,
         }
+    }
+
+    fn resolve(
+        &self,
+        host: &dyn Host,
+        store: &Store,
+        mode: ResolveMode,
+    ) -> Result<Option<Resolved>, PackagesError> {
+        manager::resolve(self.manager(), host, store, mode)
     }
 
     /// The values the output depends on besides the resolved set and the base tree.
@@ -167,6 +191,8 @@ pub struct PackagesStage {
     pub installer: Installer,
     /// With `--locked`: what resolution must yield.
     pub locked: Option<Locked>,
+    /// The host the package managers run on.
+    pub host: Arc<dyn Host>,
     /// The index the last resolution read, for `run`.
     snapshot: Mutex<Option<Snapshot>>,
 }
@@ -176,11 +202,13 @@ impl PackagesStage {
         base: impl Into<String>,
         installer: Installer,
         locked: Option<Locked>,
+        host: Arc<dyn Host>,
     ) -> PackagesStage {
         PackagesStage {
             base: base.into(),
             installer,
             locked,
+            host,
             snapshot: Mutex::new(None),
         }
     }
@@ -195,7 +223,7 @@ impl PackagesStage {
     pub fn resolve_set(&self, store: &Store) -> Result<PackageSet, PackagesError> {
         let resolved = self
             .installer
-            .resolve(store, ResolveMode::Online)?
+            .resolve(self.host.as_ref(), store, ResolveMode::Online)?
             .ok_or(PackagesError::NoResolution)?;
         *self.snapshot() = resolved.snapshot;
         Ok(resolved.set)
@@ -231,7 +259,7 @@ impl PackagesStage {
                 // still yield what the key was computed from.
                 let resolved = self
                     .installer
-                    .resolve(ctx.store, ResolveMode::Online)
+                    .resolve(self.host.as_ref(), ctx.store, ResolveMode::Online)
                     .map_err(StageError::failed)?
                     .ok_or_else(|| StageError::failed(PackagesError::NoResolution))?;
                 let (again, snapshot) = match resolved.snapshot {
@@ -250,7 +278,7 @@ impl PackagesStage {
         let base = ctx.store.manifest(&ctx.input("base")?)?;
         let target = ctx.scratch.join("root");
         // Without root, mmdebstrap builds an archive from the base tree itself.
-        let rootless = matches!(self.installer, Installer::Apt(_)) && !state::is_root();
+        let rootless = matches!(self.installer, Installer::Apt(_)) && !tools::is_root();
         if !rootless {
             ctx.store.checkout(
                 &base,
@@ -270,11 +298,11 @@ impl PackagesStage {
             target: &target,
             scratch: ctx.scratch,
         };
-        let stored = match &self.installer {
-            Installer::Apt(setup) => setup.install(&job, &mut log),
-            Installer::Pacman(setup) => setup.install(&job, &mut log).map(|()| None),
-        }
-        .map_err(StageError::failed)?;
+        let stored = self
+            .installer
+            .manager()
+            .install(self.host.as_ref(), &job, &mut log)
+            .map_err(StageError::failed)?;
         drop(snapshot);
         let mut tree = match stored {
             Some(tree) => tree,
@@ -336,7 +364,7 @@ impl Stage for PackagesStage {
         };
         let Some(resolved) = self
             .installer
-            .resolve(store, ctx.mode)
+            .resolve(self.host.as_ref(), store, ctx.mode)
             .map_err(StageError::failed)?
         else {
             return Ok(Resolution::unknown());

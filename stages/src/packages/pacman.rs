@@ -17,21 +17,21 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_cache::Store;
-use kiln_engine::ResolveMode;
-use kiln_engine::recipe::{Distribution, Recipe};
+use kiln_cache::{Manifest, Store};
+use kiln_recipe::{Distribution, Recipe};
 
+use super::Installation;
 use super::error::PackagesError;
-use super::freshness::{self, IndexFile};
-use super::listing::{PackageSet, ResolvedPackage, describe_changes};
+use super::files::{create_dir, link_files, write_file};
+use super::freshness::IndexFile;
+use super::gpg_home::GpgHome;
+use super::listing::{PackageSet, ResolvedPackage};
+use super::manager::{PackageManager, check_installed, pins};
 use super::mirror;
-use super::resolution::SavedResolution;
-use crate::host::clean_command;
-
-use super::state::{
-    self, GpgHome, PackageCache, Snapshot, StateLock, ToolOutput, create_dir, run_tool, write_file,
-};
-use super::{Installation, Resolved};
+use super::package_cache::PackageCache;
+use super::private_state::state_dir;
+use super::tools::{ToolOutput, is_root, require_tools, run};
+use crate::host::{Host, ToolInvocation};
 
 /// The Arch Linux keyring as Debian's `archlinux-keyring` installs it.
 const ARCH_KEYRING: &str = "/usr/share/keyrings/archlinux.gpg";
@@ -123,33 +123,90 @@ impl PacmanSetup {
         text
     }
 
-    /// Check the host tools and, for signed repositories, the keyring.
-    pub fn check_host(&self) -> Result<(), PackagesError> {
-        let mut tools = vec![
-            ("pacman", "pacman-package-manager"),
-            ("bwrap", "bubblewrap"),
-        ];
-        if self.verifies_signatures() {
-            tools.push(("pacman-key", "pacman-package-manager"));
-            tools.push(("gpg", "gpg"));
-        }
-        state::require_tools(&tools)?;
-        if self.verifies_signatures() && !Path::new(ARCH_KEYRING).is_file() {
-            return Err(PackagesError::KeyringMissing {
-                path: PathBuf::from(ARCH_KEYRING),
-                package: "archlinux-keyring".to_string(),
-            });
-        }
-        Ok(())
+    /// `pacman --config … --gpgdir … --logfile /dev/null`.
+    fn pacman(&self, config: &Path, gnupg: &Path) -> ToolInvocation {
+        ToolInvocation::new("pacman")
+            .arg("--config")
+            .arg_path(config)
+            .arg("--gpgdir")
+            .arg_path(gnupg)
+            .args(["--logfile", "/dev/null", "--color", "never"])
     }
 
-    /// The private state for this pacman.conf: its folder, config file and keyring folder.
-    fn state(&self, store: &Store) -> (PathBuf, PathBuf, PathBuf) {
-        let dir = state::state_dir(store, "pacman", &self.config());
-        (dir.clone(), dir.join("pacman.conf"), dir.join("gnupg"))
+    /// Create the keyring signatures are checked with, once per state.
+    fn init_keyring(&self, host: &dyn Host, gnupg: &Path) -> Result<(), PackagesError> {
+        let ready = gnupg.join(".kiln-populated");
+        if ready.exists() {
+            return Ok(());
+        }
+        create_dir(gnupg)?;
+        for step in [vec!["--init"], vec!["--populate", "archlinux"]] {
+            let invocation = ToolInvocation::new("pacman-key")
+                .arg("--gpgdir")
+                .arg_path(gnupg)
+                .args(step.iter().copied());
+            let output = run(host, &invocation, "pacman-key", &mut |_| {})?;
+            if !output.success() {
+                return Err(PackagesError::InstallFailed {
+                    tool: format!("pacman-key {}", step.join(" ")),
+                    code: output.code,
+                    output: output.tail(20),
+                });
+            }
+        }
+        write_file(&ready, b"")
     }
 
-    /// What resolution depends on besides the mirror's databases: the request's digest.
+    /// `pacman -S` of the pinned set into `target`, under bubblewrap, which mounts `/dev` and
+    /// `/proc` in the tree for the time of the transaction.
+    fn install_invocation(
+        &self,
+        job: &Installation<'_>,
+        config: &Path,
+        gnupg: &Path,
+        dbpath: &Path,
+        cachedirs: [&Path; 2],
+    ) -> ToolInvocation {
+        let target = job.target;
+        ToolInvocation::new("bwrap")
+            .args(["--bind", "/", "/", "--die-with-parent"])
+            .arg("--dev")
+            .arg_path(&target.join("dev"))
+            .arg("--proc")
+            .arg_path(&target.join("proc"))
+            .args(["--", "pacman", "--config"])
+            .arg_path(config)
+            .arg("--gpgdir")
+            .arg_path(gnupg)
+            .args(["--logfile", "/dev/null", "--color", "never", "--noconfirm"])
+            .arg("--root")
+            .arg_path(target)
+            .arg("--dbpath")
+            .arg_path(dbpath)
+            .arg("--cachedir")
+            .arg_path(cachedirs[0])
+            .arg("--cachedir")
+            .arg_path(cachedirs[1])
+            .args(["--assume-installed", "initramfs", "-S"])
+            .args(pins(&self.packages, job.set))
+    }
+}
+
+impl PackageManager for PacmanSetup {
+    /// The private state for this pacman.conf, which holds the config file, the sync databases
+    /// and the keyring.
+    fn state(&self, store: &Store) -> PathBuf {
+        state_dir(store, "pacman", &self.config())
+    }
+
+    fn index_dir(&self, state: &Path) -> PathBuf {
+        state.join("db/sync")
+    }
+
+    fn snapshot_label(&self) -> (&'static str, &'static [&'static str]) {
+        ("pacman-sync", &[])
+    }
+
     fn request(&self) -> String {
         let text = format!(
             "pacman 1\n{}\n{}\n",
@@ -173,78 +230,59 @@ impl PacmanSetup {
             .collect()
     }
 
-    /// Resolve the package set against the mirror's sync databases, as `mode` allows (see
-    /// [`super::apt::AptSetup::resolve`]); the snapshot holds the databases resolution read,
-    /// for [`PacmanSetup::install`].
-    pub fn resolve(
+    /// Check the host tools and, for signed repositories, the keyring.
+    fn check_host(&self, host: &dyn Host) -> Result<(), PackagesError> {
+        let mut tools = vec![
+            ("pacman", "pacman-package-manager"),
+            ("bwrap", "bubblewrap"),
+        ];
+        if self.verifies_signatures() {
+            tools.push(("pacman-key", "pacman-package-manager"));
+            tools.push(("gpg", "gpg"));
+        }
+        require_tools(host, &tools)?;
+        if self.verifies_signatures() && !Path::new(ARCH_KEYRING).is_file() {
+            return Err(PackagesError::KeyringMissing {
+                path: PathBuf::from(ARCH_KEYRING),
+                package: "archlinux-keyring".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `pacman -Sy` into the state's databases, then `pacman -Sp` into an empty root.
+    fn refresh_and_resolve(
         &self,
-        store: &Store,
-        mode: ResolveMode,
-    ) -> Result<Option<Resolved>, PackagesError> {
-        let (dir, config, gnupg) = self.state(store);
-        let request = self.request();
-        let sync_dir = dir.join("db/sync");
-        match mode {
-            ResolveMode::ReadOnly => {
-                return SavedResolution::load(&dir, &request)
-                    .map(|saved| {
-                        Ok(Resolved {
-                            set: saved.set()?,
-                            snapshot: None,
-                            note: None,
-                        })
-                    })
-                    .transpose();
-            }
-            ResolveMode::Offline => {
-                let saved =
-                    SavedResolution::load(&dir, &request).ok_or(PackagesError::NoResolution)?;
-                let _lock = StateLock::acquire(&dir)?;
-                return Ok(Some(Resolved {
-                    set: saved.set()?,
-                    snapshot: Some(snapshot_of(store, &sync_dir)?),
-                    note: Some(saved.offline_note()),
-                }));
-            }
-            ResolveMode::Online => {}
-        }
-        self.check_host()?;
-        let _lock = StateLock::acquire(&dir)?;
-        let index = self.index_files(&sync_dir);
-        if let Some(saved) = SavedResolution::load(&dir, &request)
-            && saved.read_index_in(&sync_dir)
-            && freshness::unchanged(&index)?
-        {
-            return Ok(Some(Resolved {
-                set: saved.set()?,
-                snapshot: Some(snapshot_of(store, &sync_dir)?),
-                note: None,
-            }));
-        }
+        host: &dyn Host,
+        dir: &Path,
+    ) -> Result<PackageSet, PackagesError> {
+        let config = dir.join("pacman.conf");
         write_file(&config, self.config().as_bytes())?;
         let db = dir.join("db");
         let empty_root = dir.join("root");
         create_dir(&db)?;
         create_dir(&empty_root)?;
-        let gnupg = GpgHome::for_dir(&gnupg)?;
+        let gnupg = GpgHome::for_dir(&dir.join("gnupg"), host)?;
         let gnupg = gnupg.path();
         if self.verifies_signatures() {
-            self.init_keyring(gnupg)?;
+            self.init_keyring(host, gnupg)?;
         }
-        let mut sync = self.pacman(&config, gnupg);
-        sync.arg("--dbpath")
-            .arg(&db)
+        let sync = self
+            .pacman(&config, gnupg)
+            .arg("--dbpath")
+            .arg_path(&db)
             .arg("--root")
-            .arg(&empty_root)
+            .arg_path(&empty_root)
             .args(["--noconfirm", "-Sy"]);
-        let output = run_tool(sync, "pacman", &mut |_| {})?;
+        let output = run(host, &sync, "pacman", &mut |_| {})?;
         check_sync(&output, &self.mirror, &self.architecture)?;
 
-        let mut plan = self.pacman(&config, gnupg);
-        plan.arg("--dbpath")
-            .arg(&db)
+        let plan = self
+            .pacman(&config, gnupg)
+            .arg("--dbpath")
+            .arg_path(&db)
             .arg("--root")
-            .arg(&empty_root)
+            .arg_path(&empty_root)
             .args([
                 "--noconfirm",
                 "--assume-installed",
@@ -253,61 +291,18 @@ impl PacmanSetup {
                 "--print-format",
                 "%n %v %l",
             ])
-            .args(&self.packages);
-        let output = run_tool(plan, "pacman", &mut |_| {})?;
-        let set = parse_plan(&output)?;
-        let names: Vec<String> = index
-            .iter()
-            .filter_map(|file| Some(file.local.file_name()?.to_str()?.to_string()))
-            .collect();
-        SavedResolution::new(&request, &set, &sync_dir, &names).save(&dir)?;
-        Ok(Some(Resolved {
-            set,
-            snapshot: Some(snapshot_of(store, &sync_dir)?),
-            note: None,
-        }))
-    }
-
-    /// `pacman --config … --gpgdir … --logfile /dev/null`.
-    fn pacman(&self, config: &Path, gnupg: &Path) -> std::process::Command {
-        let mut command = clean_command("pacman");
-        command
-            .arg("--config")
-            .arg(config)
-            .arg("--gpgdir")
-            .arg(gnupg)
-            .args(["--logfile", "/dev/null", "--color", "never"]);
-        command
-    }
-
-    /// Create the keyring signatures are checked with, once per state.
-    fn init_keyring(&self, gnupg: &Path) -> Result<(), PackagesError> {
-        let ready = gnupg.join(".kiln-populated");
-        if ready.exists() {
-            return Ok(());
-        }
-        create_dir(gnupg)?;
-        for step in [vec!["--init"], vec!["--populate", "archlinux"]] {
-            let mut command = clean_command("pacman-key");
-            command.arg("--gpgdir").arg(gnupg).args(&step);
-            let output = run_tool(command, "pacman-key", &mut |_| {})?;
-            if !output.success() {
-                return Err(PackagesError::InstallFailed {
-                    tool: format!("pacman-key {}", step.join(" ")),
-                    code: output.code,
-                    output: output.tail(20),
-                });
-            }
-        }
-        write_file(&ready, b"")
+            .args(self.packages.iter().cloned());
+        let output = run(host, &plan, "pacman", &mut |_| {})?;
+        parse_plan(&output)
     }
 
     /// Install the job's set with pacman, reading the sync databases in its index.
-    pub fn install(
+    fn install(
         &self,
+        host: &dyn Host,
         job: &Installation<'_>,
         log: &mut dyn FnMut(&str),
-    ) -> Result<(), PackagesError> {
+    ) -> Result<Option<Manifest>, PackagesError> {
         let Installation {
             store,
             set,
@@ -316,19 +311,18 @@ impl PacmanSetup {
             scratch,
             ..
         } = *job;
-        self.check_host()?;
-        if !state::is_root() {
+        self.check_host(host)?;
+        if !is_root() {
             return Err(PackagesError::NeedsRoot {
                 tool: "pacman".to_string(),
             });
         }
-        let (_, _, gnupg) = self.state(store);
-        let gnupg = GpgHome::for_dir(&gnupg)?;
+        let gnupg = GpgHome::for_dir(&self.state(store).join("gnupg"), host)?;
         // A private copy: another build may be writing the state's own.
         let config = scratch.join("pacman.conf");
         write_file(&config, self.config().as_bytes())?;
         let dbpath = target.join("var/lib/pacman");
-        state::link_files(sync, &dbpath.join("sync"), &[])?;
+        link_files(sync, &dbpath.join("sync"), &[])?;
         let cache = PackageCache::open(store, "pkgs")?;
         let downloads = scratch.join("pkgs-new");
         create_dir(&downloads)?;
@@ -338,35 +332,19 @@ impl PacmanSetup {
             .iter()
             .map(|dir| (target.join(dir), target.join(dir).exists()))
             .collect();
-        let mut command = clean_command("bwrap");
-        command.args(["--bind", "/", "/", "--die-with-parent"]);
-        command.arg("--dev").arg(target.join("dev"));
-        command.arg("--proc").arg(target.join("proc"));
-        command.args(["--", "pacman", "--config"]).arg(&config);
-        command
-            .arg("--gpgdir")
-            .arg(gnupg.path())
-            .args(["--logfile", "/dev/null", "--color", "never", "--noconfirm"])
-            .arg("--root")
-            .arg(target)
-            .arg("--dbpath")
-            .arg(&dbpath)
-            .arg("--cachedir")
-            .arg(&downloads)
-            .arg("--cachedir")
-            .arg(cache.path())
-            .args(["--assume-installed", "initramfs", "-S"])
-            .args(self.pins(set));
-        let output = run_tool(command, "pacman", log)?;
-        let adopted = cache.adopt(
+        let invocation = self.install_invocation(
+            job,
+            &config,
+            gnupg.path(),
+            &dbpath,
+            [&downloads, cache.path()],
+        );
+        let output = run(host, &invocation, "pacman", log)?;
+        cache.adopt_downloads(
             &downloads,
             &[".pkg.tar.zst", ".pkg.tar.xz", ".pkg.tar.gz", ".pkg.tar"],
+            log,
         )?;
-        if adopted > 0 {
-            log(&format!(
-                "{adopted} downloaded packages added to the package cache"
-            ));
-        }
         for (dir, existed) in mounts {
             if !existed {
                 let _ = std::fs::remove_dir(&dir);
@@ -377,24 +355,8 @@ impl PacmanSetup {
         }
         let _ = std::fs::remove_dir_all(dbpath.join("sync"));
         let installed = read_local_db(&dbpath.join("local"))?;
-        let changes = set.changes(&installed);
-        if !changes.is_empty() {
-            return Err(PackagesError::InstalledDiffers {
-                changes: describe_changes(&changes),
-            });
-        }
-        Ok(())
-    }
-
-    /// `Packages=` with each package the set holds pinned to its resolved version.
-    fn pins(&self, set: &PackageSet) -> Vec<String> {
-        self.packages
-            .iter()
-            .map(|name| match set.get(name) {
-                Some(package) => format!("{}={}", package.name, package.version),
-                None => name.clone(),
-            })
-            .collect()
+        check_installed(set, &installed)?;
+        Ok(None)
     }
 }
 
@@ -497,13 +459,6 @@ fn install_error(output: &ToolOutput) -> Option<PackagesError> {
     })
 }
 
-/// The sync databases resolution read, hard-linked into a folder of their own for installation.
-fn snapshot_of(store: &Store, sync: &Path) -> Result<Snapshot, PackagesError> {
-    let snapshot = Snapshot::create(store, "pacman-sync")?;
-    state::link_files(sync, snapshot.path(), &[])?;
-    Ok(snapshot)
-}
-
 /// The packages a pacman local database records.
 pub fn read_local_db(local: &Path) -> Result<PackageSet, PackagesError> {
     let entries =
@@ -535,6 +490,27 @@ pub fn read_local_db(local: &Path) -> Result<PackageSet, PackagesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{RecordingHost, ToolAnswer, ToolInvocation};
+    use crate::packages::manager;
+    use kiln_cache::Manifest;
+    use kiln_engine::ResolveMode;
+
+    /// A host on which every tool pacman needs is answered with `answer` instead of run.
+    fn answering(answer: &ToolAnswer) -> RecordingHost {
+        ["pacman", "pacman-key", "bwrap", "gpg"]
+            .iter()
+            .fold(RecordingHost::new(), |host, tool| {
+                host.answering(tool, answer.clone())
+            })
+    }
+
+    /// The runs of `program` (gpgconf, run for real when the host has it, stops gpg's agent).
+    fn runs_of(host: &RecordingHost, program: &str) -> Vec<ToolInvocation> {
+        host.tools_run()
+            .into_iter()
+            .filter(|invocation| invocation.program == Path::new(program))
+            .collect()
+    }
 
     fn output(code: i32, text: &str) -> ToolOutput {
         ToolOutput {
@@ -621,5 +597,164 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(install_error(&output(0, "(1/1) installing kiln-base\n")).is_none());
+    }
+
+    #[test]
+    fn resolution_refreshes_the_sync_databases_then_plans_the_installation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let host = answering(&ToolAnswer::new(
+            0,
+            "kiln-base 1.0-1 file:///srv/repo/core/os/x86_64/kiln-base-1.0-1-any.pkg.tar.zst\n",
+        ));
+        let setup = setup("file:///srv/repo");
+        let state = setup.state(&store);
+        // What the answered `pacman -Sy` would have written.
+        std::fs::create_dir_all(state.join("db/sync")).unwrap();
+        std::fs::write(state.join("db/sync/core.db"), "").unwrap();
+        let resolved = manager::resolve(&setup, &host, &store, ResolveMode::Online)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resolved.set.listing(), "kiln-base 1.0-1 any\n");
+        let snapshot = resolved
+            .snapshot
+            .expect("an online resolution keeps its index");
+        assert!(snapshot.path().join("core.db").is_file());
+        assert!(
+            runs_of(&host, "pacman-key").is_empty(),
+            "a file:// mirror is not signed"
+        );
+        let pacman = runs_of(&host, "pacman");
+        assert_eq!(pacman.len(), 2, "{pacman:?}");
+        for invocation in &pacman {
+            assert_eq!(
+                invocation.args[..2],
+                [
+                    "--config".to_string(),
+                    state.join("pacman.conf").display().to_string()
+                ]
+            );
+            assert_eq!(
+                invocation.args[4..8],
+                ["--logfile", "/dev/null", "--color", "never"]
+            );
+            assert_eq!(
+                invocation.args[8..12],
+                [
+                    "--dbpath".to_string(),
+                    state.join("db").display().to_string(),
+                    "--root".to_string(),
+                    state.join("root").display().to_string(),
+                ]
+            );
+        }
+        assert_eq!(pacman[0].args[12..], ["--noconfirm", "-Sy"]);
+        assert_eq!(
+            pacman[1].args[12..],
+            [
+                "--noconfirm",
+                "--assume-installed",
+                "initramfs",
+                "-Sp",
+                "--print-format",
+                "%n %v %l",
+                "base"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_mirror_or_a_missing_tool_stops_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let setup = setup("file:///srv/repo");
+        let host = answering(&ToolAnswer::new(
+            1,
+            "error: failed retrieving file 'core.db' from 127.0.0.1 : Connection refused\n",
+        ));
+        match manager::resolve(&setup, &host, &store, ResolveMode::Online) {
+            Err(PackagesError::MirrorUnreachable { url, message }) => {
+                assert_eq!(url, "file:///srv/repo/core/os/x86_64/core.db");
+                assert_eq!(message, "Connection refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(runs_of(&host, "pacman").len(), 1, "nothing is planned");
+
+        let host = answering(&ToolAnswer::new(0, "")).without_tool("bwrap");
+        match manager::resolve(&setup, &host, &store, ResolveMode::Online) {
+            Err(PackagesError::ToolMissing { tool, package }) => {
+                assert_eq!((tool.as_str(), package.as_str()), ("bwrap", "bubblewrap"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(host.calls().is_empty());
+    }
+
+    #[test]
+    fn installation_runs_pacman_in_bubblewrap_and_names_a_failing_scriptlet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let (sync, scratch) = (dir.path().join("sync"), dir.path().join("scratch"));
+        let target = scratch.join("root");
+        for folder in [&sync, &target] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        let set = PackageSet::parse("base 1.0-1 any\n").unwrap();
+        let base = Manifest::new();
+        let job = Installation {
+            store: &store,
+            set: &set,
+            index: &sync,
+            base: &base,
+            target: &target,
+            scratch: &scratch,
+        };
+        let host = answering(&ToolAnswer::new(
+            1,
+            "(1/1) installing kiln-broken\nkiln-broken: cannot configure\n\
+             error: command failed to execute correctly\n",
+        ));
+        let setup = setup("file:///srv/repo");
+        let result = setup.install(&host, &job, &mut |_| {});
+        if !is_root() {
+            assert!(
+                matches!(result, Err(PackagesError::NeedsRoot { .. })),
+                "{result:?}"
+            );
+            assert!(runs_of(&host, "bwrap").is_empty());
+            return;
+        }
+        match result {
+            Err(PackagesError::MaintainerScript { package, output }) => {
+                assert_eq!(package, "kiln-broken");
+                assert!(output.contains("cannot configure"), "{output}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let bwrap = runs_of(&host, "bwrap");
+        assert_eq!(bwrap.len(), 1);
+        let shown = |path: PathBuf| path.display().to_string();
+        assert_eq!(
+            bwrap[0].args[..11],
+            [
+                "--bind".to_string(),
+                "/".to_string(),
+                "/".to_string(),
+                "--die-with-parent".to_string(),
+                "--dev".to_string(),
+                shown(target.join("dev")),
+                "--proc".to_string(),
+                shown(target.join("proc")),
+                "--".to_string(),
+                "pacman".to_string(),
+                "--config".to_string(),
+            ]
+        );
+        assert_eq!(
+            bwrap[0].args[bwrap[0].args.len() - 4..],
+            ["--assume-installed", "initramfs", "-S", "base=1.0-1"]
+        );
+        assert!(!target.join("dev").exists(), "the mount points are removed");
     }
 }

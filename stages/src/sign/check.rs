@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kiln_engine::recipe::{CertificateSource, KeySource, Recipe, SecureBootSignTool};
+use kiln_recipe::{CertificateSource, KeySource, Recipe, SecureBootSignTool};
 use sha2::{Digest as _, Sha256};
 use x509_cert::Certificate;
 
@@ -87,7 +87,7 @@ impl SigningPlan {
 /// `SecureBoot=` is off. Call it when planning, so a bad key stops the build before it starts.
 ///
 /// ```no_run
-/// # let recipe = kiln_engine::recipe::Recipe::default();
+/// # let recipe = kiln_recipe::Recipe::default();
 /// if let Err(error) = kiln_stages::sign::check_signing(&recipe, "project".as_ref()) {
 ///     // `error.setting()` names the setting to point the report at.
 ///     eprintln!("{error} ({:?})", error.setting());

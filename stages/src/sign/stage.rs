@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_cache::{Digest, OutputKind, PutMode};
-use kiln_engine::recipe::{CertificateSource, KeySource, Recipe};
 use kiln_engine::{Input, Stage, StageContext, StageError};
+use kiln_recipe::{CertificateSource, KeySource, Recipe};
 
 use super::check::{SigningMethod, SigningPlan, plan_signing};
 use super::error::SignError;
@@ -59,7 +59,7 @@ impl SignStage {
     ///
     /// ```no_run
     /// # use std::sync::Arc;
-    /// # let recipe = kiln_engine::recipe::Recipe::default();
+    /// # let recipe = kiln_recipe::Recipe::default();
     /// # let host: Arc<dyn kiln_stages::host::Host> = Arc::new(kiln_stages::host::RealHost::new());
     /// let mut stages: Vec<Box<dyn kiln_engine::Stage>> = Vec::new();
     /// if let Some(sign) = kiln_stages::sign::SignStage::for_recipe(&recipe, "project".as_ref(), "uki", host)? {

@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_engine::Stage;
-use kiln_engine::recipe::{
-    CertificateSource, Distribution, Feature, KeySource, Recipe, RootPassword,
-};
+use kiln_recipe::{CertificateSource, Distribution, Feature, KeySource, Recipe, RootPassword};
 
 use crate::config::{
     Autologin, CleanMetadata, EditStage, Firstboot, Hostname, Init, MachineId, OsRelease,
@@ -39,7 +37,8 @@ pub(crate) struct StageKind {
     /// The type whose `version()` to bump: the `Stage`, or for an edit stage the `TreeEdit`.
     pub(crate) type_name: &'static str,
     /// Its sources, relative to `stages/src`: a file, or a directory (ending in `/`) standing
-    /// for every `.rs` file below it.
+    /// for every `.rs` file below it; `../../` reaches another crate's file its output depends
+    /// on.
     pub(crate) sources: &'static [&'static str],
 }
 
@@ -85,8 +84,8 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
             },
             &["trees.rs"],
         ),
-        StageKind::of(packages(Distribution::Debian), &["packages/"]),
-        StageKind::of(packages(Distribution::Arch), &["packages/"]),
+        StageKind::of(packages(Distribution::Debian), &["packages/", "tarball.rs"]),
+        StageKind::of(packages(Distribution::Arch), &["packages/", "tarball.rs"]),
         StageKind::of(
             ScriptsStage {
                 phase: ScriptPhase::Postinst,
@@ -155,7 +154,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
         ),
         StageKind::of(
             ModulesStage::new(base(), ModuleRules::default(), Arc::clone(&host)),
-            &["modules/"],
+            &["modules/", "../../recipe/src/fnmatch.rs"],
         ),
         StageKind::of(
             RemoveFilesStage {
@@ -224,7 +223,7 @@ pub(crate) fn stage_kinds() -> Vec<StageKind> {
                 base: base(),
                 source_date_epoch: 0,
             },
-            &["formats/tar.rs"],
+            &["formats/tar.rs", "tarball.rs"],
         ),
     ]
 }
@@ -237,5 +236,10 @@ fn packages(distribution: Distribution) -> PackagesStage {
     let installer = Installer::for_recipe(&recipe)
         .expect("x86-64 is an architecture of every distribution kiln installs")
         .expect("the distribution has a package manager");
-    PackagesStage::new(String::new(), installer, None)
+    PackagesStage::new(
+        String::new(),
+        installer,
+        None,
+        Arc::new(RealHost::default()),
+    )
 }

@@ -147,13 +147,22 @@ pub(crate) fn entry_of(kind: &StageKind) -> Result<Entry, TableError> {
     })
 }
 
+/// A source as the table names it: relative to `stages/src`, or, for code of another crate
+/// that a stage's output depends on (`../../recipe/src/fnmatch.rs`), to the workspace.
+fn workspace_relative(source: &str) -> PathBuf {
+    match source.strip_prefix("../../") {
+        Some(outside) => PathBuf::from(outside),
+        None => Path::new("stages/src").join(source),
+    }
+}
+
 /// The workspace-relative paths of `kind`'s sources: its files, and the `.rs` files below its
 /// directories.
 fn source_files(kind: &StageKind) -> Result<Vec<PathBuf>, TableError> {
     let workspace = workspace();
     let mut paths = Vec::new();
     for source in kind.sources {
-        let relative = Path::new("stages/src").join(source);
+        let relative = workspace_relative(source);
         let absolute = workspace.join(&relative);
         if !absolute.exists() {
             return Err(TableError::MissingSource {

@@ -12,7 +12,7 @@
 //! IMAGE_ID=/IMAGE_VERSION= edit writes), else `etc/os-release`.
 
 use kiln_cache::{BlobId, Entry, EntryKind, Manifest, Store};
-use kiln_engine::recipe::compare_versions;
+use kiln_recipe::compare_versions;
 
 use super::error::UkiError;
 use crate::pe::PeHeaders;

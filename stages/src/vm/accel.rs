@@ -8,13 +8,11 @@
 //! modification time) of the qemu program and the firmware, so a new qemu or firmware is probed
 //! again.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::command_line::Accel;
+use crate::host::{Host, HostError, ToolInvocation, WatchEnd};
 
 /// How long OVMF gets to print something under KVM. It prints within a second under KVM; TCG
 /// needs about five here.
@@ -127,106 +125,46 @@ pub fn probe_arguments(firmware_code: &Path, firmware_vars: &Path) -> Vec<String
     .collect()
 }
 
-/// What happened while the probe ran.
-enum ProbeEvent {
-    /// The guest wrote to its serial port.
-    Output,
-    /// A line qemu wrote to stderr.
-    Error(String),
-    /// stdout closed: qemu exited.
-    Closed,
-}
-
 /// Runs OVMF under KVM (`firmware_vars` is a writable copy the probe may change) and says
 /// whether it printed anything within [`PROBE_TIMEOUT`]. The guest is killed in every case.
-pub fn probe_kvm(qemu: &Path, firmware_code: &Path, firmware_vars: &Path) -> KvmProbe {
+pub fn probe_kvm(
+    host: &dyn Host,
+    qemu: &Path,
+    firmware_code: &Path,
+    firmware_vars: &Path,
+) -> KvmProbe {
     let failed = |reason: String| KvmProbe {
         works: false,
         reason,
     };
-    let mut command = Command::new(qemu);
-    command
-        .args(probe_arguments(firmware_code, firmware_vars))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::host::process::die_with_kiln(&mut command);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let invocation = ToolInvocation::new(qemu).args(probe_arguments(firmware_code, firmware_vars));
+    let fatal =
+        |line: &str| line.contains("KVM internal error") || line.contains("emulation failure");
+    let watched = match host.watch_output(&invocation, PROBE_TIMEOUT, &fatal) {
+        Ok(watched) => watched,
+        Err(HostError::Spawn { source, .. }) => {
+            return failed(format!("cannot start {}: {source}", qemu.display()));
+        }
         Err(error) => return failed(format!("cannot start {}: {error}", qemu.display())),
     };
-    let (events, received) = mpsc::channel();
-    if let Some(mut stdout) = child.stdout.take() {
-        let events = events.clone();
-        std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            let event = match stdout.read(&mut byte) {
-                Ok(1) => ProbeEvent::Output,
-                _ => ProbeEvent::Closed,
-            };
-            let _ = events.send(event);
-            // Keep draining so qemu never blocks on a full pipe before it is killed.
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        });
+    let first_error = watched.errors.first().map(|line| format!("qemu: {line}"));
+    match watched.end {
+        WatchEnd::Printed => KvmProbe {
+            works: true,
+            reason: String::new(),
+        },
+        WatchEnd::Fatal => failed(first_error.unwrap_or_default()),
+        WatchEnd::Exited => failed(
+            first_error
+                .unwrap_or_else(|| "qemu exited before the firmware printed anything".to_string()),
+        ),
+        WatchEnd::TimedOut => failed(first_error.unwrap_or_else(|| {
+            format!(
+                "the firmware printed nothing within {} s",
+                PROBE_TIMEOUT.as_secs()
+            )
+        })),
     }
-    if let Some(stderr) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let mut reader = std::io::BufReader::new(stderr);
-            while {
-                text.clear();
-                std::io::BufRead::read_line(&mut reader, &mut text).is_ok_and(|n| n > 0)
-            } {
-                if events
-                    .send(ProbeEvent::Error(text.trim_end().to_string()))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-    }
-    let mut errors: Vec<String> = Vec::new();
-    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
-    let outcome = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match received.recv_timeout(left) {
-            Ok(ProbeEvent::Output) => {
-                break KvmProbe {
-                    works: true,
-                    reason: String::new(),
-                };
-            }
-            Ok(ProbeEvent::Error(line)) => {
-                let fatal =
-                    line.contains("KVM internal error") || line.contains("emulation failure");
-                if !line.is_empty() {
-                    errors.push(line);
-                }
-                if fatal {
-                    break failed(format!("qemu: {}", errors[0]));
-                }
-            }
-            Ok(ProbeEvent::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break failed(match errors.first() {
-                    Some(line) => format!("qemu: {line}"),
-                    None => "qemu exited before the firmware printed anything".to_string(),
-                });
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                break failed(match errors.first() {
-                    Some(line) => format!("qemu: {line}"),
-                    None => format!(
-                        "the firmware printed nothing within {} s",
-                        PROBE_TIMEOUT.as_secs()
-                    ),
-                });
-            }
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    outcome
 }
 
 /// Where probe answers are kept: `/run/kiln` for root, else `$XDG_RUNTIME_DIR/kiln`.

@@ -172,7 +172,7 @@ pub fn boot(
         accel::cached_probe(accel::cache_dir().as_deref(), key.as_ref(), || {
             let probe_vars = scratch.path().join("probe-vars.fd");
             match std::fs::copy(OVMF_VARS, &probe_vars) {
-                Ok(_) => accel::probe_kvm(&qemu, Path::new(OVMF_CODE), &probe_vars),
+                Ok(_) => accel::probe_kvm(host, &qemu, Path::new(OVMF_CODE), &probe_vars),
                 Err(error) => accel::KvmProbe {
                     works: false,
                     reason: format!("cannot copy {OVMF_VARS}: {error}"),

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use kiln_engine::recipe::{
+use kiln_recipe::{
     Bootloader, CertificateSource, ConfigIssue, Distribution, Feature, KeySource, LoadError,
-    LoadOptions, Loaded, OutputFormat, Recipe, RecipeOrigin, RootPassword, SecureBootSignTool,
-    TreeSource, from_ron, load_project, to_ron,
+    LoadOptions, Loaded, OutputFormat, ReaderHost, Recipe, RecipeOrigin, RootPassword,
+    SecureBootSignTool, TreeSource, from_ron, load_project, to_ron,
 };
+use kiln_stages::host::reader::RealReaderHost;
 
 /// The environment every test loads with: a Debian host, so defaults do not depend on the machine.
 fn environment() -> BTreeMap<String, String> {
@@ -58,7 +59,7 @@ fn load(dir: &Path) -> Loaded {
 }
 
 fn load_with(dir: &Path, opts: &LoadOptions) -> Loaded {
-    match load_project(dir, opts) {
+    match load_project(dir, opts, &RealReaderHost) {
         Ok(loaded) => loaded,
         Err(error) => panic!("loading failed: {}", describe(&error)),
     }
@@ -81,7 +82,7 @@ fn errors(dir: &Path) -> Vec<ConfigIssue> {
 }
 
 fn errors_with(dir: &Path, opts: &LoadOptions) -> Vec<ConfigIssue> {
-    match load_project(dir, opts) {
+    match load_project(dir, opts, &RealReaderHost) {
         Ok(loaded) => panic!("expected errors, got {:?}", loaded.recipe),
         Err(LoadError::Config(errors)) => errors.errors().cloned().collect(),
         Err(other) => panic!("unexpected error {other}"),
@@ -524,11 +525,7 @@ fn version_conditions_compare_versions() {
     ]);
     let loaded = load(dir.path());
     let mut expected = vec!["/ge", "/eq"];
-    if std::process::Command::new("systemctl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if RealReaderHost.systemd_version(&environment()).is_some() {
         expected.push("/systemd-new");
     }
     assert_eq!(loaded.recipe.content.remove_files, strings(&expected));
@@ -606,7 +603,7 @@ proptest::proptest! {
     #[test]
     fn include_chains_load_up_to_the_limit_and_no_further(depth in 0usize..200) {
         let dir = include_chain(depth);
-        match load_project(dir.path(), &options()) {
+        match load_project(dir.path(), &options(), &RealReaderHost) {
             Ok(loaded) => {
                 proptest::prop_assert!(depth < 62, "{} levels loaded", depth);
                 proptest::prop_assert_eq!(loaded.recipe.content.hostname.as_deref(), Some("deep"));
@@ -635,10 +632,10 @@ proptest::proptest! {
             conf.push_str(&format!("ImageVersion={version}\n"));
         }
         let dir = project(&[("mkosi.conf", conf.as_str())]);
-        if let Ok(loaded) = load_project(dir.path(), &options()) {
+        if let Ok(loaded) = load_project(dir.path(), &options(), &RealReaderHost) {
             let name = loaded.recipe.output_name();
             proptest::prop_assert!(
-                kiln_engine::paths::is_file_name(&name),
+                kiln_recipe::paths::is_file_name(&name),
                 "`{}` from ImageId={:?} ImageVersion={:?}", name, id, version
             );
             proptest::prop_assert_eq!(
@@ -1262,12 +1259,12 @@ fn kiln_ron_is_read_when_there_is_no_mkosi_conf() {
 
     std::fs::write(dir.path().join("mkosi.conf"), "[Content]\n").expect("write");
     assert!(matches!(
-        load_project(dir.path(), &options()),
+        load_project(dir.path(), &options(), &RealReaderHost),
         Err(LoadError::TwoRecipes { .. })
     ));
 
     let bad = project(&[("kiln.ron", "(output: (image_id: 3))")]);
-    match load_project(bad.path(), &options()) {
+    match load_project(bad.path(), &options(), &RealReaderHost) {
         Err(LoadError::Ron { name, .. }) => assert_eq!(name, "kiln.ron"),
         other => panic!("expected a RON error, got {other:?}"),
     }
@@ -1292,11 +1289,11 @@ fn configuration_in_a_mkosi_subdirectory() {
 fn missing_directories_and_empty_projects() {
     let dir = tempfile::tempdir().expect("tempdir");
     assert!(matches!(
-        load_project(&dir.path().join("nope"), &options()),
+        load_project(&dir.path().join("nope"), &options(), &RealReaderHost),
         Err(LoadError::NoProjectDir { .. })
     ));
     assert!(matches!(
-        load_project(dir.path(), &options()),
+        load_project(dir.path(), &options(), &RealReaderHost),
         Err(LoadError::NoRecipe { .. })
     ));
 }
@@ -1383,5 +1380,167 @@ fn local_directory_environment_matches_and_asserts() {
     assert_eq!(
         (location.file.as_str(), location.line),
         ("mkosi.conf.d/40.conf", 2)
+    );
+}
+
+/// A machine that runs nothing: it answers with the systemd version and script result it is
+/// given, and records what the reader asked.
+#[derive(Default)]
+struct RecordingReaderHost {
+    systemd: Option<String>,
+    script: Option<(i32, &'static str, &'static str)>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl ReaderHost for RecordingReaderHost {
+    fn systemd_version(&self, env: &BTreeMap<String, String>) -> Option<String> {
+        let path = env.get("PATH").cloned().unwrap_or_default();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("systemctl --version with PATH={path}"));
+        self.systemd.clone()
+    }
+
+    fn run_script(
+        &self,
+        script: &Path,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> std::io::Result<std::process::Output> {
+        use std::os::unix::process::ExitStatusExt;
+        let name = script.file_name().unwrap_or_default().to_string_lossy();
+        let same_env = env == &environment();
+        self.calls.lock().unwrap().push(format!(
+            "{name} in {} with the recipe's environment: {same_env}",
+            cwd.display()
+        ));
+        match self.script {
+            Some((code, stdout, stderr)) => Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(code << 8),
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: stderr.as_bytes().to_vec(),
+            }),
+            None => Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        }
+    }
+}
+
+impl RecordingReaderHost {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// `SystemdVersion=` compares the version the machine reports, asked with the recipe's
+/// environment; a machine without systemd fails the condition with a warning at its line.
+#[test]
+fn systemd_version_conditions_compare_the_machines_version() {
+    let dir = project(&[
+        ("mkosi.conf", "[Output]\nImageId=img\n"),
+        (
+            "mkosi.conf.d/01.conf",
+            "[Match]\nSystemdVersion=>=250\n[Content]\nRemoveFiles=/at-least-250\n",
+        ),
+        (
+            "mkosi.conf.d/02.conf",
+            "[Match]\nSystemdVersion=<250\n[Content]\nRemoveFiles=/older\n",
+        ),
+        (
+            "mkosi.conf.d/03.conf",
+            "[Match]\nSystemdVersion=!255~rc1\n[Content]\nRemoveFiles=/not-rc\n",
+        ),
+    ]);
+    let host = RecordingReaderHost {
+        systemd: Some("255".to_string()),
+        ..RecordingReaderHost::default()
+    };
+    let loaded = match load_project(dir.path(), &options(), &host) {
+        Ok(loaded) => loaded,
+        Err(error) => panic!("loading failed: {}", describe(&error)),
+    };
+    assert_eq!(
+        loaded.recipe.content.remove_files,
+        strings(&["/at-least-250", "/not-rc"])
+    );
+    assert_eq!(
+        host.calls(),
+        vec!["systemctl --version with PATH=/usr/bin:/bin"; 3]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+
+    let without = RecordingReaderHost::default();
+    let loaded = load_project(dir.path(), &options(), &without).expect("loads");
+    // A condition that cannot be evaluated does not hold; `!` negates that as any other.
+    assert_eq!(loaded.recipe.content.remove_files, strings(&["/not-rc"]));
+    let codes: Vec<(&str, Option<usize>)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.code_str(), w.location().map(|l| l.line)))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("kiln::config::systemd_version", Some(2)),
+            ("kiln::config::systemd_version", Some(2)),
+            ("kiln::config::systemd_version", Some(2)),
+        ]
+    );
+}
+
+/// An executable `mkosi.version` is run by the machine in the project directory with the
+/// recipe's environment; its output is the version, its failure an error at the file.
+#[test]
+fn an_executable_version_file_runs_through_the_machine() {
+    let dir = project(&[
+        ("mkosi.conf", "[Output]\nImageId=img\n"),
+        ("mkosi.version", "#!/bin/sh\nexit 99\n"),
+    ]);
+    executable(&dir.path().join("mkosi.version"));
+    let project_dir = dir.path().canonicalize().expect("canonical");
+    let host = RecordingReaderHost {
+        script: Some((0, "7.1\n\n", "")),
+        ..RecordingReaderHost::default()
+    };
+    let loaded = load_project(dir.path(), &options(), &host).expect("loads");
+    assert_eq!(loaded.recipe.output.image_version.as_deref(), Some("7.1"));
+    assert_eq!(
+        host.calls(),
+        vec![format!(
+            "mkosi.version in {} with the recipe's environment: true",
+            project_dir.display()
+        )]
+    );
+
+    let failing = RecordingReaderHost {
+        script: Some((3, "", "no tag found\n")),
+        ..RecordingReaderHost::default()
+    };
+    let found = match load_project(dir.path(), &options(), &failing) {
+        Err(LoadError::Config(errors)) => errors.errors().cloned().collect::<Vec<_>>(),
+        other => panic!("expected errors, got {other:?}"),
+    };
+    assert_eq!(
+        messages(&found),
+        strings(&["`mkosi.version` failed (exit status: 3)"])
+    );
+    assert!(
+        found[0]
+            .help_text()
+            .expect("help")
+            .ends_with("Its error output:\nno tag found")
+    );
+
+    let unstartable = RecordingReaderHost::default();
+    let found = match load_project(dir.path(), &options(), &unstartable) {
+        Err(LoadError::Config(errors)) => errors.errors().cloned().collect::<Vec<_>>(),
+        other => panic!("expected errors, got {other:?}"),
+    };
+    assert!(
+        found[0]
+            .message()
+            .starts_with("Cannot run `mkosi.version`: "),
+        "{}",
+        found[0]
     );
 }

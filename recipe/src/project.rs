@@ -1,46 +1,16 @@
-//! Recipes: what an image is made of ([`Recipe`]) and how it is read from a project directory,
-//! either a mkosi project (`mkosi.conf` and friends, read exactly as mkosi reads them) or kiln's
-//! own `kiln.ron`.
-//!
-//! [`load_project`] returns the recipe with every warning found; problems point at the file,
-//! line and column they are about and render as miette reports. Paths inside the project are
-//! kept relative to it, so the recipe prints the same on every machine.
-//!
-//! ```no_run
-//! use kiln_engine::recipe::{load_project, to_ron, LoadOptions};
-//! let loaded = load_project(std::path::Path::new("recipes/arch-rescue"), &LoadOptions::default())?;
-//! for warning in &loaded.warnings {
-//!     eprintln!("{warning}");
-//! }
-//! print!("{}", to_ron(&loaded.recipe));
-//! # Ok::<(), kiln_engine::recipe::LoadError>(())
-//! ```
-
-mod assign;
-mod default_files;
-mod diagnostics;
-mod finalize;
-mod host;
-mod ini;
-mod load;
-mod matching;
-pub mod model;
-mod ron;
-mod settings;
-mod specifiers;
-mod values;
+//! A project directory read as a whole: which recipe it holds (a mkosi project or `kiln.ron`),
+//! how it is read ([`LoadOptions`]) and what reading it yields ([`Loaded`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-pub use self::diagnostics::{
-    ConfigError, ConfigErrors, ConfigIssue, ConfigWarning, LoadError, Location,
-};
-pub use self::load::Assignment;
-pub use self::model::*;
-pub use self::ron::{from_ron, to_ron};
-pub use self::settings::{Built, SettingInfo, settings_table};
-pub use self::values::compare_versions;
+use super::diagnostics::{ConfigErrors, ConfigIssue, ConfigWarning, LoadError};
+use super::host::Env;
+use super::load::Assignment;
+use super::model::Recipe;
+use super::reader_host::ReaderHost;
+use super::ron::from_ron;
+use super::{finalize, load};
 
 /// How a project is read: the command line's overrides and how strict to be.
 #[derive(Debug, Clone, Default)]
@@ -83,8 +53,14 @@ pub struct Loaded {
 }
 
 /// Reads the project in `dir`: `kiln.ron` when the directory has no `mkosi.conf`, else the mkosi
-/// configuration (also from a `mkosi/` subdirectory, as mkosi allows).
-pub fn load_project(dir: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+/// configuration (also from a `mkosi/` subdirectory, as mkosi allows). Programs the
+/// configuration calls for (`systemctl --version`, an executable `mkosi.version`) run through
+/// `host`.
+pub fn load_project(
+    dir: &Path,
+    opts: &LoadOptions,
+    host: &dyn ReaderHost,
+) -> Result<Loaded, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::NoProjectDir {
             path: dir.to_path_buf(),
@@ -119,8 +95,8 @@ pub fn load_project(dir: &Path, opts: &LoadOptions) -> Result<Loaded, LoadError>
         return Err(LoadError::NoRecipe { dir });
     }
 
-    let env = host::Env::new(opts.environment.as_ref());
-    let mut shared = load::Shared::new(&env, dir.clone());
+    let env = Env::new(opts.environment.as_ref());
+    let mut shared = load::Shared::new(&env, host, dir.clone());
     let recipe = finalize::load_mkosi(&mut shared, &configdir, opts);
 
     let mut seen = BTreeSet::new();

@@ -931,7 +931,7 @@ mod tests {
 
     #[test]
     fn every_setting_has_mkosis_name_section_and_scope() {
-        let fixture = include_str!("../../tests/fixtures/mkosi-settings.txt");
+        let fixture = include_str!("../tests/fixtures/mkosi-settings.txt");
         let mut differences = Vec::new();
         let mut seen = 0;
         for line in fixture.lines().filter(|line| !line.starts_with('#')) {

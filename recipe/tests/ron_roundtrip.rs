@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_engine::recipe::{
+use kiln_recipe::{
     Bootloader, CertificateSource, ConfigSettings, ContentSettings, Distribution,
     DistributionSettings, Feature, KeySource, OutputFormat, OutputSettings, Recipe, RootPassword,
     Scripts, SecureBootSignTool, Subimage, TreeSource, ValidationSettings, from_ron, to_ron,

@@ -13,6 +13,7 @@ use std::path::Path;
 use miette::Severity;
 
 use super::diagnostics::ConfigIssue;
+use super::fnmatch;
 use super::host::{absolutize, native_architecture};
 use super::ini::Entry;
 use super::load::{Context, Parsed, Val};
@@ -232,7 +233,7 @@ impl Context<'_, '_> {
                     arch == value
                 }
             }
-            (Matcher::Glob, Val::Text(text)) => values::glob_match(value, text),
+            (Matcher::Glob, Val::Text(text)) => fnmatch::matches(text, value),
             (Matcher::Version, Val::Text(text)) => values::version_matches(value, text),
             (Matcher::Feature, Val::Feature(f)) => Some(*f) == feature,
             (Matcher::List, Val::List(list)) => {
@@ -284,16 +285,7 @@ impl Context<'_, '_> {
     }
 
     fn systemd_version_matches(&mut self, parsed: &Parsed, entry: &Entry, condition: &str) -> bool {
-        let output = std::process::Command::new("systemctl")
-            .arg("--version")
-            .env_clear()
-            .envs(self.env().vars())
-            .output();
-        let version = output.ok().filter(|o| o.status.success()).and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.split_whitespace().nth(1).map(str::to_string)
-        });
-        match version {
+        match self.shared.host.systemd_version(self.env().vars()) {
             Some(version) => values::version_matches(condition, &version),
             None => {
                 let span = entry.key_span;

@@ -3,7 +3,8 @@
 //! `mkosi.postinst.d/*`, ...), read before the directory's `mkosi.conf`.
 //!
 //! Files whose content is the value (`mkosi.version`, `mkosi.rootpw`) are run when executable
-//! and their output used, as mkosi does; secrets must not be readable by others. A default file
+//! (by the [`ReaderHost`](crate::ReaderHost)) and their output used, as mkosi does; secrets must
+//! not be readable by others. A default file
 //! of a setting kiln does not implement is reported once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use miette::Severity;
 
 use super::diagnostics::{ConfigIssue, Location};
+use super::fnmatch;
 use super::load::{Context, Input};
 use super::settings::{self, Kind, Setting};
 
@@ -52,7 +54,7 @@ impl Context<'_, '_> {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    if !super::values::glob_match(glob, &file_name) {
+                    if !fnmatch::matches(&file_name, glob) {
                         continue;
                     }
                     let shown = self.shared.display(&entry);
@@ -152,12 +154,10 @@ impl Context<'_, '_> {
             .map(|m| m.mode() & 0o111 != 0)
             .unwrap_or(false);
         if executable {
-            let output = std::process::Command::new(path)
-                .current_dir(&self.cwd)
-                .env_clear()
-                .envs(self.env().vars())
-                .stdin(std::process::Stdio::null())
-                .output();
+            let output = self
+                .shared
+                .host
+                .run_script(path, &self.cwd, self.env().vars());
             return match output {
                 Ok(output) if output.status.success() => match String::from_utf8(output.stdout) {
                     Ok(text) => Some(text),

@@ -126,92 +126,6 @@ pub(crate) fn shell_split(text: &str) -> Result<Vec<String>, SplitError> {
     }
 }
 
-/// Python's `fnmatch.fnmatchcase`: `*`, `?` and `[...]` (with `!` to negate), where `*` also
-/// matches `/`.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    fn matches(p: &[char], t: &[char]) -> bool {
-        let (mut pi, mut ti) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() {
-                match p[pi] {
-                    '*' => {
-                        star = Some((pi, ti));
-                        pi += 1;
-                        continue;
-                    }
-                    '?' => {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                    '[' => {
-                        if let Some((matched, len)) = class(&p[pi..], t[ti]) {
-                            if matched {
-                                pi += len;
-                                ti += 1;
-                                continue;
-                            }
-                        } else if t[ti] == '[' {
-                            pi += 1;
-                            ti += 1;
-                            continue;
-                        }
-                    }
-                    c if c == t[ti] => {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            }
-        }
-        p[pi..].iter().all(|&c| c == '*')
-    }
-
-    /// Whether `c` is in the class at the start of `p`, and the class's length; `None` when `p`
-    /// holds no closing `]` (then `[` is a plain character).
-    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        let mut i = 1;
-        let negate = matches!(p.get(i), Some('!'));
-        if negate {
-            i += 1;
-        }
-        let start = i;
-        let mut found = false;
-        while i < p.len() {
-            if p[i] == ']' && i > start {
-                return Some((found != negate, i + 1));
-            }
-            if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                if p[i] <= c && c <= p[i + 2] {
-                    found = true;
-                }
-                i += 3;
-            } else {
-                if p[i] == c {
-                    found = true;
-                }
-                i += 1;
-            }
-        }
-        None
-    }
-
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    matches(&p, &t)
-}
-
 /// The UAPI version comparison (systemd's `strverscmp_improved`, mkosi's `GenericVersion`).
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     fn valid(c: u8) -> bool {
@@ -380,18 +294,6 @@ mod tests {
             Err(SplitError::UnterminatedQuote('\''))
         );
         assert_eq!(shell_split("A=x\\"), Err(SplitError::TrailingBackslash));
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("arch*", "archlinux-rescue"));
-        assert!(glob_match("*-rescue", "archlinux-rescue"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("[a-c]x", "bx"));
-        assert!(!glob_match("[!a-c]x", "bx"));
-        assert!(glob_match("*", "a/b"));
-        assert!(!glob_match("debian", "debian-rescue"));
-        assert!(glob_match("[x", "[x"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::diagnostics::{ConfigIssue, Location, SourceText};
 use super::host::{Env, absolutize, resolve};
 use super::ini::{self, IniFile, Span, SyntaxError};
 use super::model::{Feature, RootPassword};
+use super::reader_host::ReaderHost;
 use super::settings::{self, Kind, Setting};
 
 /// A setting's value while the configuration is read.
@@ -93,9 +94,11 @@ pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// What every image's reading shares: the project, the environment, and what was found.
+/// What every image's reading shares: the project, the environment, the machine's programs,
+/// and what was found.
 pub(crate) struct Shared<'e> {
     pub env: &'e Env,
+    pub host: &'e dyn ReaderHost,
     /// The project directory, canonical.
     pub project: PathBuf,
     pub issues: Vec<ConfigIssue>,
@@ -106,9 +109,10 @@ pub(crate) struct Shared<'e> {
 }
 
 impl<'e> Shared<'e> {
-    pub fn new(env: &'e Env, project: PathBuf) -> Shared<'e> {
+    pub fn new(env: &'e Env, host: &'e dyn ReaderHost, project: PathBuf) -> Shared<'e> {
         Shared {
             env,
+            host,
             project,
             issues: Vec::new(),
             files: Vec::new(),
