@@ -108,8 +108,9 @@ impl Stage for ScriptsStage {
 
     fn version(&self) -> u32 {
         // 2: the input tree's entries are dated `SHARED_CHECKOUT_MTIME`, not when the store
-        // wrote them.
-        2
+        // wrote them. 3: a script's `user.overlay.*` xattrs are the image's, not whiteouts or
+        // opaque directories.
+        3
     }
 
     fn inputs(&self) -> Vec<Input> {

@@ -31,7 +31,9 @@ impl Stage for PresetsStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: `user.overlay.*` xattrs in the tree are the image's, not whiteouts or opaque
+        // directories.
+        2
     }
 
     fn inputs(&self) -> Vec<Input> {

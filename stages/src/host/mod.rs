@@ -3,7 +3,8 @@
 //!
 //! Stages reach the host only through the [`Host`] trait, so the engine can be tested without
 //! root: [`RealHost`] does the real thing, [`RecordingHost`] records each call as a value and
-//! does only what needs no privileges. Nothing here knows the cache: trees are plain paths.
+//! does only what needs no privileges. Trees are plain paths: the store's only part here is its
+//! rule for extended attributes (`kiln_cache::xattr`).
 //!
 //! ```no_run
 //! use kiln_stages::host::{Host, RealHost, ScriptInvocation, TreeChanges};
