@@ -524,11 +524,16 @@ fn version_conditions_compare_versions() {
     ]);
     let loaded = load(dir.path());
     let mut expected = vec!["/ge", "/eq"];
-    if std::process::Command::new("systemctl")
+    let systemctl = std::process::Command::new("systemctl")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
-    {
+        .is_ok_and(|o| o.status.success());
+    // Without systemd, neither SystemdVersion= section matches: that half is checked alone.
+    if kiln_test_support::skip_unless(
+        (!systemctl).then(|| {
+            "`systemctl` is missing: a matching SystemdVersion= is not checked".to_owned()
+        }),
+    ) {
         expected.push("/systemd-new");
     }
     assert_eq!(loaded.recipe.content.remove_files, strings(&expected));
