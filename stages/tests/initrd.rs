@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use kiln_cache::{Digest, Entry, EntryKind, IngestOptions, Manifest, Store};
 use kiln_stages::initrd::{InitrdOptions, InitrdReport, split_frames, write_initrd};
+use kiln_test_support::is_root;
 
 mod support;
 
@@ -37,10 +38,6 @@ fn missing_tools() -> Option<String> {
         }
     }
     None
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 /// Runs `program` with `input` on stdin; returns stdout, panicking with stderr on failure.
