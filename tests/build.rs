@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use kiln_test_support::Need;
+use kiln_test_support::{Facts, Need, tree_listing};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -22,39 +22,6 @@ use common::{Project, ran, stage};
 /// A copy of recipes/tiny and a store of its own.
 fn tiny() -> Project {
     Project::copy_of("tiny", "tiny")
-}
-
-/// Everything about a tree that a bit-identical copy shares: paths, types, modes, owners,
-/// mtimes, symlink targets and contents.
-fn tree_listing(root: &Path) -> String {
-    let mut lines = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let meta = entry.path().symlink_metadata().unwrap();
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .display()
-            .to_string();
-        let what = if meta.file_type().is_symlink() {
-            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-        } else if meta.is_file() {
-            blake3::hash(&std::fs::read(entry.path()).unwrap())
-                .to_hex()
-                .to_string()
-        } else {
-            String::new()
-        };
-        lines.push(format!(
-            "{relative} {:o} {}:{} {} {what}",
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            meta.mtime()
-        ));
-    }
-    lines.join("\n")
 }
 
 fn reason_inputs(stage: &Value) -> Vec<String> {
@@ -83,19 +50,19 @@ fn a_second_build_with_nothing_changed_is_all_cached_and_identical() {
             "remove-files"
         ]
     );
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Copy);
     let second = project.build(&[]);
     assert!(ran(&second).is_empty(), "{second:?}");
     assert_eq!(second.len(), 7);
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Copy), before);
     // -f rewrites the output, still bit-identical.
     let forced = project.build(&["-f"]);
     assert!(ran(&forced).is_empty());
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Copy), before);
     // -ff re-runs every stage and gets the same image.
     let rerun = project.build(&["-ff"]);
     assert_eq!(ran(&rerun).len(), 7);
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Copy), before);
 }
 
 #[test]
@@ -106,8 +73,8 @@ fn two_stores_build_bit_identical_images_and_tarballs() {
     one.build(&[]);
     two.build(&[]);
     assert_eq!(
-        tree_listing(&one.output_dir()),
-        tree_listing(&two.output_dir())
+        tree_listing(&one.output_dir(), Facts::Copy),
+        tree_listing(&two.output_dir(), Facts::Copy)
     );
     for project in [&one, &two] {
         let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
@@ -178,10 +145,10 @@ fn editing_an_extra_file_names_that_path_and_stops_where_the_output_is_unchanged
     // The output was updated in place of a full copy: it must equal a full rewrite.
     project.write("mkosi.extra/etc/hostname", "edited\n");
     project.build(&[]);
-    let updated = tree_listing(&project.output_dir());
-    assert!(updated.contains("etc/hostname"));
+    let updated = tree_listing(&project.output_dir(), Facts::Copy);
+    assert!(updated.contains_key(Path::new("etc/hostname")));
     project.build(&["-f"]);
-    assert_eq!(tree_listing(&project.output_dir()), updated);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Copy), updated);
 }
 
 #[test]
@@ -238,7 +205,7 @@ fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
     kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = tiny();
     project.build(&[]);
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Copy);
     project.write(
         "mkosi.postinst",
         "#!/bin/sh\necho 'preparing the tree'\necho 'something went wrong' >&2\nexit 3\n",
@@ -251,7 +218,7 @@ fn a_failing_script_stops_the_build_and_caches_nothing_of_its_stage() {
     assert!(stderr.contains("exit code 3"), "{stderr}");
     assert!(stderr.contains("something went wrong"), "{stderr}");
     assert_eq!(
-        tree_listing(&project.output_dir()),
+        tree_listing(&project.output_dir(), Facts::Copy),
         before,
         "the previous output changed"
     );
@@ -382,8 +349,8 @@ fn two_builds_at_once_on_one_store_both_succeed_and_agree() {
         );
     }
     assert_eq!(
-        tree_listing(&one.output_dir()),
-        tree_listing(&two.output_dir())
+        tree_listing(&one.output_dir(), Facts::Copy),
+        tree_listing(&two.output_dir(), Facts::Copy)
     );
     let verify = one.kiln(&["cache", "verify"]);
     assert!(verify.status.success());
@@ -466,8 +433,8 @@ fn builds_killed_at_random_moments_leave_the_store_consistent() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(
-        tree_listing(&project.output_dir()),
-        tree_listing(&reference.output_dir())
+        tree_listing(&project.output_dir(), Facts::Copy),
+        tree_listing(&reference.output_dir(), Facts::Copy)
     );
 }
 

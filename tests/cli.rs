@@ -1,16 +1,12 @@
 //! The command line itself: usage errors, exit codes, and verbs that need no image.
 //! None of these needs root. The shared cache's own tests, against nginx, are in `remote.rs`.
 
-use std::process::{Command, Output};
+mod common;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+use std::process::Output;
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(KILN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    common::kiln().args(args).output().unwrap()
 }
 
 fn tiny() -> String {
@@ -193,8 +189,8 @@ fn the_seed_recipe_is_read_planned_and_locked_or_says_why_not() {
 
 /// `kiln ARGS` with no shared cache configured anywhere (an empty config directory).
 fn kiln_without_a_shared_cache(args: &[&str], config: &std::path::Path) -> Output {
-    let mut command = Command::new(KILN);
-    command.args(args).env("NO_COLOR", "1");
+    let mut command = common::kiln();
+    command.args(args);
     command.env("XDG_CONFIG_HOME", config);
     for name in ["KILN_CONFIG", "KILN_CACHE_REMOTE", "KILN_CACHE_CREDENTIALS"] {
         command.env_remove(name);

@@ -3,9 +3,10 @@
 //! terminal), with its exit code. Each case is a project under `tests/fixtures/config/<case>/`,
 //! or a temporary one when it needs file modes git does not keep.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
@@ -19,14 +20,13 @@ struct Run {
 
 /// `kiln -C DIR recipe show ARGS...` on a Debian "host", so defaults do not depend on the machine.
 fn recipe_show(dir: &Path, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let output = common::kiln()
         .arg("-C")
         .arg(dir)
         .args(["recipe", "show"])
         .args(args)
         .env("MKOSI_HOST_DISTRIBUTION", "debian")
         .env("MKOSI_HOST_RELEASE", "trixie")
-        .env("NO_COLOR", "1")
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .expect("run kiln");

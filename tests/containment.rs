@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use kiln_test_support::Need;
+use kiln_test_support::{Facts, Need, tree_listing};
 
 use common::Project;
 
@@ -33,7 +33,7 @@ impl Canary {
         std::fs::write(dir.path().join("keep"), "canary\n").unwrap();
         std::fs::create_dir(dir.path().join("d")).unwrap();
         std::fs::write(dir.path().join("d/keep"), "canary too\n").unwrap();
-        let before = listing(dir.path());
+        let before = tree_listing(dir.path(), Facts::Copy);
         Canary { dir, before }
     }
 
@@ -49,31 +49,11 @@ impl Canary {
     #[track_caller]
     fn is_untouched(&self, after: &str) {
         assert_eq!(
-            listing(self.path()),
+            tree_listing(self.path(), Facts::Copy),
             self.before,
             "something outside the image changed after {after}"
         );
     }
-}
-
-/// Every path under `root` with its content (files), target (symlinks) or `dir`.
-fn listing(root: &Path) -> BTreeMap<PathBuf, String> {
-    walkdir::WalkDir::new(root)
-        .into_iter()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let meta = path.symlink_metadata().unwrap();
-            let what = if meta.file_type().is_symlink() {
-                format!("-> {}", std::fs::read_link(path).unwrap().display())
-            } else if meta.is_file() {
-                std::fs::read_to_string(path).unwrap()
-            } else {
-                "dir".to_string()
-            };
-            (path.strip_prefix(root).unwrap().to_path_buf(), what)
-        })
-        .collect()
 }
 
 /// recipes/tiny whose base tree holds `abs` (an absolute link to the canary) and `rel` (a

@@ -5,6 +5,7 @@
 //! the packages it left in `/var/tmp/kiln-test-debs`); without them, or without objdump, the
 //! test that needs them skips.
 
+mod common;
 #[path = "../stages/tests/support/debian.rs"]
 mod debian;
 #[path = "../stages/tests/support/synthetic_pe.rs"]
@@ -16,19 +17,16 @@ use std::process::{Command, Output};
 use kiln_stages::uki::{PeHeaders, UkiInputs, UkiSection, assemble_uki, ukify_sections};
 use serde_json::Value;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
 /// Whether the test can go on (see [`kiln_test_support::skip_unless`]).
 fn require(reason_if_missing: Option<String>) -> bool {
     kiln_test_support::skip_unless(reason_if_missing)
 }
 
 fn inspect(args: &[&str], file: &Path) -> Output {
-    Command::new(KILN)
+    common::kiln()
         .arg("inspect")
         .args(args)
         .arg(file)
-        .env("NO_COLOR", "1")
         .output()
         .unwrap()
 }

@@ -4,8 +4,9 @@
 //! and prints that it is skipped without it.
 //!
 //! - `debian_*` tests build `recipes/debian-rescue` (as `Format=directory`) against the Debian
-//!   mirror of the host: they need the network. The cold build runs once per test binary; the
-//!   tests share its project and store and take turns.
+//!   mirror of the host: they need the network. The cold build runs once per test run, shared
+//!   with the other test binaries (`common::debian_rescue`); the tests here share a project on
+//!   a copy of its store and take turns.
 //! - `arch_*` tests need no network: each makes a local pacman repository (packages built with
 //!   makepkg, run as `nobody` because makepkg refuses root, indexed with repo-add) and builds an
 //!   `Distribution=arch` tree from it through a `file://` mirror.
@@ -21,7 +22,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use serde_json::Value;
 
 use common::{Project, ran, stage};
-use kiln_test_support::Need;
+use kiln_test_support::{Facts, Need, assert_same_tree, tree_listing};
 
 /// What the store holds, as these tests inspect it.
 impl Project {
@@ -69,81 +70,6 @@ fn reasons(stage: &Value) -> Vec<(String, Option<String>, Option<String>)> {
         .collect()
 }
 
-/// Everything about a tree a bit-identical copy shares.
-fn tree_listing(root: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let mut lines = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let meta = entry.path().symlink_metadata().unwrap();
-        let what = if meta.file_type().is_symlink() {
-            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-        } else if meta.is_file() {
-            format!("{} {}", meta.len(), meta.ino())
-        } else {
-            String::new()
-        };
-        lines.push(format!(
-            "{} {:o} {}:{} {what}",
-            entry.path().strip_prefix(root).unwrap().display(),
-            meta.mode(),
-            meta.uid(),
-            meta.gid()
-        ));
-    }
-    lines.join("\n")
-}
-
-/// Every path of a tree with its type, mode, owner, mtime and content digest (no inode numbers:
-/// two outputs of the same image compare equal however they were written).
-fn content_listing(root: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut lines = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let meta = entry.path().symlink_metadata().unwrap();
-        let what = if meta.file_type().is_symlink() {
-            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-        } else if meta.is_file() {
-            blake3::hash(&std::fs::read(entry.path()).unwrap())
-                .to_hex()
-                .to_string()
-        } else {
-            String::new()
-        };
-        lines.push(format!(
-            "{} {:o} {}:{} {} {what}",
-            entry.path().strip_prefix(root).unwrap().display(),
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            meta.mtime()
-        ));
-    }
-    lines
-}
-
-/// The two listings are equal; otherwise the first lines that differ.
-#[track_caller]
-fn assert_same_tree(actual: &[String], expected: &[String]) {
-    if actual == expected {
-        return;
-    }
-    let only_actual: Vec<&String> = actual
-        .iter()
-        .filter(|l| !expected.contains(l))
-        .take(10)
-        .collect();
-    let only_expected: Vec<&String> = expected
-        .iter()
-        .filter(|l| !actual.contains(l))
-        .take(10)
-        .collect();
-    panic!(
-        "the trees differ:\n  only in the output: {only_actual:#?}\n  only in the expected tree: {only_expected:#?}"
-    );
-}
-
 /// The installed packages of a dpkg status file, as `NAME VERSION ARCH` lines.
 fn dpkg_installed(status: &str) -> String {
     let mut lines = Vec::new();
@@ -178,26 +104,30 @@ struct Debian {
 
 static DEBIAN: OnceLock<Mutex<Debian>> = OnceLock::new();
 
-/// The debian-rescue project, built once (cold) for the whole test binary.
+/// The debian-rescue project, built once for the whole test binary on a copy of the run's cold
+/// build.
 fn debian() -> MutexGuard<'static, Debian> {
     let debian = DEBIAN.get_or_init(|| {
+        let cold = common::debian_rescue();
         // In a folder of its own, emptied by the next run: a static is never dropped.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-rescue-suite");
         let project = Project::copy_of_in(&dir, "debian-rescue", "debian-rescue");
+        common::copy_store(&cold.path().join("store"), &project.store);
         project.write("mkosi.local.conf", "[Output]\nFormat=directory\n");
         let outcomes = project.build(&[]);
-        assert_eq!(
-            outcomes.get("packages").map(String::as_str),
-            Some("ran"),
-            "{outcomes:?}"
-        );
-        let explanation = project.explain();
+        // The run's cold build installed the packages; this build stored them only if the
+        // mirror changed since.
+        let explanation = match outcomes.get("packages").map(String::as_str) {
+            Some("ran") => project.explain(),
+            Some("cached") => serde_json::from_str(&cold.read("explain.json")).unwrap(),
+            other => panic!("packages: {other:?} in {outcomes:?}"),
+        };
         let packages = reasons(stage(&explanation, "packages"));
         let listing = packages
             .iter()
             .find(|(input, _, _)| input == "packages")
             .and_then(|(_, _, after)| after.clone())
-            .expect("the first build records the resolved set");
+            .expect("the build that ran packages records the resolved set");
         Mutex::new(Debian { project, listing })
     });
     debian
@@ -324,13 +254,13 @@ fn debian_rescue_installs_exactly_the_resolved_set_and_a_rebuild_installs_nothin
     assert!(project.cached_packages("debs") >= debian.listing.lines().count());
 
     // A second build resolves again, finds the same set, and runs nothing.
-    let before = tree_listing(&root);
+    let before = tree_listing(&root, Facts::Inodes);
     let started = std::time::Instant::now();
     let again = project.build(&[]);
     assert!(ran(&again).is_empty(), "{again:?}");
     assert_eq!(again.get("packages").map(String::as_str), Some("cached"));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
-    assert_eq!(tree_listing(&root), before);
+    assert_eq!(tree_listing(&root, Facts::Inodes), before);
     assert!(
         project.temp_files().is_empty(),
         "{:?}",
@@ -431,7 +361,7 @@ fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_store
     let debian = debian();
     let project = &debian.project;
     let objects = project.object_count();
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Inodes);
 
     project.write(
         "mkosi.local.conf",
@@ -468,7 +398,7 @@ fn debian_unknown_packages_and_unreachable_mirrors_fail_before_anything_is_store
         "{:?}",
         project.temp_files()
     );
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Inodes), before);
 }
 
 /// Network: needs the Debian mirror.
@@ -477,7 +407,7 @@ fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_ou
     kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Inodes);
     // A kernel hook that refuses every kernel: linux-image's postinst runs it and fails.
     project.write(
         "mkosi.skeleton/etc/kernel/postinst.d/zz-kiln-refuse",
@@ -502,7 +432,7 @@ fn debian_a_failing_maintainer_script_shows_its_output_and_keeps_the_previous_ou
         "{:?}",
         project.temp_files()
     );
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Inodes), before);
     // Nothing was recorded for the failed run: the recipe as it was is still fully cached.
     let shown = project.graph_show();
     assert!(shown.contains("packages [packages-apt]: cached"), "{shown}");
@@ -514,7 +444,7 @@ fn debian_a_root_password_file_others_can_read_is_refused() {
     kiln_test_support::require!(Need::Root, Need::Mirror, Need::Tool("mmdebstrap"));
     let debian = debian();
     let project = &debian.project;
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Inodes);
     let rootpw = project.root.join("mkosi.rootpw");
     std::fs::write(&rootpw, "hashed:$6$salt$hash\n").unwrap();
     std::fs::set_permissions(&rootpw, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -522,18 +452,17 @@ fn debian_a_root_password_file_others_can_read_is_refused() {
     std::fs::remove_file(&rootpw).unwrap();
     assert!(stderr.contains("mkosi.rootpw"), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Inodes), before);
 }
 
 /// `kiln ARGS` run as a user runs it: from inside the project, with the store given relative to
 /// it (`--cache-dir ../store`).
 fn kiln_inside(project: &Project, args: &[&str]) -> std::process::Output {
     assert_eq!(project.store.parent(), project.root.parent());
-    Command::new(common::KILN)
+    common::kiln()
         .current_dir(&project.root)
         .args(["--cache-dir", "../store"])
         .args(args)
-        .env("NO_COLOR", "1")
         .output()
         .unwrap()
 }
@@ -581,7 +510,7 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
     let debian = debian();
     let project = &debian.project;
     let root = project.output_dir();
-    let clean = content_listing(&root);
+    let clean = tree_listing(&root, Facts::Copy);
 
     // Nothing changed: nothing runs, the output is left alone.
     let outcomes = build_inside(project, &[]);
@@ -614,7 +543,7 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
         ran(&outcomes).len() <= from_stage("extra-trees").len(),
         "{outcomes:?}"
     );
-    assert_same_tree(&content_listing(&root), &clean);
+    assert_same_tree(&tree_listing(&root, Facts::Copy), &clean);
 
     // The finalize script: only finalize and the output.
     let finalize = std::fs::read_to_string(project.root.join("mkosi.finalize")).unwrap();
@@ -653,7 +582,7 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
     let outcomes = build_inside(project, &[]);
     assert!(ran(&outcomes).is_empty(), "{outcomes:?}");
     assert!(!root.is_symlink());
-    assert_same_tree(&content_listing(&root), &clean);
+    assert_same_tree(&tree_listing(&root, Facts::Copy), &clean);
 
     // `kiln cache gc` keeps every stage cached and freezes (compresses) the blobs nothing links;
     // an edit then thaws what its stages read, and the tree is the same as before.
@@ -679,7 +608,7 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
     assert_eq!(project.read("etc/kiln-edit-loop"), "after gc\n");
     project.remove("mkosi.extra/etc/kiln-edit-loop");
     build_inside(project, &[]);
-    assert_same_tree(&content_listing(&root), &clean);
+    assert_same_tree(&tree_listing(&root, Facts::Copy), &clean);
     let verify = kiln_inside(project, &["cache", "verify"]);
     assert!(
         verify.status.success(),
@@ -695,7 +624,7 @@ fn debian_edit_loop_from_inside_the_project_with_a_relative_store() {
             .all(|outcome| outcome == "ran, output unchanged"),
         "{outcomes:?}"
     );
-    assert_same_tree(&content_listing(&root), &clean);
+    assert_same_tree(&tree_listing(&root, Facts::Copy), &clean);
     std::fs::remove_dir_all(&versioned).unwrap();
 }
 
@@ -1185,7 +1114,7 @@ fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_sta
     );
     let project = arch_project(&repo, "Packages=kiln-hello\n");
     project.build(&[]);
-    let before = tree_listing(&project.output_dir());
+    let before = tree_listing(&project.output_dir(), Facts::Inodes);
 
     let conf = std::fs::read_to_string(project.root.join("mkosi.conf")).unwrap();
     project.write(
@@ -1201,7 +1130,7 @@ fn arch_a_failing_scriptlet_is_named_with_its_output_and_the_previous_output_sta
         stderr.contains("kiln-broken: refusing to configure"),
         "{stderr}"
     );
-    assert_eq!(tree_listing(&project.output_dir()), before);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Inodes), before);
     assert!(
         project.temp_files().is_empty(),
         "{:?}",
@@ -1258,10 +1187,9 @@ fn arch_builds_from_inside_the_project_into_its_own_mkosi_cache() {
     let project = arch_project(&repo, "Packages=kiln-hello\nHostname=arch-local\n");
     std::fs::create_dir(project.root.join("mkosi.cache")).unwrap();
     let build = || {
-        let output = Command::new(common::KILN)
+        let output = common::kiln()
             .current_dir(&project.root)
             .arg("build")
-            .env("NO_COLOR", "1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

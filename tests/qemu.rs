@@ -7,6 +7,7 @@
 //! Every run of kiln here has a deadline ([`DEADLINE`]) and leads its own process group, which
 //! is killed whole (kiln and qemu) when the deadline passes or the test fails.
 
+mod common;
 #[path = "../stages/tests/support/debian.rs"]
 mod debian;
 
@@ -24,8 +25,6 @@ use kiln_stages::uki::{UkiInputs, assemble_uki, ukify_sections};
 
 /// The line the guest's `/init` prints, followed by the kernel command line.
 const MARKER: &str = "KILN-QEMU-MARKER";
-
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// The longest a boot may take before the test gives up and kills it. A boot with TCG takes
 /// about 20 s here.
@@ -186,11 +185,10 @@ struct Kiln {
 
 impl Kiln {
     fn start(project: &Path, args: &[&str]) -> Kiln {
-        let mut child = Command::new(KILN)
+        let mut child = common::kiln()
             .arg("-C")
             .arg(project)
             .args(args)
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -443,11 +441,10 @@ fn an_image_not_built_yet_or_not_a_uki_is_a_clear_error() {
         "[Output]\nFormat=uki\nImageId=qemu-test\nImageVersion=1.0\n",
     )
     .unwrap();
-    let output = Command::new(KILN)
+    let output = common::kiln()
         .arg("-C")
         .arg(project.path())
         .arg("qemu")
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -463,11 +460,10 @@ fn an_image_not_built_yet_or_not_a_uki_is_a_clear_error() {
         "[Output]\nFormat=directory\n",
     )
     .unwrap();
-    let output = Command::new(KILN)
+    let output = common::kiln()
         .arg("-C")
         .arg(project.path())
         .arg("qemu")
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

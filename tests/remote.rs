@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kiln_test_support::Need;
+use kiln_test_support::{Facts, Need, tree_listing};
 use serde_json::Value;
 
 use common::{Project, outcomes, stage};
@@ -155,7 +155,7 @@ impl Team {
 
 /// `kiln cache keygen NAME --dir DIR`; returns the public key.
 fn keygen(dir: &Path, name: &str) -> String {
-    let output = Command::new(common::KILN)
+    let output = common::kiln()
         .args(["cache", "keygen", name, "--dir"])
         .arg(dir)
         .output()
@@ -260,34 +260,6 @@ impl Member {
     }
 }
 
-/// Everything a bit-identical copy of a tree shares: paths, types, modes, owners, mtimes,
-/// symlink targets and contents.
-fn listing(root: &Path) -> String {
-    let mut lines = Vec::new();
-    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let entry = entry.unwrap();
-        let meta = entry.path().symlink_metadata().unwrap();
-        let what = if meta.file_type().is_symlink() {
-            format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-        } else if meta.is_file() {
-            blake3::hash(&std::fs::read(entry.path()).unwrap())
-                .to_hex()
-                .to_string()
-        } else {
-            String::new()
-        };
-        lines.push(format!(
-            "{} {:o} {}:{} {} {what}",
-            entry.path().strip_prefix(root).unwrap().display(),
-            meta.mode(),
-            meta.uid(),
-            meta.gid(),
-            meta.mtime()
-        ));
-    }
-    lines.join("\n")
-}
-
 /// Explain's JSON for a member's last build.
 fn explain(member: &Member) -> Value {
     let output = member.kiln(&["graph", "explain", "--json"]);
@@ -345,8 +317,8 @@ fn member_b_builds_everything_from_what_member_a_pushed() {
         "{stderr}"
     );
     assert_eq!(
-        listing(&b.project.output_dir()),
-        listing(&a.project.output_dir())
+        tree_listing(&b.project.output_dir(), Facts::Copy),
+        tree_listing(&a.project.output_dir(), Facts::Copy)
     );
     // Only the image came over: the trees under it stayed on the server.
     assert!(
@@ -443,8 +415,8 @@ fn a_blob_corrupted_on_the_server_is_rejected_and_rebuilt() {
     );
     assert_eq!(outcomes(&stderr)["output"], "ran", "{stderr}");
     assert_eq!(
-        listing(&b.project.output_dir()),
-        listing(&a.project.output_dir())
+        tree_listing(&b.project.output_dir(), Facts::Copy),
+        tree_listing(&a.project.output_dir(), Facts::Copy)
     );
     let verify = b.kiln(&["cache", "verify"]);
     assert!(verify.status.success(), "{verify:?}");
@@ -497,8 +469,8 @@ fn records_of_an_untrusted_key_or_altered_after_signing_are_ignored_and_said_so(
         "{stderr}"
     );
     assert_eq!(
-        listing(&c.project.output_dir()),
-        listing(&a.project.output_dir())
+        tree_listing(&c.project.output_dir(), Facts::Copy),
+        tree_listing(&a.project.output_dir(), Facts::Copy)
     );
 }
 
@@ -572,8 +544,8 @@ fn the_server_stopped_in_the_middle_of_a_pull_leaves_a_build_that_succeeds_local
     );
     assert_eq!(outcomes(&stderr)["output"], "ran", "{stderr}");
     assert_eq!(
-        listing(&b.project.output_dir()),
-        listing(&a.project.output_dir())
+        tree_listing(&b.project.output_dir(), Facts::Copy),
+        tree_listing(&a.project.output_dir(), Facts::Copy)
     );
     let verify = b.kiln(&["cache", "verify"]);
     assert!(verify.status.success(), "{verify:?}");

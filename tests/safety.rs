@@ -20,11 +20,12 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{KILN, Project};
-use kiln_test_support::Need;
+use common::{Project, copy_store};
+use kiln_test_support::{Facts, Need, tree_listing};
 
 // ------------------------------------------------------------------------------------------
-// The reference: one cold build of debian-rescue, and the outputs of every recipe state.
+// The reference: built on the run's one cold build of debian-rescue, and the outputs of every
+// recipe state.
 
 /// What a test changes in the recipe. Each field is a counter whose value goes into one file, so
 /// a value not built before makes the stages from there on run again.
@@ -112,22 +113,29 @@ static SUITE: OnceLock<Mutex<Suite>> = OnceLock::new();
 
 fn suite() -> MutexGuard<'static, Suite> {
     let suite = SUITE.get_or_init(|| {
+        // The cold build is the one the whole run shares; the reference builds its state on a
+        // copy of that store, which runs the stages from extra-trees on.
+        let cold = common::debian_rescue();
+        let cold_stderr = cold.read("build.stderr");
+        let cold_build = Duration::from_secs_f64(cold.read("seconds").parse().unwrap());
         // In a folder of its own, emptied by the next run: a static is never dropped.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("safety-suite");
         let reference = Project::copy_of_in(&dir, "debian-rescue", "debian-rescue");
+        copy_store(&cold.path().join("store"), &reference.store);
         let finalize = std::fs::read_to_string(reference.root.join("mkosi.finalize")).unwrap();
         State::default().apply(&reference, &finalize);
-        let started = Instant::now();
         let stderr = build_ok(&reference, &["-v"]);
-        let cold_build = started.elapsed();
-        eprintln!("reference: cold build of debian-rescue in {cold_build:.1?}");
-        let order: Vec<String> = stderr
+        eprintln!("reference: cold build of debian-rescue (shared) in {cold_build:.1?}");
+        let order: Vec<String> = cold_stderr
             .lines()
             .filter_map(|line| line.strip_suffix(": started"))
             .filter(|stage| !stage.starts_with(' '))
             .map(str::to_string)
             .collect();
-        assert!(order.iter().any(|stage| stage == "packages"), "{stderr}");
+        assert!(
+            order.iter().any(|stage| stage == "packages"),
+            "{cold_stderr}"
+        );
         let show = reference.graph_show();
         let kinds = show
             .lines()
@@ -146,6 +154,8 @@ fn suite() -> MutexGuard<'static, Suite> {
             durations: BTreeMap::new(),
             cold_build,
         };
+        // Every stage ran in the cold build; those the state changes ran again just now.
+        suite.record_durations(Edit::RerunAll, &cold_stderr);
         suite.record_durations(Edit::RerunAll, &stderr);
         Mutex::new(suite)
     });
@@ -241,33 +251,6 @@ fn uki_hash(project: &Project) -> String {
     let bytes = std::fs::read(uki_path(project)).unwrap();
     assert!(bytes.starts_with(b"MZ"), "not a PE file");
     blake3::hash(&bytes).to_hex().to_string()
-}
-
-/// Copies a store (without its shared checkouts, which are made again on use).
-fn copy_store(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("v1")).unwrap();
-    let mut sources = vec![from.join("CACHEDIR.TAG")];
-    for entry in std::fs::read_dir(from.join("v1")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if name != "checkouts" && name != "tmp" {
-            sources.push(path);
-        }
-    }
-    let status = Command::new("cp")
-        .arg("-a")
-        .args(&sources[..1])
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = Command::new("cp")
-        .arg("-a")
-        .args(&sources[1..])
-        .arg(to.join("v1"))
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// `kiln cache verify`, which must find nothing wrong.
@@ -694,37 +677,6 @@ fn debian_killed_builds_at_random_moments_and_named_points_keep_store_and_output
 // ------------------------------------------------------------------------------------------
 // 3. Builds at once on one store, beside `cache gc`.
 
-/// Everything about a tree a bit-identical copy shares: paths, types, modes, owners, mtimes,
-/// symlink targets and contents.
-fn tree_listing(root: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(root)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let meta = entry.path().symlink_metadata().unwrap();
-            let what = if meta.file_type().is_symlink() {
-                format!("-> {}", std::fs::read_link(entry.path()).unwrap().display())
-            } else if meta.is_file() {
-                blake3::hash(&std::fs::read(entry.path()).unwrap())
-                    .to_hex()
-                    .to_string()
-            } else {
-                String::new()
-            };
-            format!(
-                "{} {:o} {}:{} {} {what}",
-                entry.path().strip_prefix(root).unwrap().display(),
-                meta.mode(),
-                meta.uid(),
-                meta.gid(),
-                meta.mtime()
-            )
-        })
-        .collect()
-}
-
 /// A copy of recipes/tiny whose extra tree says `tag`, building into `store`.
 fn tiny_on(store: &Path, tag: &str) -> Project {
     let mut project = Project::copy_of("tiny", "tiny");
@@ -777,13 +729,13 @@ fn debian_four_builds_of_two_recipes_at_once_beside_gc_all_succeed_and_agree() {
         .iter()
         .map(|tag| tiny_on(&store, tag))
         .collect();
-    let tiny_expected: Vec<Vec<String>> = ["one", "two"]
+    let tiny_expected: Vec<kiln_test_support::Listing> = ["one", "two"]
         .iter()
         .map(|tag| {
             let alone = tempfile::tempdir().unwrap();
             let project = tiny_on(alone.path(), tag);
             build_ok(&project, &[]);
-            tree_listing(&project.output_dir())
+            tree_listing(&project.output_dir(), Facts::Copy)
         })
         .collect();
     let prepared = started.elapsed();
@@ -796,11 +748,10 @@ fn debian_four_builds_of_two_recipes_at_once_beside_gc_all_succeed_and_agree() {
         std::thread::spawn(move || {
             let mut runs = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let output = Command::new(KILN)
+                let output = common::kiln()
                     .arg("--cache-dir")
                     .arg(&store)
                     .args(["cache", "gc"])
-                    .env("NO_COLOR", "1")
                     .output()
                     .unwrap();
                 runs.push((
@@ -865,7 +816,7 @@ fn debian_four_builds_of_two_recipes_at_once_beside_gc_all_succeed_and_agree() {
         assert_eq!(&uki_hash(project), expected, "{}", project.root.display());
     }
     for (project, expected) in tinies.iter().zip(&tiny_expected) {
-        assert_eq!(&tree_listing(&project.output_dir()), expected);
+        assert_eq!(&tree_listing(&project.output_dir(), Facts::Copy), expected);
     }
     assert_verified(&rescues[0], "after the builds at once");
     assert!(scratch(&store).is_empty(), "{:?}", scratch(&store));
@@ -1006,7 +957,7 @@ fn a_damaged_index_is_moved_aside_named_and_the_build_starts_a_new_one() {
     kiln_test_support::require!(Need::Root, Need::Tool("bwrap"));
     let project = Project::copy_of("tiny", "tiny");
     project.build(&[]);
-    let expected = tree_listing(&project.output_dir());
+    let expected = tree_listing(&project.output_dir(), Facts::Copy);
     // The second page holds a table's b-tree: garbage in its header makes SQLite report the
     // database malformed.
     let index = project.store.join("v1/index.sqlite");
@@ -1034,7 +985,7 @@ fn a_damaged_index_is_moved_aside_named_and_the_build_starts_a_new_one() {
         .filter(|name| name.starts_with("index.sqlite.damaged-"))
         .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
-    assert_eq!(tree_listing(&project.output_dir()), expected);
+    assert_eq!(tree_listing(&project.output_dir(), Facts::Copy), expected);
     assert_verified(&project, "after the index was replaced");
     // The new index works: a second build is all cached.
     let again = project.build(&[]);

@@ -5,6 +5,7 @@
 //! The UKI is assembled from a synthetic stub, so no test here needs the mirror; the ones that
 //! ask OpenSSL or osslsigncode for a second opinion skip without them.
 
+mod common;
 #[path = "../stages/tests/support/synthetic_pe.rs"]
 mod synthetic_pe;
 
@@ -24,14 +25,11 @@ use kiln_stages::uki::{UkiSection, assemble_uki};
 use kiln_test_support::Need;
 use serde_json::Value;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
 fn kiln(dir: &Path, args: &[&str]) -> Output {
-    Command::new(KILN)
+    common::kiln()
         .arg("-C")
         .arg(dir)
         .args(args)
-        .env("NO_COLOR", "1")
         .env("USER", "kiln-test")
         .output()
         .unwrap()

@@ -8,11 +8,12 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 
-use common::{Scratch, make_removable, sample_tree, snapshot};
+use common::{Scratch, make_removable, sample_tree};
 use kiln_cache::{
     CheckoutMode, CheckoutOptions, Entry, EntryKind, IngestOptions, Manifest, StoreError,
     UpdateReport, clone_hardlinked,
 };
+use kiln_test_support::{Facts, tree_listing};
 
 const SDE: i64 = 1_700_000_000;
 
@@ -135,17 +136,17 @@ fn update_of_a_hardlinked_clone_gives_the_new_tree_and_leaves_the_old_one() {
 
     let a = s.path("a");
     s.store.checkout(&m, &a, opts(CheckoutMode::Copy)).unwrap();
-    let before = snapshot(&a);
+    let before = tree_listing(&a, Facts::Everything);
     let b = s.path("b");
     clone_hardlinked(&a, &b).unwrap();
-    assert_eq!(snapshot(&b).len(), before.len());
+    assert_eq!(tree_listing(&b, Facts::Everything).len(), before.len());
     let report = s
         .store
         .update_checkout(&m, &m2, &b, opts(CheckoutMode::Copy))
         .unwrap();
 
     // The old checkout was not written through.
-    assert_eq!(snapshot(&a), before);
+    assert_eq!(tree_listing(&a, Facts::Everything), before);
     let replaced = if xattrs { 11 } else { 10 };
     assert_eq!(
         report,

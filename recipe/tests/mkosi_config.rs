@@ -525,7 +525,13 @@ fn version_conditions_compare_versions() {
     ]);
     let loaded = load(dir.path());
     let mut expected = vec!["/ge", "/eq"];
-    if RealReaderHost.systemd_version(&environment()).is_some() {
+    let systemctl = RealReaderHost.systemd_version(&environment()).is_some();
+    // Without systemd, neither SystemdVersion= section matches: that half is checked alone.
+    if kiln_test_support::skip_unless(
+        (!systemctl).then(|| {
+            "`systemctl` is missing: a matching SystemdVersion= is not checked".to_owned()
+        }),
+    ) {
         expected.push("/systemd-new");
     }
     assert_eq!(loaded.recipe.content.remove_files, strings(&expected));

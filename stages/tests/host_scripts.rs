@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kiln_test_support::{Facts, tree_listing};
+
 use kiln_stages::host::{
     Host, HostCall, RealHost, RecordingHost, ScriptError, ScriptInvocation, TAIL_LINES, Tools,
 };
@@ -262,7 +264,7 @@ mkdir -p /run/not-in-tree
     inv.args.push("final".into());
     inv.env.insert("IMAGE_ID".into(), "rescue".into());
     minimal_tree(&mut inv);
-    let before: BTreeMap<_, _> = list(&l.root);
+    let before: BTreeMap<_, _> = tree_listing(&l.root, Facts::Kinds);
 
     let (tail, _) = collect(&RealHost::new(), &inv);
     let tail = tail.unwrap();
@@ -295,8 +297,11 @@ mkdir -p /run/not-in-tree
         Path::new("/run/systemd/resolve/stub-resolv.conf"),
         "the image's resolv.conf symlink is unchanged"
     );
-    let mut after = list(&l.root);
-    assert_eq!(after.remove(Path::new("etc/from-chroot")), Some(false));
+    let mut after = tree_listing(&l.root, Facts::Kinds);
+    assert_eq!(
+        after.remove(Path::new("etc/from-chroot")),
+        Some("file".to_owned())
+    );
     assert_eq!(after, before, "only the script's write is left in the tree");
 }
 
@@ -382,7 +387,7 @@ echo "outside $SRCDIR"
     );
     let mut inv = ScriptInvocation::new(&s, "postinst", &l.root, &l.project, &l.output);
     minimal_tree(&mut inv);
-    let before = list(&l.root);
+    let before = tree_listing(&l.root, Facts::Kinds);
     let (tail, _) = collect(&RealHost::new(), &inv);
     assert_eq!(
         tail.unwrap(),
@@ -391,11 +396,14 @@ echo "outside $SRCDIR"
             format!("outside {}", l.project.display()),
         ]
     );
-    let mut after = list(&l.root);
-    assert_eq!(after.remove(Path::new("etc/helper")), Some(false));
+    let mut after = tree_listing(&l.root, Facts::Kinds);
+    assert_eq!(
+        after.remove(Path::new("etc/helper")),
+        Some("file".to_owned())
+    );
     assert_eq!(
         after.remove(Path::new("tmp")),
-        Some(true),
+        Some("dir".to_owned()),
         "what the host script created itself stays"
     );
     assert_eq!(after, before, "the helper's mount points are removed");
@@ -431,7 +439,7 @@ fn failing_chroot_script_reports_exit_code_and_output_tail() {
     );
     let mut inv = ScriptInvocation::new(&s, "finalize", &l.root, &l.project, &l.output);
     minimal_tree(&mut inv);
-    let before = list(&l.root);
+    let before = tree_listing(&l.root, Facts::Kinds);
     let err = RealHost::new().run_script(&inv, &mut |_| {}).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -445,7 +453,7 @@ fn failing_chroot_script_reports_exit_code_and_output_tail() {
         &vec!["before".to_owned(), "it broke".to_owned()]
     );
     assert_eq!(
-        list(&l.root),
+        tree_listing(&l.root, Facts::Kinds),
         before,
         "mount points are removed after a failure too"
     );
@@ -464,19 +472,6 @@ fn chroot_mount_point_on_a_symlink_is_refused() {
     let err = RealHost::new().run_script(&inv, &mut |_| {}).unwrap_err();
     assert!(matches!(err, ScriptError::Sandbox { .. }), "{err:?}");
     assert!(err.to_string().contains("`/tmp` is a symlink"), "{err}");
-}
-
-/// Every path of a tree, relative, with whether it is a directory.
-fn list(root: &Path) -> BTreeMap<PathBuf, bool> {
-    let mut out = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1) {
-        let entry = entry.unwrap();
-        out.insert(
-            entry.path().strip_prefix(root).unwrap().to_owned(),
-            entry.file_type().is_dir(),
-        );
-    }
-    out
 }
 
 /// Kills a process running a script and checks that the script dies with it. The process is

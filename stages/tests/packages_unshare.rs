@@ -26,11 +26,6 @@ const USER: &str = "kiln-rootless";
 /// Where the outer test tells the inner one to build.
 const DIR_VARIABLE: &str = "KILN_TEST_ROOTLESS_DIR";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Builds the packages stage over an empty base in `dir` (holding `project/` and `store/`);
 /// returns the store and the stage's tree.
 fn build(dir: &Path) -> (Store, TreeId) {
@@ -159,7 +154,10 @@ fn rootless_build() {
     let Some(dir) = std::env::var_os(DIR_VARIABLE) else {
         return;
     };
-    assert!(!is_root(), "the rootless build runs without root");
+    assert!(
+        !kiln_test_support::is_root(),
+        "the rootless build runs without root"
+    );
     let dir = PathBuf::from(dir);
     let (store, tree) = build(&dir);
     // The downloaded packages came out of the namespace into the package cache.

@@ -1,4 +1,6 @@
-//! What kiln's tests share: one place that decides whether a test can run on this machine.
+//! What kiln's tests share: one place that decides whether a test can run on this machine, one
+//! way to run the kiln binary ([`kiln()`]) and one listing of a tree for comparisons
+//! ([`tree_listing`]), and fixtures made once per run and shared ([`SharedFixture`]).
 //!
 //! Many tests need root, a host tool, or the Debian mirror. A test that cannot run says so and
 //! returns, and the suite tells how many were skipped; but a skipped test is not a passed one:
@@ -16,6 +18,14 @@
 //! }
 //! # a_test();
 //! ```
+
+mod fixture;
+mod kiln;
+mod tree;
+
+pub use fixture::SharedFixture;
+pub use kiln::kiln;
+pub use tree::{Facts, Listing, assert_same_tree, tree_listing, xattrs};
 
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};

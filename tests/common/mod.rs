@@ -1,5 +1,5 @@
-//! What the end-to-end tests share: a copy of a recipe with a store of its own, running the
-//! `kiln` binary on it, and reading what a build printed and what `graph explain` says.
+//! What the end-to-end tests share: the `kiln` binary, a copy of a recipe with a store of its
+//! own to run it on, and reading what a build printed and what `graph explain` says.
 
 #![allow(dead_code)]
 
@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use kiln_test_support::SharedFixture;
 use serde_json::Value;
 
+/// The binary under test.
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// `kiln` (see [`kiln_test_support::kiln`]), not started.
+pub fn kiln() -> Command {
+    kiln_test_support::kiln(KILN)
 }
 
 /// A project directory and a store of its own.
@@ -81,14 +83,13 @@ impl Project {
 
     /// `kiln -C <project> --cache-dir <store> ARGS`, not started yet.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(KILN);
+        let mut command = kiln();
         command
             .arg("-C")
             .arg(&self.root)
             .arg("--cache-dir")
             .arg(&self.store)
-            .args(args)
-            .env("NO_COLOR", "1");
+            .args(args);
         command
     }
 
@@ -165,6 +166,56 @@ impl Project {
     pub fn read(&self, path: &str) -> String {
         std::fs::read_to_string(self.output_dir().join(path)).unwrap()
     }
+}
+
+/// `recipes/debian-rescue` as it is written (a UKI), built from the Debian mirror once per run
+/// and shared by every test that builds it (see [`SharedFixture`]): `store/` holds what the
+/// build stored, `build.stderr` what `kiln -v build` printed, `explain.json` its `graph explain
+/// --json` and `seconds` how long it took. A test builds on a copy of the store
+/// ([`copy_store`]), never in it. Needs root, the mirror and mmdebstrap.
+pub fn debian_rescue() -> SharedFixture {
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/debian-rescue");
+    SharedFixture::get("debian-rescue", &[&recipe, Path::new(KILN)], |dir| {
+        let project = Project::copy_of_in(dir, "debian-rescue", "debian-rescue");
+        let started = std::time::Instant::now();
+        let output = project.kiln(&["-v", "build"]);
+        let seconds = started.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "build failed:\n{stderr}");
+        std::fs::write(dir.join("build.stderr"), stderr.as_bytes()).unwrap();
+        let explain = project.kiln(&["graph", "explain", "--json"]);
+        assert!(explain.status.success(), "{explain:?}");
+        std::fs::write(dir.join("explain.json"), &explain.stdout).unwrap();
+        std::fs::write(dir.join("seconds"), seconds.to_string()).unwrap();
+    })
+}
+
+/// Copies a store into `to` (without its shared checkouts, which are made again on use): real
+/// copies, so the copy can be changed, damaged or collected without touching the original.
+pub fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("v1")).unwrap();
+    let mut sources = vec![from.join("CACHEDIR.TAG")];
+    for entry in std::fs::read_dir(from.join("v1")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name != "checkouts" && name != "tmp" {
+            sources.push(path);
+        }
+    }
+    let status = Command::new("cp")
+        .arg("-a")
+        .args(&sources[..1])
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("cp")
+        .arg("-a")
+        .args(&sources[1..])
+        .arg(to.join("v1"))
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// `stage: outcome (time)` lines of a build's stderr (ran, cached or remote).
