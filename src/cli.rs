@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Builds bootable OS images from mkosi projects as a DAG of content-addressed, cached stages.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
 
@@ -18,7 +18,7 @@ pub struct Cli {
 
 /// Options shared by every verb, spelled as mkosi spells them.
 #[derive(Debug, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Change to DIR before doing anything (the project directory)
     #[arg(
         short = 'C',
@@ -84,7 +84,7 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// Build the image (the default verb)
     Build(BuildArgs),
     /// Show the recipe as kiln understood it
@@ -107,7 +107,7 @@ pub enum Verb {
 }
 
 #[derive(Debug, Args, Default)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// Run every stage of the last build again from its cached inputs and fail if any output
     /// differs (a reproducibility check, as `nix build --check`); nothing is recorded
     #[arg(long)]
@@ -115,13 +115,13 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum RecipeVerb {
+pub(crate) enum RecipeVerb {
     /// Print the resolved recipe as RON
     Show,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GraphVerb {
+pub(crate) enum GraphVerb {
     /// Print the stage DAG with each stage's state for the current inputs
     Show {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
@@ -138,13 +138,13 @@ pub enum GraphVerb {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum GraphFormat {
+pub(crate) enum GraphFormat {
     Text,
     Dot,
 }
 
 #[derive(Debug, Args)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     /// The PE file (a .efi UKI)
     pub file: PathBuf,
     /// Print JSON
@@ -157,7 +157,7 @@ pub struct InspectArgs {
 
 /// `kiln genkey`, spelled as `mkosi genkey`'s options are.
 #[derive(Debug, Args)]
-pub struct GenkeyArgs {
+pub(crate) struct GenkeyArgs {
     /// How many days the certificate is valid
     #[arg(long = "genkey-valid-days", value_name = "DAYS", default_value_t = kiln_stages::sign::genkey::DEFAULT_VALID_DAYS)]
     pub valid_days: u32,
@@ -172,7 +172,7 @@ pub struct GenkeyArgs {
     after_help = "With -f, the image is built first. Extra kernel arguments follow `--`: \
     `kiln qemu -- systemd.unit=rescue.target`. In the console, Ctrl-A X leaves qemu."
 )]
-pub struct QemuArgs {
+pub(crate) struct QemuArgs {
     /// Guest memory: bytes, or a number with K, M or G (mkosi's RAM=)
     #[arg(
         long = "ram",
@@ -223,7 +223,7 @@ pub struct QemuArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AccelArg {
+pub(crate) enum AccelArg {
     Auto,
     Kvm,
     Tcg,
@@ -244,7 +244,7 @@ fn parse_feature(text: &str) -> Result<AccelArg, String> {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CacheVerb {
+pub(crate) enum CacheVerb {
     /// Show what the store holds, and the shared cache's configuration
     Stats,
     /// Remove what recent builds do not use

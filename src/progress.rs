@@ -22,7 +22,7 @@ struct Running {
     bar: Option<ProgressBar>,
 }
 
-pub struct TerminalReporter {
+pub(crate) struct TerminalReporter {
     bars: MultiProgress,
     running: Arc<Mutex<BTreeMap<String, Running>>>,
     interactive: bool,
@@ -31,7 +31,7 @@ pub struct TerminalReporter {
 }
 
 impl TerminalReporter {
-    pub fn new(verbose: bool) -> TerminalReporter {
+    pub(crate) fn new(verbose: bool) -> TerminalReporter {
         let interactive = std::io::stderr().is_terminal();
         let target = if interactive {
             ProgressDrawTarget::stderr()
@@ -139,7 +139,7 @@ impl Reporter for TerminalReporter {
     }
 }
 
-pub fn format_duration(duration: Duration) -> String {
+pub(crate) fn format_duration(duration: Duration) -> String {
     let seconds = duration.as_secs_f64();
     if seconds < 1.0 {
         format!("{:.0} ms", seconds * 1000.0)

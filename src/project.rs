@@ -13,7 +13,7 @@ use kiln_stages::pipeline::{Pipeline, PipelineOptions, pipeline_with};
 use crate::report::{CliError, Renderer, SettingSource};
 use crate::settings::Settings;
 
-pub struct Project {
+pub(crate) struct Project {
     pub loaded: Loaded,
     /// Where the local store is (it may not exist yet).
     pub store_dir: PathBuf,
@@ -25,7 +25,7 @@ pub struct Project {
 
 impl Project {
     /// Read the recipe (printing its warnings); the store is not touched.
-    pub fn load(settings: &Settings, renderer: &Renderer) -> Result<Project, CliError> {
+    pub(crate) fn load(settings: &Settings, renderer: &Renderer) -> Result<Project, CliError> {
         let loaded = crate::commands::load_recipe(settings, renderer)?;
         let store_dir = store_dir(settings, &loaded);
         let recipe_key = format!("{}@{}", loaded.recipe.image_name(), loaded.dir.display());
@@ -40,7 +40,7 @@ impl Project {
     }
 
     /// Open the store for building, creating it if needed.
-    pub fn open_store(&self) -> Result<Store, CliError> {
+    pub(crate) fn open_store(&self) -> Result<Store, CliError> {
         Store::open(&self.store_dir).map_err(|source| CliError::Store {
             path: self.store_dir.clone(),
             source,
@@ -48,7 +48,7 @@ impl Project {
     }
 
     /// Open the store for reading only; `None` when there is none yet.
-    pub fn existing_store(&self) -> Result<Option<Store>, CliError> {
+    pub(crate) fn existing_store(&self) -> Result<Option<Store>, CliError> {
         Store::open_existing(&self.store_dir).map_err(|source| CliError::Store {
             path: self.store_dir.clone(),
             source,
@@ -56,7 +56,7 @@ impl Project {
     }
 
     /// The recipe's stages. A setting kiln cannot build yet is reported at its line.
-    pub fn pipeline(&self) -> Result<Pipeline, CliError> {
+    pub(crate) fn pipeline(&self) -> Result<Pipeline, CliError> {
         pipeline_with(
             &self.loaded.recipe,
             &self.loaded.dir,
@@ -77,7 +77,7 @@ impl Project {
 
 /// The local store: `--cache-dir`, else `CacheDirectory=` (mkosi.cache/ when it exists), else
 /// `$XDG_CACHE_HOME/kiln` (`~/.cache/kiln`); always absolute and without `..`.
-pub fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
+pub(crate) fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
     if let Some(dir) = &settings.cache_dir {
         return dir.clone();
     }
@@ -94,7 +94,7 @@ pub fn store_dir(settings: &Settings, loaded: &Loaded) -> PathBuf {
 impl Project {
     /// `error` shown at the line of the setting that caused it, when one did: an unknown
     /// package at its `Packages=` entry, a missing tree at its `*Trees=` entry.
-    pub fn locate(&self, error: CliError) -> CliError {
+    pub(crate) fn locate(&self, error: CliError) -> CliError {
         use kiln_engine::inputs::InputError;
         use kiln_engine::plan::PlanError;
         match error {

@@ -44,7 +44,7 @@ use crate::settings::Settings;
 
 /// The shared cache flags as typed.
 #[derive(Debug, Clone, Default)]
-pub struct RemoteArgs {
+pub(crate) struct RemoteArgs {
     /// `--cache-remote URL`.
     pub url: Option<String>,
     /// `--no-cache-remote`.
@@ -55,7 +55,7 @@ pub struct RemoteArgs {
 
 /// The shared cache, resolved, with where each part came from (for `kiln cache stats`).
 #[derive(Debug)]
-pub struct RemoteSettings {
+pub(crate) struct RemoteSettings {
     pub config: RemoteConfig,
     pub push: bool,
     /// Where the URL came from: a flag, a variable or the config file.
@@ -71,7 +71,7 @@ pub struct RemoteSettings {
 
 impl RemoteSettings {
     /// Prepares the connection; nothing is sent yet.
-    pub fn open(&self) -> Result<Remote, CliError> {
+    pub(crate) fn open(&self) -> Result<Remote, CliError> {
         Remote::open(self.config.clone()).map_err(CliError::from)
     }
 }
@@ -109,12 +109,12 @@ struct CredentialEntry {
 }
 
 /// Reads the environment: an injectable view, so tests need not change the process's.
-pub trait Environment {
+pub(crate) trait Environment {
     fn var(&self, name: &str) -> Option<String>;
 }
 
 /// The process's environment; empty variables count as unset.
-pub struct ProcessEnvironment;
+pub(crate) struct ProcessEnvironment;
 
 impl Environment for ProcessEnvironment {
     fn var(&self, name: &str) -> Option<String> {
@@ -123,12 +123,12 @@ impl Environment for ProcessEnvironment {
 }
 
 /// The shared cache for this invocation, or `None` when none is configured.
-pub fn resolve(settings: &Settings) -> Result<Option<RemoteSettings>, CliError> {
+pub(crate) fn resolve(settings: &Settings) -> Result<Option<RemoteSettings>, CliError> {
     resolve_with(&settings.remote, &settings.cwd, &ProcessEnvironment)
 }
 
 /// [`resolve`] against any environment.
-pub fn resolve_with(
+pub(crate) fn resolve_with(
     args: &RemoteArgs,
     cwd: &Path,
     env: &dyn Environment,
@@ -232,7 +232,7 @@ pub fn resolve_with(
 }
 
 /// The user's kiln config directory: `$XDG_CONFIG_HOME/kiln`, else `~/.config/kiln`.
-pub fn config_dir(env: &dyn Environment) -> PathBuf {
+pub(crate) fn config_dir(env: &dyn Environment) -> PathBuf {
     match env.var("XDG_CONFIG_HOME") {
         Some(dir) => PathBuf::from(dir).join("kiln"),
         None => PathBuf::from(env.var("HOME").unwrap_or_else(|| "/root".to_string()))

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 /// Everything a verb can fail with.
 #[derive(Debug, Error, Diagnostic)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Config(#[from] kiln_recipe::LoadError),
@@ -173,7 +173,7 @@ impl From<kiln_cache::remote::RemoteError> for CliError {
 
 impl CliError {
     /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::NoProjectDir { .. } => 2,
             _ => 1,
@@ -183,7 +183,7 @@ impl CliError {
 
 /// An error shown as it is, with the help text replaced by one that says what to do.
 #[derive(Debug)]
-pub struct WithHelp {
+pub(crate) struct WithHelp {
     pub error: CliError,
     pub help: String,
 }
@@ -225,7 +225,7 @@ impl Diagnostic for WithHelp {
 /// A recipe setting kiln reads but cannot build yet, shown at the line that set it.
 #[derive(Debug, Error, Diagnostic)]
 #[error("{error}")]
-pub struct SettingReport {
+pub(crate) struct SettingReport {
     #[source_code]
     source_code: NamedSource<String>,
     #[label("set here")]
@@ -236,7 +236,7 @@ pub struct SettingReport {
 }
 
 /// Where the value of a setting was written: its file and the span of its value.
-pub struct SettingSource {
+pub(crate) struct SettingSource {
     name: String,
     text: String,
     span: SourceSpan,
@@ -244,7 +244,7 @@ pub struct SettingSource {
 
 impl SettingSource {
     /// The last assignment of `setting` to the main image, if it came from a file.
-    pub fn find(loaded: &kiln_recipe::Loaded, setting: &str) -> Option<SettingSource> {
+    pub(crate) fn find(loaded: &kiln_recipe::Loaded, setting: &str) -> Option<SettingSource> {
         let assignment = loaded
             .assignments
             .iter()
@@ -271,7 +271,7 @@ impl SettingSource {
     }
 
     /// The line of `setting`'s value that holds `item` (a package, a path), when one does.
-    pub fn find_item(
+    pub(crate) fn find_item(
         loaded: &kiln_recipe::Loaded,
         setting: &str,
         item: &str,
@@ -301,11 +301,11 @@ impl SettingSource {
         })
     }
 
-    pub fn report(self, error: impl Diagnostic + Send + Sync + 'static) -> SettingReport {
+    pub(crate) fn report(self, error: impl Diagnostic + Send + Sync + 'static) -> SettingReport {
         self.report_boxed(Box::new(error))
     }
 
-    pub fn report_boxed(self, error: Box<dyn Diagnostic + Send + Sync>) -> SettingReport {
+    pub(crate) fn report_boxed(self, error: Box<dyn Diagnostic + Send + Sync>) -> SettingReport {
         SettingReport {
             help: error.help().map(|help| help.to_string()),
             source_code: NamedSource::new(self.name, self.text),
@@ -317,12 +317,12 @@ impl SettingSource {
 
 /// Renders diagnostics: colours and the terminal's width on a terminal, plain and 100 columns
 /// otherwise, so logs and tests see stable text.
-pub struct Renderer {
+pub(crate) struct Renderer {
     handler: GraphicalReportHandler,
 }
 
 impl Renderer {
-    pub fn for_stderr() -> Renderer {
+    pub(crate) fn for_stderr() -> Renderer {
         let handler = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
             GraphicalReportHandler::new()
         } else {
@@ -331,7 +331,7 @@ impl Renderer {
         Renderer { handler }
     }
 
-    pub fn render(&self, diagnostic: &dyn Diagnostic) -> String {
+    pub(crate) fn render(&self, diagnostic: &dyn Diagnostic) -> String {
         let mut out = String::new();
         if self.handler.render_report(&mut out, diagnostic).is_err() {
             out = format!("{diagnostic}\n");
@@ -340,7 +340,7 @@ impl Renderer {
     }
 
     /// Print a diagnostic to stderr.
-    pub fn eprint(&self, diagnostic: &dyn Diagnostic) {
+    pub(crate) fn eprint(&self, diagnostic: &dyn Diagnostic) {
         eprint!("{}", self.render(diagnostic));
     }
 }

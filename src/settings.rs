@@ -10,7 +10,7 @@ use crate::report::CliError;
 
 /// What every verb needs to know about this invocation.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The project directory, absolute.
     pub project_dir: PathBuf,
     /// How the recipe is read (overrides from the command line, strictness).
@@ -34,7 +34,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(args: &GlobalArgs) -> Result<Settings, CliError> {
+    pub(crate) fn resolve(args: &GlobalArgs) -> Result<Settings, CliError> {
         let cwd = std::env::current_dir().map_err(|source| CliError::Io {
             what: "Cannot read the current directory".to_string(),
             source,

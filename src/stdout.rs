@@ -4,7 +4,7 @@
 use std::io::Write;
 
 /// Write `text` to standard output.
-pub fn write(text: &str) {
+pub(crate) fn write(text: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(error) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {

@@ -25,7 +25,7 @@ use kiln_recipe::{LoadOptions, from_ron, load_project, to_ron};
 use kiln_stages::host::reader::RealReaderHost;
 
 /// The targets, by the names of their `fuzz_targets/*.rs` and `corpus/*` directories.
-pub const TARGETS: [&str; 6] = [
+pub(crate) const TARGETS: [&str; 6] = [
     "mkosi_conf",
     "recipe_ron",
     "manifest_decode",
@@ -35,7 +35,7 @@ pub const TARGETS: [&str; 6] = [
 ];
 
 /// A private directory for the readers that read files, and a store for the tar reader.
-pub struct Workdir {
+pub(crate) struct Workdir {
     dir: PathBuf,
     store: Option<Store>,
     /// Inputs ingested into the current store; it is emptied now and then so that a long run
@@ -45,7 +45,7 @@ pub struct Workdir {
 
 impl Workdir {
     /// Uses `dir` (created if missing; its contents are the workdir's own).
-    pub fn new(dir: impl Into<PathBuf>) -> Workdir {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Workdir {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join("project")).expect("a private fuzzing directory");
         Workdir {
@@ -56,7 +56,7 @@ impl Workdir {
     }
 
     /// Runs `target` on `data`; panics when a reader breaks its promise.
-    pub fn run(&mut self, target: &str, data: &[u8]) {
+    pub(crate) fn run(&mut self, target: &str, data: &[u8]) {
         match target {
             "mkosi_conf" => self.mkosi_conf(data),
             "recipe_ron" => recipe_ron(data),
@@ -70,7 +70,7 @@ impl Workdir {
 
     /// `data` as the systemd-stub of a UKI with small sections: the assembler writes a UKI or
     /// returns an error, and kiln reads back what it wrote.
-    pub fn stub_assemble(&mut self, data: &[u8]) {
+    pub(crate) fn stub_assemble(&mut self, data: &[u8]) {
         use kiln_stages::uki::{UkiSection, assemble_uki};
         let stub = self.dir.join("stub");
         let out = self.dir.join("uki.efi");
@@ -88,7 +88,7 @@ impl Workdir {
     }
 
     /// `mkosi.conf` with `data`, read as a project with an empty environment.
-    pub fn mkosi_conf(&mut self, data: &[u8]) {
+    pub(crate) fn mkosi_conf(&mut self, data: &[u8]) {
         let project = self.dir.join("project");
         std::fs::write(project.join("mkosi.conf"), data).expect("writing mkosi.conf");
         let options = LoadOptions {
@@ -114,7 +114,7 @@ impl Workdir {
     }
 
     /// `data` as a tar archive ingested into the store.
-    pub fn tar_ingest(&mut self, data: &[u8]) {
+    pub(crate) fn tar_ingest(&mut self, data: &[u8]) {
         if self.store.is_none() || self.ingested >= 500 {
             self.store = None;
             let _ = std::fs::remove_dir_all(self.dir.join("store"));
@@ -137,7 +137,7 @@ impl Workdir {
     }
 
     /// The directory this workdir uses.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 }
@@ -145,7 +145,7 @@ impl Workdir {
 /// The workdir of a fuzzing process: a private directory in `/dev/shm` (memory, so that the
 /// readers' writes cost little). libFuzzer never drops it: remove `/dev/shm/kiln-fuzz-*` after
 /// a run.
-pub fn shared_workdir() -> &'static std::sync::Mutex<Workdir> {
+pub(crate) fn shared_workdir() -> &'static std::sync::Mutex<Workdir> {
     static WORKDIR: std::sync::OnceLock<std::sync::Mutex<Workdir>> = std::sync::OnceLock::new();
     WORKDIR.get_or_init(|| {
         let dir = PathBuf::from(format!("/dev/shm/kiln-fuzz-{}", std::process::id()));
@@ -154,7 +154,7 @@ pub fn shared_workdir() -> &'static std::sync::Mutex<Workdir> {
 }
 
 /// `data` as `kiln.ron`.
-pub fn recipe_ron(data: &[u8]) {
+pub(crate) fn recipe_ron(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -171,7 +171,7 @@ pub fn recipe_ron(data: &[u8]) {
 }
 
 /// `data` as a stored tree manifest.
-pub fn manifest_decode(data: &[u8]) {
+pub(crate) fn manifest_decode(data: &[u8]) {
     if let Ok(manifest) = Manifest::decode_canonical(data) {
         manifest.validate().expect("a decoded manifest is valid");
         assert_eq!(
@@ -183,7 +183,7 @@ pub fn manifest_decode(data: &[u8]) {
 }
 
 /// `data` as a PE file given to `kiln inspect`.
-pub fn pe_inspect(data: &[u8]) {
+pub(crate) fn pe_inspect(data: &[u8]) {
     let mut file = std::io::Cursor::new(data);
     if let Ok(inspection) = kiln_stages::uki::inspect(&mut file) {
         let _ = inspection.to_text();

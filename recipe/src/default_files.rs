@@ -118,7 +118,7 @@ impl Context<'_, '_> {
 
     /// Whether a secret file is private enough: no permission bit of `mask` set. mkosi refuses
     /// secrets others can read.
-    pub fn secret_ok(&mut self, path: &Path, mask: u32) -> bool {
+    pub(crate) fn secret_ok(&mut self, path: &Path, mask: u32) -> bool {
         let Ok(metadata) = std::fs::metadata(path) else {
             return true;
         };

@@ -36,7 +36,7 @@ pub(crate) struct SourceText {
 }
 
 impl SourceText {
-    pub fn new(name: impl Into<String>, text: impl Into<String>) -> SourceText {
+    pub(crate) fn new(name: impl Into<String>, text: impl Into<String>) -> SourceText {
         SourceText {
             name: name.into(),
             text: Arc::new(text.into()),
@@ -44,11 +44,11 @@ impl SourceText {
     }
 
     /// The 1-based line and column of a byte offset.
-    pub fn line_column(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn line_column(&self, offset: usize) -> (usize, usize) {
         line_column(&self.text, offset)
     }
 
-    pub fn location(&self, offset: usize) -> Location {
+    pub(crate) fn location(&self, offset: usize) -> Location {
         let (line, column) = self.line_column(offset);
         Location {
             file: self.name.clone(),

@@ -15,7 +15,7 @@ pub(crate) struct Env {
 
 impl Env {
     /// `None` reads the process environment.
-    pub fn new(vars: Option<&BTreeMap<String, String>>) -> Env {
+    pub(crate) fn new(vars: Option<&BTreeMap<String, String>>) -> Env {
         let vars = match vars {
             Some(vars) => vars.clone(),
             None => std::env::vars_os()
@@ -30,11 +30,11 @@ impl Env {
         Env { vars }
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }
 
-    pub fn vars(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn vars(&self) -> &BTreeMap<String, String> {
         &self.vars
     }
 
@@ -42,7 +42,7 @@ impl Env {
     /// and `$MKOSI_HOST_RELEASE` when both are set, else `/etc/os-release` (or
     /// `/usr/lib/os-release`). The distribution is `None` when the host runs one mkosi does not
     /// know.
-    pub fn host_distribution(&self) -> (Option<Distribution>, Option<String>) {
+    pub(crate) fn host_distribution(&self) -> (Option<Distribution>, Option<String>) {
         if let (Some(d), Some(r)) = (
             self.get("MKOSI_HOST_DISTRIBUTION"),
             self.get("MKOSI_HOST_RELEASE"),
@@ -53,7 +53,7 @@ impl Env {
     }
 
     /// mkosi's default `Distribution=`: `$MKOSI_HOST_DISTRIBUTION`, else the host's, else `custom`.
-    pub fn default_distribution(&self) -> Distribution {
+    pub(crate) fn default_distribution(&self) -> Distribution {
         if let Some(d) = self.get("MKOSI_HOST_DISTRIBUTION") {
             return Distribution::from_mkosi(d).unwrap_or(Distribution::Custom);
         }
@@ -64,7 +64,7 @@ impl Env {
 
     /// mkosi's default `Release=` for `distribution`: the host's release when the host runs the
     /// same distribution, else the distribution's default.
-    pub fn default_release(&self, distribution: Distribution) -> Option<String> {
+    pub(crate) fn default_release(&self, distribution: Distribution) -> Option<String> {
         let (host, release) = self.host_distribution();
         if host == Some(distribution)
             && let Some(release) = release
@@ -76,7 +76,7 @@ impl Env {
 
     /// Python's `os.path.expandvars`: `$NAME` and `${NAME}` of set variables are replaced, others
     /// are left as written.
-    pub fn expand_vars(&self, text: &str) -> String {
+    pub(crate) fn expand_vars(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(dollar) = rest.find('$') {
@@ -104,7 +104,7 @@ impl Env {
     }
 
     /// Python's `Path.expanduser` for the invoking user: a leading `~` is `$HOME`.
-    pub fn expand_user(&self, path: &str) -> String {
+    pub(crate) fn expand_user(&self, path: &str) -> String {
         let Some(home) = self.get("HOME") else {
             return path.to_string();
         };

@@ -20,7 +20,7 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    pub fn new(offset: usize, len: usize) -> Span {
+    pub(crate) fn new(offset: usize, len: usize) -> Span {
         Span { offset, len }
     }
 }
@@ -43,13 +43,13 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// The value as mkosi sees it: the lines joined with newlines.
-    pub fn value(&self) -> String {
+    pub(crate) fn value(&self) -> String {
         let texts: Vec<&str> = self.lines.iter().map(|l| l.text.as_str()).collect();
         texts.join("\n")
     }
 
     /// The span from the start of the value to the end of its last line.
-    pub fn value_span(&self) -> Span {
+    pub(crate) fn value_span(&self) -> Span {
         let first = self.lines.first().map_or(self.key_span, |l| l.span);
         let last = self.lines.last().map_or(self.key_span, |l| l.span);
         Span::new(

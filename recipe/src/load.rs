@@ -49,7 +49,7 @@ pub(crate) enum Val {
 impl Val {
     /// `earlier` followed by `later`, for collections given both in files and on the command
     /// line (`later` wins otherwise).
-    pub fn merged(earlier: &Val, later: &Val) -> Val {
+    pub(crate) fn merged(earlier: &Val, later: &Val) -> Val {
         match (earlier, later) {
             (Val::List(a), Val::List(b)) => Val::List(a.iter().chain(b).cloned().collect()),
             (Val::Paths(a), Val::Paths(b)) => Val::Paths(a.iter().chain(b).cloned().collect()),
@@ -109,7 +109,7 @@ pub(crate) struct Shared<'e> {
 }
 
 impl<'e> Shared<'e> {
-    pub fn new(env: &'e Env, host: &'e dyn ReaderHost, project: PathBuf) -> Shared<'e> {
+    pub(crate) fn new(env: &'e Env, host: &'e dyn ReaderHost, project: PathBuf) -> Shared<'e> {
         Shared {
             env,
             host,
@@ -123,7 +123,7 @@ impl<'e> Shared<'e> {
     }
 
     /// How reports name a file: relative to the project directory when inside it.
-    pub fn display(&self, path: &Path) -> String {
+    pub(crate) fn display(&self, path: &Path) -> String {
         match path.strip_prefix(&self.project) {
             Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
             Ok(rel) => rel.display().to_string(),
@@ -131,7 +131,7 @@ impl<'e> Shared<'e> {
         }
     }
 
-    pub fn push(&mut self, issue: ConfigIssue) {
+    pub(crate) fn push(&mut self, issue: ConfigIssue) {
         self.issues.push(issue);
     }
 
@@ -258,7 +258,7 @@ pub(crate) struct Context<'s, 'e> {
 }
 
 impl<'s, 'e> Context<'s, 'e> {
-    pub fn new(shared: &'s mut Shared<'e>, image: &str, cwd: PathBuf) -> Context<'s, 'e> {
+    pub(crate) fn new(shared: &'s mut Shared<'e>, image: &str, cwd: PathBuf) -> Context<'s, 'e> {
         Context {
             shared,
             image: image.to_string(),
@@ -272,26 +272,26 @@ impl<'s, 'e> Context<'s, 'e> {
         }
     }
 
-    pub fn env(&self) -> &'e Env {
+    pub(crate) fn env(&self) -> &'e Env {
         self.shared.env
     }
 
-    pub fn is_main(&self) -> bool {
+    pub(crate) fn is_main(&self) -> bool {
         self.image == "main"
     }
 
     /// Whether this image may not set `setting` (mkosi's `setting_prohibited`).
-    pub fn prohibited(&self, setting: &Setting) -> bool {
+    pub(crate) fn prohibited(&self, setting: &Setting) -> bool {
         !self.is_main() && setting.scope.main_only()
     }
 
-    pub fn issue(&mut self, issue: ConfigIssue) {
+    pub(crate) fn issue(&mut self, issue: ConfigIssue) {
         self.shared.push(issue);
     }
 
     /// Reads `path`, a configuration directory or file, with `self.cwd` already set for it.
     /// Returns whether its `[Match]` sections let it apply.
-    pub fn parse_config_one(
+    pub(crate) fn parse_config_one(
         &mut self,
         path: &Path,
         parse_profiles: bool,
@@ -444,7 +444,7 @@ impl<'s, 'e> Context<'s, 'e> {
     }
 
     /// The entries of a directory, sorted by name; an unreadable directory is reported.
-    pub fn sorted_entries(&mut self, dir: &Path) -> Vec<PathBuf> {
+    pub(crate) fn sorted_entries(&mut self, dir: &Path) -> Vec<PathBuf> {
         match std::fs::read_dir(dir) {
             Ok(entries) => {
                 let mut paths: Vec<PathBuf> =
@@ -467,7 +467,7 @@ impl<'s, 'e> Context<'s, 'e> {
         }
     }
 
-    pub fn ignored_entry(&mut self, path: &Path, dir: &str) {
+    pub(crate) fn ignored_entry(&mut self, path: &Path, dir: &str) {
         let name = self.shared.display(path);
         self.issue(
             ConfigIssue::new(
@@ -670,7 +670,7 @@ impl<'s, 'e> Context<'s, 'e> {
     }
 
     /// The warning for a setting written under an old name (`key`), in a file or a `[Match]`.
-    pub fn warn_if_old_name(
+    pub(crate) fn warn_if_old_name(
         &mut self,
         key: &str,
         setting: &Setting,
@@ -698,14 +698,14 @@ impl<'s, 'e> Context<'s, 'e> {
     }
 
     /// How many files and directories are being read inside one another now.
-    pub fn include_depth(&self) -> usize {
+    pub(crate) fn include_depth(&self) -> usize {
         let mut names: Vec<&str> = self.stack.iter().map(|(_, name)| name.as_str()).collect();
         names.dedup();
         names.len()
     }
 
     /// The chain of includes that leads back to `id`, when `id` is being read now.
-    pub fn include_cycle(&self, id: FileId) -> Option<Vec<String>> {
+    pub(crate) fn include_cycle(&self, id: FileId) -> Option<Vec<String>> {
         let start = self.stack.iter().position(|(i, _)| *i == id)?;
         let mut chain: Vec<String> = Vec::new();
         for (_, name) in &self.stack[start..] {
@@ -718,7 +718,7 @@ impl<'s, 'e> Context<'s, 'e> {
 
     /// Turns a relative path into an absolute one as mkosi's `parse_path` does: `$VAR` and `~`
     /// expanded, relative to the current directory, symlinks resolved when it exists.
-    pub fn resolve_path(&self, text: &str, expand_user: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn resolve_path(&self, text: &str, expand_user: bool) -> (PathBuf, PathBuf) {
         let expanded = self.env().expand_vars(text);
         let expanded = if expand_user {
             self.env().expand_user(&expanded)
@@ -748,7 +748,7 @@ pub(crate) struct InputLine {
 }
 
 impl Input {
-    pub fn default_file(text: &str, origin: String) -> Input {
+    pub(crate) fn default_file(text: &str, origin: String) -> Input {
         Input {
             lines: vec![InputLine {
                 text: text.to_string(),
@@ -760,7 +760,7 @@ impl Input {
         }
     }
 
-    pub fn command_line(text: &str) -> Input {
+    pub(crate) fn command_line(text: &str) -> Input {
         Input {
             lines: vec![InputLine {
                 text: text.to_string(),
@@ -772,13 +772,13 @@ impl Input {
         }
     }
 
-    pub fn joined(&self) -> String {
+    pub(crate) fn joined(&self) -> String {
         let texts: Vec<&str> = self.lines.iter().map(|l| l.text.as_str()).collect();
         texts.join("\n")
     }
 
     /// The span of the whole value.
-    pub fn span(&self) -> Option<Span> {
+    pub(crate) fn span(&self) -> Option<Span> {
         let first = self.lines.first()?.span?;
         let last = self.lines.last()?.span?;
         Some(Span::new(
@@ -788,7 +788,7 @@ impl Input {
     }
 
     /// Points `issue` at the whole value (or names its file).
-    pub fn locate(&self, issue: ConfigIssue, label: &str) -> ConfigIssue {
+    pub(crate) fn locate(&self, issue: ConfigIssue, label: &str) -> ConfigIssue {
         match (&self.source, self.span()) {
             (Some(source), Some(span)) => issue.at(source, span.offset, span.len.max(1), label),
             _ => issue.in_file(self.origin.clone()),
@@ -797,7 +797,7 @@ impl Input {
 
     /// Points `issue` at `len` bytes from `offset` of line `line` (the whole line when it is not
     /// exact).
-    pub fn locate_item(
+    pub(crate) fn locate_item(
         &self,
         issue: ConfigIssue,
         line: usize,

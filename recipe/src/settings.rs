@@ -58,7 +58,7 @@ pub(crate) enum Scope {
 
 impl Scope {
     /// Whether a subimage may not set it.
-    pub fn main_only(self) -> bool {
+    pub(crate) fn main_only(self) -> bool {
         matches!(
             self,
             Scope::Universal | Scope::Multiversal | Scope::Main | Scope::Tools | Scope::Initrd
@@ -66,7 +66,7 @@ impl Scope {
     }
 
     /// Whether the main image's final value overrides what a subimage configures.
-    pub fn passed_down_fixed(self) -> bool {
+    pub(crate) fn passed_down_fixed(self) -> bool {
         matches!(self, Scope::Universal | Scope::Multiversal)
     }
 }
@@ -134,7 +134,7 @@ pub(crate) enum Kind {
 impl Kind {
     /// Whether an explicit empty assignment leaves it empty (lists, maps and optional values)
     /// rather than back at its default.
-    pub fn empty_when_reset(self) -> bool {
+    pub(crate) fn empty_when_reset(self) -> bool {
         matches!(
             self,
             Kind::Text
@@ -275,7 +275,7 @@ impl Setting {
         self.built(Built::Stages(stages))
     }
 
-    pub fn implemented(&self) -> bool {
+    pub(crate) fn implemented(&self) -> bool {
         !matches!(self.kind, Kind::Unsupported)
     }
 }

@@ -12,7 +12,7 @@ use crate::project::Project;
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+pub(crate) fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let started = Instant::now();
     let mut timings = Timings::new(settings.verbose);
     let project = Project::load(settings, renderer)?;
@@ -203,7 +203,7 @@ impl Timings {
 
 /// `kiln build --check`: every stage of the last build run again from its cached inputs; the
 /// first stage whose output differs is the error.
-pub fn check(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+pub(crate) fn check(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let started = Instant::now();
     let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;

@@ -19,7 +19,11 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 use crate::stdout::outln;
 
-pub fn run(settings: &Settings, renderer: &Renderer, verb: CacheVerb) -> Result<(), CliError> {
+pub(crate) fn run(
+    settings: &Settings,
+    renderer: &Renderer,
+    verb: CacheVerb,
+) -> Result<(), CliError> {
     match verb {
         CacheVerb::Keygen { name, dir } => return keygen(settings, &name, dir.as_deref()),
         CacheVerb::Push => return push(settings, renderer),
@@ -191,7 +195,7 @@ fn push(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
 
 /// Pushes what a build made, for `kiln build --cache-push`: a failure is a warning, never a
 /// failed build.
-pub fn push_after_build(
+pub(crate) fn push_after_build(
     remote: &Remote,
     session: &RemoteSession<'_>,
     store: &Store,

@@ -12,7 +12,7 @@ use crate::cli::GenkeyArgs;
 use crate::report::CliError;
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, args: &GenkeyArgs) -> Result<(), CliError> {
+pub(crate) fn run(settings: &Settings, args: &GenkeyArgs) -> Result<(), CliError> {
     let force = settings.force >= 1;
     refuse_existing(&settings.project_dir, force)?;
     let common_name = args.common_name.clone().unwrap_or_else(default_common_name);

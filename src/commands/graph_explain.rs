@@ -7,7 +7,7 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 use crate::stdout::{out, outln};
 
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     renderer: &Renderer,
     stage: Option<&str>,

@@ -11,7 +11,11 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 use crate::stdout::out;
 
-pub fn run(settings: &Settings, renderer: &Renderer, format: GraphFormat) -> Result<(), CliError> {
+pub(crate) fn run(
+    settings: &Settings,
+    renderer: &Renderer,
+    format: GraphFormat,
+) -> Result<(), CliError> {
     let project = Project::load(settings, renderer)?;
     let pipeline = project.pipeline()?;
     let store = project.existing_store()?;

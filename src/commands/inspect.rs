@@ -13,7 +13,7 @@ use crate::cli::InspectArgs;
 use crate::report::CliError;
 use crate::stdout::{out, outln};
 
-pub fn run(args: &InspectArgs) -> Result<(), CliError> {
+pub(crate) fn run(args: &InspectArgs) -> Result<(), CliError> {
     let inspection = match &args.cert {
         Some(certificate) => inspect_file_with_certificate(&args.file, certificate)?,
         None => inspect_file(&args.file)?,

@@ -13,7 +13,7 @@ use crate::project::Project;
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+pub(crate) fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let project = Project::load(settings, renderer)?;
     let store = project.open_store()?;
     let installer = Installer::for_recipe(&project.loaded.recipe)

@@ -21,7 +21,11 @@ use crate::cli::{AccelArg, QemuArgs};
 use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, renderer: &Renderer, args: &QemuArgs) -> Result<u8, CliError> {
+pub(crate) fn run(
+    settings: &Settings,
+    renderer: &Renderer,
+    args: &QemuArgs,
+) -> Result<u8, CliError> {
     let loaded = load_project(&settings.project_dir, &settings.load, &RealReaderHost)?;
     let Some(suffix) = boot_suffix(&loaded) else {
         return Err(CliError::NotUki {

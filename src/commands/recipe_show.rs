@@ -6,7 +6,7 @@ use crate::report::{CliError, Renderer};
 use crate::settings::Settings;
 use crate::stdout::out;
 
-pub fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
+pub(crate) fn run(settings: &Settings, renderer: &Renderer) -> Result<(), CliError> {
     let loaded = super::load_recipe(settings, renderer)?;
     out!("{}", to_ron(&loaded.recipe));
     Ok(())

@@ -48,7 +48,7 @@ pub struct Exported {
 }
 
 /// Write the output (or leave it, when it is current and `force` is false).
-pub fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
+pub(crate) fn export(store: &Store, export: &Export, force: bool) -> Result<Exported, OutputError> {
     let file_name = export.name.clone();
     for name in std::iter::once(&file_name).chain(&export.link) {
         if !kiln_recipe::paths::is_file_name(name) {

@@ -23,18 +23,18 @@
 pub mod build;
 pub mod config;
 pub mod error;
-pub mod export;
+mod export;
 pub mod formats;
 pub mod host;
 pub mod initrd;
-pub mod log;
+mod log;
 pub mod modules;
 pub mod namespace;
 pub mod packages;
-pub mod pe;
+mod pe;
 pub mod pipeline;
-pub mod remove_files;
-pub mod scripts;
+mod remove_files;
+mod scripts;
 pub mod sign;
 #[cfg(test)]
 mod stage_versions;

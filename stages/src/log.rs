@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 /// `line` with every mention of the image root `root` replaced by the image's own paths.
-pub fn in_image_terms<'a>(line: &'a str, root: &Path) -> Cow<'a, str> {
+pub(crate) fn in_image_terms<'a>(line: &'a str, root: &Path) -> Cow<'a, str> {
     let Some(root) = root.to_str() else {
         return Cow::Borrowed(line);
     };

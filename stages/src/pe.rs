@@ -28,10 +28,10 @@ use thiserror::Error;
 
 /// The most sections kiln accepts, the limit of the Windows loader and of the PE specification
 /// for images.
-pub const MAX_SECTIONS: u16 = 96;
+pub(crate) const MAX_SECTIONS: u16 = 96;
 
 /// Size of one section header.
-pub const SECTION_HEADER_SIZE: u64 = size_of::<ImageSectionHeader>() as u64;
+pub(crate) const SECTION_HEADER_SIZE: u64 = size_of::<ImageSectionHeader>() as u64;
 
 /// Size of the COFF file header.
 const FILE_HEADER_SIZE: u64 = size_of::<ImageFileHeader>() as u64;
@@ -519,7 +519,7 @@ impl<R: Read + Seek> Bounded<'_, R> {
 }
 
 /// Rounds `value` up to a multiple of `alignment` (a power of two), `None` on overflow.
-pub fn align_up(value: u64, alignment: u64) -> Option<u64> {
+pub(crate) fn align_up(value: u64, alignment: u64) -> Option<u64> {
     debug_assert!(alignment.is_power_of_two());
     Some(value.checked_add(alignment - 1)? & !(alignment - 1))
 }

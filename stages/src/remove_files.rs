@@ -10,7 +10,7 @@ use kiln_engine::{Input, Stage, StageContext, StageError};
 
 use crate::error::TreeError;
 
-pub struct RemoveFilesStage {
+pub(crate) struct RemoveFilesStage {
     pub name: String,
     pub base: String,
     pub globs: Vec<String>,
@@ -56,7 +56,7 @@ impl Stage for RemoveFilesStage {
 }
 
 /// Compile `RemoveFiles=` globs, anchored at the image root.
-pub fn glob_set(globs: &[String]) -> Result<globset::GlobSet, TreeError> {
+pub(crate) fn glob_set(globs: &[String]) -> Result<globset::GlobSet, TreeError> {
     let mut set = GlobSetBuilder::new();
     for glob in globs {
         let anchored = glob.trim_start_matches('/').trim_end_matches('/');

@@ -27,18 +27,18 @@ use crate::host::{Host, HostError, ScriptError, ScriptInvocation, TreeChanges, U
 use crate::log::in_image_terms;
 
 /// How an input records a variable the script names but the build leaves unset.
-pub const UNSET: &str = "(unset)";
+pub(crate) const UNSET: &str = "(unset)";
 
 /// Which of mkosi's script hooks a stage runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScriptPhase {
+pub(crate) enum ScriptPhase {
     Prepare,
     Postinst,
     Finalize,
 }
 
 impl ScriptPhase {
-    pub fn stage_name(self) -> &'static str {
+    pub(crate) fn stage_name(self) -> &'static str {
         match self {
             ScriptPhase::Prepare => "prepare",
             ScriptPhase::Postinst => "postinst",
@@ -55,7 +55,7 @@ impl ScriptPhase {
     }
 }
 
-pub struct ScriptsStage {
+pub(crate) struct ScriptsStage {
     pub phase: ScriptPhase,
     /// The stage whose output the scripts modify.
     pub base: String,
@@ -88,7 +88,7 @@ impl ScriptsStage {
 }
 
 /// Whether `text` mentions the variable `name` as a whole word.
-pub fn names_variable(text: &str, name: &str) -> bool {
+pub(crate) fn names_variable(text: &str, name: &str) -> bool {
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     text.match_indices(name).any(|(at, _)| {
         let before = text[..at].chars().next_back();
@@ -230,7 +230,7 @@ impl ScriptsStage {
 
 /// The tree after a mutable stage: the base with the upper layer applied, or the whole tree
 /// ingested when there was no overlay.
-pub fn apply_changes(
+pub(crate) fn apply_changes(
     store: &Store,
     mut base: Manifest,
     changes: TreeChanges,

@@ -11,15 +11,15 @@ use kiln_test_support::SharedFixture;
 use serde_json::Value;
 
 /// The binary under test.
-pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+pub(crate) const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// `kiln` (see [`kiln_test_support::kiln`]), not started.
-pub fn kiln() -> Command {
+pub(crate) fn kiln() -> Command {
     kiln_test_support::kiln(KILN)
 }
 
 /// A project directory and a store of its own.
-pub struct Project {
+pub(crate) struct Project {
     /// Removed with the project, unless it lives in a folder of its own that outlives it.
     _dir: Option<tempfile::TempDir>,
     pub root: PathBuf,
@@ -30,13 +30,13 @@ pub struct Project {
 
 impl Project {
     /// A copy of `recipes/<name>` without its outputs, caches or lock file.
-    pub fn copy_of(name: &str, image: &str) -> Project {
+    pub(crate) fn copy_of(name: &str, image: &str) -> Project {
         Project::copy_into(Project::empty(name, image), name)
     }
 
     /// [`Project::copy_of`] in `dir`, emptied first and left in place afterwards: for a
     /// project a whole test binary shares from a static, which is never dropped.
-    pub fn copy_of_in(dir: &Path, name: &str, image: &str) -> Project {
+    pub(crate) fn copy_of_in(dir: &Path, name: &str, image: &str) -> Project {
         let _ = std::fs::remove_dir_all(dir);
         let root = dir.join(name);
         std::fs::create_dir_all(&root).unwrap();
@@ -68,7 +68,7 @@ impl Project {
     }
 
     /// An empty project directory named `name`.
-    pub fn empty(name: &str, image: &str) -> Project {
+    pub(crate) fn empty(name: &str, image: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join(name);
         std::fs::create_dir_all(&root).unwrap();
@@ -82,7 +82,7 @@ impl Project {
     }
 
     /// `kiln -C <project> --cache-dir <store> ARGS`, not started yet.
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = kiln();
         command
             .arg("-C")
@@ -93,12 +93,12 @@ impl Project {
         command
     }
 
-    pub fn kiln(&self, args: &[&str]) -> Output {
+    pub(crate) fn kiln(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
 
     /// Build and return each stage's outcome.
-    pub fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
+    pub(crate) fn build(&self, args: &[&str]) -> BTreeMap<String, String> {
         let mut all = args.to_vec();
         all.push("build");
         let output = self.kiln(&all);
@@ -108,7 +108,7 @@ impl Project {
     }
 
     /// Build, which must fail; returns its stderr.
-    pub fn build_fails(&self, args: &[&str]) -> String {
+    pub(crate) fn build_fails(&self, args: &[&str]) -> String {
         let mut all = args.to_vec();
         all.push("build");
         let output = self.kiln(&all);
@@ -122,7 +122,7 @@ impl Project {
     }
 
     /// `graph explain --json` of the last build.
-    pub fn explain(&self) -> Value {
+    pub(crate) fn explain(&self) -> Value {
         let output = self.kiln(&["graph", "explain", "--json"]);
         assert!(
             output.status.success(),
@@ -132,7 +132,7 @@ impl Project {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
-    pub fn graph_show(&self) -> String {
+    pub(crate) fn graph_show(&self) -> String {
         let output = self.kiln(&["graph", "show"]);
         assert!(
             output.status.success(),
@@ -143,13 +143,13 @@ impl Project {
     }
 
     /// Write a file of the project, creating its directories.
-    pub fn write(&self, path: &str, content: &str) {
+    pub(crate) fn write(&self, path: &str, content: &str) {
         let full = self.root.join(path);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         std::fs::write(full, content).unwrap();
     }
 
-    pub fn remove(&self, path: &str) {
+    pub(crate) fn remove(&self, path: &str) {
         let full = self.root.join(path);
         if full.is_dir() {
             std::fs::remove_dir_all(full).unwrap();
@@ -158,12 +158,12 @@ impl Project {
         }
     }
 
-    pub fn output_dir(&self) -> PathBuf {
+    pub(crate) fn output_dir(&self) -> PathBuf {
         self.root.join("mkosi.output").join(&self.image)
     }
 
     /// A file of the built image.
-    pub fn read(&self, path: &str) -> String {
+    pub(crate) fn read(&self, path: &str) -> String {
         std::fs::read_to_string(self.output_dir().join(path)).unwrap()
     }
 }
@@ -173,7 +173,7 @@ impl Project {
 /// build stored, `build.stderr` what `kiln -v build` printed, `explain.json` its `graph explain
 /// --json` and `seconds` how long it took. A test builds on a copy of the store
 /// ([`copy_store`]), never in it. Needs root, the mirror and mmdebstrap.
-pub fn debian_rescue() -> SharedFixture {
+pub(crate) fn debian_rescue() -> SharedFixture {
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/debian-rescue");
     SharedFixture::get("debian-rescue", &[&recipe, Path::new(KILN)], |dir| {
         let project = Project::copy_of_in(dir, "debian-rescue", "debian-rescue");
@@ -192,7 +192,7 @@ pub fn debian_rescue() -> SharedFixture {
 
 /// Copies a store into `to` (without its shared checkouts, which are made again on use): real
 /// copies, so the copy can be changed, damaged or collected without touching the original.
-pub fn copy_store(from: &Path, to: &Path) {
+pub(crate) fn copy_store(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("v1")).unwrap();
     let mut sources = vec![from.join("CACHEDIR.TAG")];
     for entry in std::fs::read_dir(from.join("v1")).unwrap() {
@@ -219,7 +219,7 @@ pub fn copy_store(from: &Path, to: &Path) {
 }
 
 /// `stage: outcome (time)` lines of a build's stderr (ran, cached or remote).
-pub fn outcomes(stderr: &str) -> BTreeMap<String, String> {
+pub(crate) fn outcomes(stderr: &str) -> BTreeMap<String, String> {
     stderr
         .lines()
         .filter_map(|line| line.split_once(": "))
@@ -235,7 +235,7 @@ pub fn outcomes(stderr: &str) -> BTreeMap<String, String> {
 }
 
 /// The stages that ran, by name.
-pub fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
+pub(crate) fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
     outcomes
         .iter()
         .filter(|(_, outcome)| outcome.starts_with("ran"))
@@ -244,7 +244,7 @@ pub fn ran(outcomes: &BTreeMap<String, String>) -> Vec<&str> {
 }
 
 /// One stage of an explanation.
-pub fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
     explanation["stages"]
         .as_array()
         .unwrap()
@@ -255,7 +255,7 @@ pub fn stage<'a>(explanation: &'a Value, name: &str) -> &'a Value {
 
 /// A `kiln` run that leads its own process group (kiln and the qemu it starts), killed whole
 /// when dropped; its stdout (a guest's serial console) is read as it comes.
-pub struct Console {
+pub(crate) struct Console {
     child: std::process::Child,
     chunks: std::sync::mpsc::Receiver<Vec<u8>>,
     deadline: std::time::Instant,
@@ -264,7 +264,7 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn start(mut command: Command, within: std::time::Duration) -> Console {
+    pub(crate) fn start(mut command: Command, within: std::time::Duration) -> Console {
         use std::io::Read;
         use std::os::unix::process::CommandExt;
         let mut child = command
@@ -304,7 +304,7 @@ impl Console {
 
     /// Reads until `text` appears; panics with what was read at the deadline or when the
     /// output ends first.
-    pub fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         while !self.text.contains(text) {
             let left = self
                 .deadline
@@ -320,7 +320,7 @@ impl Console {
     }
 
     /// Waits for kiln to exit and returns its exit code.
-    pub fn exit_code(&mut self) -> Option<i32> {
+    pub(crate) fn exit_code(&mut self) -> Option<i32> {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();

@@ -9,28 +9,28 @@ use std::path::{Path, PathBuf};
 use kiln_cache::Store;
 
 /// A temp dir holding a store at `cache/`.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub dir: tempfile::TempDir,
     pub store: Store,
 }
 
 impl Scratch {
-    pub fn new() -> Scratch {
+    pub(crate) fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("cache")).unwrap();
         Scratch { dir, store }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
 
-pub fn chmod(path: &Path, mode: u32) {
+pub(crate) fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-pub fn mkfifo(path: &Path) {
+pub(crate) fn mkfifo(path: &Path) {
     rustix::fs::mknodat(
         rustix::fs::CWD,
         path,
@@ -43,7 +43,7 @@ pub fn mkfifo(path: &Path) {
 
 /// Sets a `user.*` xattr; `false` where the filesystem does not support them: a skip of the
 /// test's xattr part, said and counted, and a failure under `KILN_TEST_STRICT=1`.
-pub fn set_user_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+pub(crate) fn set_user_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
     match rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()) {
         Ok(()) => true,
         Err(rustix::io::Errno::NOTSUP) => kiln_test_support::skip_unless(Some(
@@ -57,7 +57,7 @@ pub fn set_user_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
 /// directories, symlinks (absolute, relative, dangling), hard links, a fifo,
 /// setuid/setgid/sticky modes, a read-only directory, an empty and a large
 /// file, and a `user.*` xattr. Returns whether the xattr could be set.
-pub fn sample_tree(root: &Path) -> bool {
+pub(crate) fn sample_tree(root: &Path) -> bool {
     fs::create_dir_all(root.join("etc/ssl")).unwrap();
     fs::create_dir_all(root.join("usr/bin")).unwrap();
     fs::create_dir_all(root.join("usr/lib")).unwrap();
@@ -111,7 +111,7 @@ pub fn sample_tree(root: &Path) -> bool {
 }
 
 /// Makes everything under `root` writable again so the temp dir can go.
-pub fn make_removable(root: &Path) {
+pub(crate) fn make_removable(root: &Path) {
     for entry in walkdir::WalkDir::new(root).into_iter().flatten() {
         if entry.file_type().is_dir() {
             let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));

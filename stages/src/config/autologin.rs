@@ -7,7 +7,7 @@ use kiln_engine::StageError;
 use super::edit::TreeEdit;
 
 /// Each getty unit and the agetty arguments mkosi gives it.
-pub const UNITS: [(&str, &str); 4] = [
+pub(super) const UNITS: [(&str, &str); 4] = [
     (
         "console-getty.service",
         "--noclear --keep-baud console 115200,38400,9600",
@@ -24,7 +24,7 @@ pub const UNITS: [(&str, &str); 4] = [
 ];
 
 /// The drop-in of one unit.
-pub fn dropin(extra: &str) -> String {
+pub(super) fn dropin(extra: &str) -> String {
     format!(
         "[Service]\nExecStart=\nExecStart=-agetty -o '-f -p -- \\\\u' --autologin root {extra} $TERM\n\
          StandardInput=tty\nStandardOutput=tty\n"

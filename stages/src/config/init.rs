@@ -7,7 +7,7 @@ use kiln_engine::StageError;
 use super::edit::TreeEdit;
 
 /// Where the link points.
-pub const SYSTEMD: &str = "/usr/lib/systemd/systemd";
+pub(super) const SYSTEMD: &str = "/usr/lib/systemd/systemd";
 
 /// The `/init` link.
 pub struct Init;

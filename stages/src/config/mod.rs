@@ -9,18 +9,18 @@
 //! fast, exact, and without touching the disk. Presets need `systemctl preset-all`, which runs
 //! against an overlay of the tree.
 
-pub mod autologin;
-pub mod clean_metadata;
+mod autologin;
+mod clean_metadata;
 pub mod crypt;
-pub mod edit;
-pub mod error;
-pub mod firstboot;
-pub mod hostname;
-pub mod init;
-pub mod machine_id;
-pub mod os_release;
-pub mod presets;
-pub mod root_password;
+mod edit;
+mod error;
+mod firstboot;
+mod hostname;
+mod init;
+mod machine_id;
+mod os_release;
+mod presets;
+mod root_password;
 
 use std::path::Path;
 

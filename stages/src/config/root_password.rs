@@ -41,7 +41,7 @@ impl RootPasswordHash {
 }
 
 /// `text` with the second field of `user`'s line set to `value`; `None` when no line is the user's.
-pub fn set_field(text: &str, user: &str, value: &str) -> Option<String> {
+pub(super) fn set_field(text: &str, user: &str, value: &str) -> Option<String> {
     let prefix = format!("{user}:");
     let mut found = false;
     let lines: Vec<String> = text

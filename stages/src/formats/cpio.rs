@@ -6,7 +6,7 @@ use crate::initrd::{DEFAULT_LEVEL, InitrdStage};
 use super::{Artifact, Format, FormatContext, FormatStages};
 
 /// `Format=cpio`.
-pub struct Cpio;
+pub(super) struct Cpio;
 
 impl Format for Cpio {
     fn name(&self) -> &'static str {

@@ -6,7 +6,7 @@ use kiln_engine::{Input, Stage, StageContext, StageError};
 use super::{Artifact, Format, FormatContext, FormatStages};
 
 /// `Format=directory`.
-pub struct Directory;
+pub(crate) struct Directory;
 
 impl Format for Directory {
     fn name(&self) -> &'static str {
@@ -29,7 +29,7 @@ impl Format for Directory {
 }
 
 /// The tree of `base`, unchanged: the node the export reads.
-pub struct DirectoryStage {
+pub(crate) struct DirectoryStage {
     pub name: String,
     pub base: String,
 }

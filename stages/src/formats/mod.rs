@@ -4,10 +4,10 @@
 //! format is one module here and one line in [`for_format`]; nothing outside this directory
 //! branches on the format.
 
-pub mod cpio;
-pub mod directory;
-pub mod tar;
-pub mod uki;
+mod cpio;
+pub(crate) mod directory;
+pub(crate) mod tar;
+mod uki;
 
 use kiln_engine::Stage;
 use kiln_recipe::{OutputFormat, Recipe};

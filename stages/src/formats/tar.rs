@@ -12,7 +12,7 @@ use super::{Artifact, Format, FormatContext, FormatStages};
 use crate::tarball::write_tar;
 
 /// `Format=tar`.
-pub struct Tar;
+pub(crate) struct Tar;
 
 impl Format for Tar {
     fn name(&self) -> &'static str {
@@ -36,7 +36,7 @@ impl Format for Tar {
 }
 
 /// Writes the tree of `base` as a tar archive.
-pub struct TarStage {
+pub(crate) struct TarStage {
     pub name: String,
     pub base: String,
     pub source_date_epoch: u64,

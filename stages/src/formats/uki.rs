@@ -10,7 +10,7 @@ use crate::uki::{KernelStage, UkiStage};
 use super::{Artifact, Format, FormatContext, FormatStages};
 
 /// `Format=uki`.
-pub struct Uki;
+pub(super) struct Uki;
 
 impl Format for Uki {
     fn name(&self) -> &'static str {

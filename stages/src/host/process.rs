@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// What a finished child left behind.
 #[derive(Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     pub status: ExitStatus,
     pub tail: Vec<String>,
     pub duration: Duration,
@@ -65,7 +65,7 @@ pub(crate) fn die_with_kiln(cmd: &mut Command) {
 /// Spawns `cmd` and streams its merged output to `sink` until it exits.
 ///
 /// `cmd`'s stdin, stdout and stderr are replaced; its environment and arguments are left as set.
-pub fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished> {
+pub(crate) fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished> {
     let (reader, writer) = io::pipe()?;
     cmd.stdin(Stdio::null())
         .stdout(writer.try_clone()?)
@@ -153,7 +153,7 @@ pub fn run(mut cmd: Command, sink: &mut dyn FnMut(&str)) -> io::Result<Finished>
 }
 
 /// The exit code of a status, with a signal `n` reported as `128 + n` the way shells do.
-pub fn exit_code(status: &ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: &ExitStatus) -> i32 {
     status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))

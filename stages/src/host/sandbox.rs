@@ -46,9 +46,9 @@ use std::path::{Component, Path, PathBuf};
 use super::script::{ScriptError, ScriptInvocation};
 
 /// Where the script's parts are mounted inside the sandbox, as mkosi does.
-pub const WORK: &str = "/work";
-pub const WORK_SRC: &str = "/work/src";
-pub const WORK_OUT: &str = "/work/out";
+pub(super) const WORK: &str = "/work";
+pub(super) const WORK_SRC: &str = "/work/src";
+pub(super) const WORK_OUT: &str = "/work/out";
 
 /// Directories that are a fresh tmpfs inside the sandbox: nothing below them reaches the tree.
 const TMPFS_DIRS: [&str; 3] = ["/run", "/tmp", WORK];
@@ -78,14 +78,14 @@ pub(crate) const KEPT_CAPABILITIES: [&str; 12] = [
 const MAX_SYMLINKS: usize = 40;
 
 /// The in-sandbox path of the script of `stage`: `/work/<stage>`.
-pub fn chroot_script_path(stage: &str) -> String {
+pub(super) fn chroot_script_path(stage: &str) -> String {
     format!("{WORK}/{stage}")
 }
 
 /// A prepared sandbox: bubblewrap's arguments (everything before the command) and the mount
 /// points it will create in the tree.
 #[derive(Debug)]
-pub struct Sandbox {
+pub(super) struct Sandbox {
     pub args: Vec<OsString>,
     /// For each mount point bubblewrap will create in the tree: the in-sandbox paths it
     /// creates, deepest first.
@@ -96,7 +96,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Plans the sandbox for `inv`. Fails when a mount point in the tree is a symlink or not a
     /// directory, because bubblewrap would follow it on the host.
-    pub fn plan(inv: &ScriptInvocation) -> Result<Sandbox, ScriptError> {
+    pub(super) fn plan(inv: &ScriptInvocation) -> Result<Sandbox, ScriptError> {
         let root = &inv.root;
         let stage = inv.stage.as_str();
         if stage.is_empty() || stage.contains('/') || [".", "..", "src", "out"].contains(&stage) {
@@ -204,7 +204,7 @@ impl Sandbox {
     /// Before starting bubblewrap it appends to `created_log` the index of each mount point
     /// that is still missing then, so that [`Sandbox::keep_logged`] can restrict the cleanup to
     /// what the helper created (the host script may create the same paths itself).
-    pub fn chroot_helper(
+    pub(super) fn chroot_helper(
         &self,
         bwrap: &Path,
         setenv: &[(&str, &str)],
@@ -241,7 +241,7 @@ impl Sandbox {
 
     /// Keeps for cleanup only the mount points whose index `created_log` lists (written by
     /// [`Sandbox::chroot_helper`]); none when it does not exist.
-    pub fn keep_logged(&mut self, created_log: &Path) {
+    pub(super) fn keep_logged(&mut self, created_log: &Path) {
         let logged: std::collections::BTreeSet<usize> = fs::read_to_string(created_log)
             .unwrap_or_default()
             .lines()
@@ -259,7 +259,7 @@ impl Sandbox {
     /// Removes the mount points bubblewrap created in the tree, deepest first, as long as each
     /// is still an empty directory or empty file. Call it once the sandbox has exited; it does
     /// nothing for mount points that were never created.
-    pub fn cleanup(&mut self) {
+    pub(super) fn cleanup(&mut self) {
         for chain in self.created.drain(..).rev() {
             for inside in chain {
                 let on_host = in_tree(&self.root, &inside);
@@ -294,7 +294,7 @@ impl Drop for Sandbox {
 /// paths; but a write through a symlink in the tree that leads out of it, such as an image's
 /// `/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`, meets a read-only host (or the
 /// private `/tmp`) instead of changing it, as in mkosi's sandbox.
-pub fn host_script_args(inv: &ScriptInvocation, writable: Option<&Path>) -> Vec<OsString> {
+pub(super) fn host_script_args(inv: &ScriptInvocation, writable: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
         "--unshare-pid",

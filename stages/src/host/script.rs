@@ -301,7 +301,7 @@ impl Tools {
 }
 
 /// Runs `inv` with `tools`, streaming each line of output to `sink`.
-pub fn run_script(
+pub(super) fn run_script(
     inv: &ScriptInvocation,
     tools: &Tools,
     sink: &mut dyn FnMut(&str),

@@ -32,10 +32,10 @@
 //! # }
 //! ```
 
-pub mod error;
-pub mod frames;
+mod error;
+mod frames;
 pub mod newc;
-pub mod segments;
+mod segments;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

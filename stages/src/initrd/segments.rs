@@ -45,10 +45,10 @@ use super::error::InitrdError;
 use super::newc::{self, Header, file_type};
 
 /// Bumped whenever the bytes written for the same entries change; part of every segment key.
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+pub(super) const SEGMENT_FORMAT_VERSION: u32 = 1;
 
 /// A segment is closed before it grows past this many times the target length.
-pub const MAX_SEGMENT_FACTOR: u64 = 8;
+pub(super) const MAX_SEGMENT_FACTOR: u64 = 8;
 
 /// Length of the trailer entry (header and padded name).
 const TRAILER_LEN: u64 = 124;
@@ -248,7 +248,7 @@ fn linkable(entry: &Entry) -> bool {
 }
 
 /// The name an entry is written under.
-pub fn archive_name(path: &str) -> &str {
+pub(super) fn archive_name(path: &str) -> &str {
     if path.is_empty() { "." } else { path }
 }
 

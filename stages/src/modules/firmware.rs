@@ -25,17 +25,17 @@ use kiln_recipe::fnmatch;
 use super::rules::CompiledRules;
 
 /// Where firmware lives in the image.
-pub const FIRMWARE_DIR: &str = "usr/lib/firmware";
+pub(super) const FIRMWARE_DIR: &str = "usr/lib/firmware";
 
 /// Directories below [`FIRMWARE_DIR`] that always stay (CPU microcode).
-pub const MICROCODE_DIRS: [&str; 2] = ["amd-ucode", "intel-ucode"];
+pub(super) const MICROCODE_DIRS: [&str; 2] = ["amd-ucode", "intel-ucode"];
 
 /// How many symlinks one path may go through before it counts as a loop (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
 
 /// The manifest paths of the firmware that stays: the files and the symlinks leading to them
 /// (not their directories). `needed` holds the kept modules' `firmware=` entries.
-pub fn required_firmware(
+pub(super) fn required_firmware(
     tree: &Manifest,
     needed: &BTreeSet<String>,
     rules: &CompiledRules,
@@ -83,7 +83,7 @@ pub fn required_firmware(
 
 /// Removes from `tree` everything below [`FIRMWARE_DIR`] that neither `required` (manifest
 /// paths), a directory above one of them, nor microcode is. Returns how many entries went.
-pub fn prune_firmware(tree: &mut Manifest, required: &BTreeSet<String>) -> usize {
+pub(super) fn prune_firmware(tree: &mut Manifest, required: &BTreeSet<String>) -> usize {
     if !tree
         .get(FIRMWARE_DIR)
         .is_some_and(|entry| entry.kind.is_dir())
@@ -119,7 +119,7 @@ pub fn prune_firmware(tree: &mut Manifest, required: &BTreeSet<String>) -> usize
 
 /// Where a path leads inside the image.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Walk {
+pub(super) struct Walk {
     /// Every symlink met, as manifest paths.
     pub symlinks: Vec<String>,
     /// The entry the path finally names, when it exists.
@@ -147,14 +147,14 @@ fn push_parts(todo: &mut Vec<Part>, path: &str) {
 }
 
 /// Path lookups on a manifest that follow its symlinks, never leaving the image.
-pub struct Walker<'a> {
+pub(super) struct Walker<'a> {
     tree: &'a Manifest,
     /// Children of each directory below the firmware directory, built once.
     children: HashMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Walker<'a> {
-    pub fn new(tree: &'a Manifest) -> Walker<'a> {
+    pub(super) fn new(tree: &'a Manifest) -> Walker<'a> {
         let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in tree.subtree(FIRMWARE_DIR).skip(1) {
             if let Some((parent, name)) = entry.path.rsplit_once('/') {
@@ -166,7 +166,7 @@ impl<'a> Walker<'a> {
 
     /// mkosi's walk: component by component from the root, each symlink replaced by its
     /// target (an absolute one from the image's root), `..` to the parent.
-    pub fn walk(&self, path: &str) -> Walk {
+    pub(super) fn walk(&self, path: &str) -> Walk {
         let mut walk = Walk::default();
         let mut todo: Vec<Part> = Vec::new();
         push_parts(&mut todo, path);
@@ -220,7 +220,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Whether `path` exists, following symlinks (Python's `Path.exists`).
-    pub fn exists(&self, path: &str) -> bool {
+    pub(super) fn exists(&self, path: &str) -> bool {
         self.resolve(path).is_some()
     }
 
@@ -250,7 +250,7 @@ impl<'a> Walker<'a> {
 
     /// Python's `Path(base).glob(pattern)` (3.11): the paths as spelled through `base`, not
     /// resolved. An absolute or empty pattern matches nothing (Python refuses it).
-    pub fn glob(&self, base: &str, pattern: &str) -> Vec<String> {
+    pub(super) fn glob(&self, base: &str, pattern: &str) -> Vec<String> {
         if pattern.is_empty() || pattern.starts_with('/') {
             return Vec::new();
         }

@@ -33,12 +33,12 @@
 //! ```
 
 pub mod depmod;
-pub mod error;
-pub mod explain;
-pub mod firmware;
+mod error;
+mod explain;
+mod firmware;
 pub mod modinfo;
 pub mod rules;
-pub mod select;
+mod select;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -112,7 +112,7 @@ pub struct Selection {
 
 /// A module that could not be read.
 #[derive(Debug)]
-pub struct UnreadableModule {
+pub(super) struct UnreadableModule {
     /// Relative to the kernel's directory.
     pub module: String,
     pub error: ModInfoError,
@@ -120,7 +120,7 @@ pub struct UnreadableModule {
 
 /// Selects the modules of `inventory` that `rules` keep, reading modules through `read` (given
 /// a path relative to the kernel's directory; called in parallel, only for modules reached).
-pub fn select<F>(
+pub(super) fn select<F>(
     inventory: &KernelInventory,
     rules: &CompiledRules,
     read: F,

@@ -20,14 +20,14 @@ const BODY_LIMIT: u64 = 256 << 20;
 
 /// One index file: where the mirror serves it, and the copy the package manager read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexFile {
+pub(crate) struct IndexFile {
     pub url: String,
     pub local: PathBuf,
 }
 
 /// Whether every index file is the same on the mirror as locally. A missing local copy counts
 /// as changed; an unreachable mirror is an error.
-pub fn unchanged(files: &[IndexFile]) -> Result<bool, PackagesError> {
+pub(super) fn unchanged(files: &[IndexFile]) -> Result<bool, PackagesError> {
     let results: Vec<Result<bool, PackagesError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .iter()

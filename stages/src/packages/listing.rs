@@ -165,7 +165,7 @@ impl fmt::Display for PackageChange {
 }
 
 /// Changes as indented lines, for error messages.
-pub fn describe_changes(changes: &[PackageChange]) -> String {
+pub(super) fn describe_changes(changes: &[PackageChange]) -> String {
     changes
         .iter()
         .map(|change| format!("  {change}"))

@@ -30,19 +30,19 @@
 //! ```
 
 pub mod apt;
-pub mod error;
+mod error;
 mod files;
-pub mod freshness;
+mod freshness;
 pub mod gpg_home;
-pub mod listing;
-pub mod lockfile;
+mod listing;
+mod lockfile;
 pub(crate) mod manager;
 pub mod mirror;
 pub mod package_cache;
-pub mod pacman;
+mod pacman;
 pub(crate) mod private_state;
-pub mod resolution;
-pub mod snapshot;
+mod resolution;
+mod snapshot;
 mod tools;
 
 use std::path::Path;

@@ -460,7 +460,7 @@ fn install_error(output: &ToolOutput) -> Option<PackagesError> {
 }
 
 /// The packages a pacman local database records.
-pub fn read_local_db(local: &Path) -> Result<PackageSet, PackagesError> {
+pub(super) fn read_local_db(local: &Path) -> Result<PackageSet, PackagesError> {
     let entries =
         std::fs::read_dir(local).map_err(|source| PackagesError::io("read", local, source))?;
     let mut packages = Vec::new();

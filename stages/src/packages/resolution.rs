@@ -22,7 +22,7 @@ use super::listing::PackageSet;
 
 /// One saved resolution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedResolution {
+pub(super) struct SavedResolution {
     /// The digest of what was resolved.
     pub request: String,
     /// The blake3 of each index file resolution read, by file name.
@@ -35,7 +35,7 @@ pub struct SavedResolution {
 
 impl SavedResolution {
     /// A resolution made now from the index files `names` of `index_dir`.
-    pub fn new(
+    pub(super) fn new(
         request: &str,
         set: &PackageSet,
         index_dir: &Path,
@@ -59,14 +59,14 @@ impl SavedResolution {
     }
 
     /// The resolution of `request` saved in `state`, if any.
-    pub fn load(state: &Path, request: &str) -> Option<SavedResolution> {
+    pub(super) fn load(state: &Path, request: &str) -> Option<SavedResolution> {
         let text = std::fs::read(SavedResolution::path(state, request)).ok()?;
         let saved: SavedResolution = serde_json::from_slice(&text).ok()?;
         (saved.request == request).then_some(saved)
     }
 
     /// Save it in `state`, replacing the earlier one of the same request.
-    pub fn save(&self, state: &Path) -> Result<(), PackagesError> {
+    pub(super) fn save(&self, state: &Path) -> Result<(), PackagesError> {
         let path = SavedResolution::path(state, &self.request);
         let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -75,18 +75,18 @@ impl SavedResolution {
     }
 
     /// Whether the index files in `index_dir` are still those it read.
-    pub fn read_index_in(&self, index_dir: &Path) -> bool {
+    pub(super) fn read_index_in(&self, index_dir: &Path) -> bool {
         let names: Vec<String> = self.index.keys().cloned().collect();
         !names.is_empty() && digest_files(index_dir, &names) == self.index
     }
 
     /// The resolved set.
-    pub fn set(&self) -> Result<PackageSet, PackagesError> {
+    pub(super) fn set(&self) -> Result<PackageSet, PackagesError> {
         PackageSet::parse(&self.listing).map_err(PackagesError::from)
     }
 
     /// "resolved offline: the mirror's index as of Tue, 01 Dec 2026 10:00:00 GMT (3 h ago)".
-    pub fn offline_note(&self) -> String {
+    pub(super) fn offline_note(&self) -> String {
         let when = UNIX_EPOCH + Duration::from_secs(self.resolved_at);
         let age = SystemTime::now().duration_since(when).unwrap_or_default();
         format!(
@@ -109,7 +109,7 @@ fn digest_files(dir: &Path, names: &[String]) -> BTreeMap<String, String> {
 }
 
 /// "3 h", "2 days", "40 s".
-pub fn human_age(age: Duration) -> String {
+pub(super) fn human_age(age: Duration) -> String {
     let seconds = age.as_secs();
     match seconds {
         0..120 => format!("{seconds} s"),

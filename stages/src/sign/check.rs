@@ -103,7 +103,7 @@ pub fn plan_signing(recipe: &Recipe, project_dir: &Path) -> Result<Option<Signin
 }
 
 /// [`plan_signing`] with the certificate's dates checked against `now`.
-pub fn plan_signing_at(
+pub(super) fn plan_signing_at(
     recipe: &Recipe,
     project_dir: &Path,
     now: SystemTime,
@@ -222,7 +222,7 @@ fn check_dates(certificate: &Certificate, shown: &Path, now: SystemTime) -> Resu
 }
 
 /// Which program signs, for `SecureBootSignTool=` and where the key and certificate come from.
-pub fn signing_method(
+pub(super) fn signing_method(
     tool: SecureBootSignTool,
     key_source: &KeySource,
     certificate_source: &CertificateSource,

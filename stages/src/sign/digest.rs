@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::pe::PeHeaders;
 
 /// Size of a buffer used to stream a file.
-pub const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// Why the Authenticode digest of an image cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Diagnostic)]
@@ -57,7 +57,7 @@ pub enum LayoutError {
 
 /// What Authenticode hashes in one image, and the fields it skips.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticodeLayout {
+pub(crate) struct AuthenticodeLayout {
     /// The optional header's CheckSum field (4 bytes).
     pub check_sum_offset: u64,
     /// The certificate table's data directory entry (8 bytes).
@@ -70,7 +70,10 @@ impl AuthenticodeLayout {
     /// The layout of an image whose signed data ends at `data_end`: the file's length less the
     /// certificate table's size for a signed image, the length padded to 8 bytes for one about
     /// to be signed.
-    pub fn new(headers: &PeHeaders, data_end: u64) -> Result<AuthenticodeLayout, LayoutError> {
+    pub(crate) fn new(
+        headers: &PeHeaders,
+        data_end: u64,
+    ) -> Result<AuthenticodeLayout, LayoutError> {
         let certificate_entry_offset =
             headers
                 .certificate_entry_offset()
@@ -129,7 +132,7 @@ impl AuthenticodeLayout {
 
     /// The layout of an image as it is: signed data ends where the certificate table's size
     /// before the end of the file says.
-    pub fn of_image(headers: &PeHeaders) -> Result<AuthenticodeLayout, LayoutError> {
+    pub(crate) fn of_image(headers: &PeHeaders) -> Result<AuthenticodeLayout, LayoutError> {
         let table = headers
             .certificate_table()
             .map_or(0, |range| range.end - range.start);
@@ -138,7 +141,7 @@ impl AuthenticodeLayout {
 
     /// Whether the hashed ranges follow each other in file order without overlapping, so the
     /// file can be hashed in one sequential pass.
-    pub fn is_sequential(&self) -> bool {
+    pub(crate) fn is_sequential(&self) -> bool {
         self.hashed
             .windows(2)
             .all(|pair| pair[0].end <= pair[1].start)
@@ -147,14 +150,14 @@ impl AuthenticodeLayout {
 
 /// Hashes the ranges of `layout` in file order, fed the file chunk by chunk from its start.
 /// Only for layouts that are [`AuthenticodeLayout::is_sequential`].
-pub struct SequentialHasher<'a> {
+pub(crate) struct SequentialHasher<'a> {
     ranges: &'a [Range<u64>],
     next: usize,
     hasher: Sha256,
 }
 
 impl<'a> SequentialHasher<'a> {
-    pub fn new(layout: &'a AuthenticodeLayout) -> SequentialHasher<'a> {
+    pub(crate) fn new(layout: &'a AuthenticodeLayout) -> SequentialHasher<'a> {
         debug_assert!(layout.is_sequential());
         SequentialHasher {
             ranges: &layout.hashed,
@@ -164,7 +167,7 @@ impl<'a> SequentialHasher<'a> {
     }
 
     /// Feeds the bytes at `offset`; chunks come in file order.
-    pub fn feed(&mut self, offset: u64, bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, offset: u64, bytes: &[u8]) {
         let end = offset + bytes.len() as u64;
         while let Some(range) = self.ranges.get(self.next) {
             let start = range.start.max(offset);
@@ -181,14 +184,14 @@ impl<'a> SequentialHasher<'a> {
         }
     }
 
-    pub fn finish(self) -> [u8; 32] {
+    pub(crate) fn finish(self) -> [u8; 32] {
         self.hasher.finalize().into()
     }
 }
 
 /// Hashes `ranges` of the file `reader` holds, in the order given, seeking to each. Bytes past
 /// `len` (the end of the file) read as zeros: the padding of a file about to be signed.
-pub fn hash_ranges<R: Read + Seek>(
+pub(crate) fn hash_ranges<R: Read + Seek>(
     reader: &mut R,
     ranges: &[Range<u64>],
     len: u64,
@@ -223,19 +226,19 @@ pub fn hash_ranges<R: Read + Seek>(
 /// The PE checksum of a file fed in order from its start, with the bytes the caller zeroes
 /// (the CheckSum field) read as zero.
 #[derive(Debug, Default, Clone)]
-pub struct PeChecksum {
+pub(crate) struct PeChecksum {
     sum: u64,
     /// A byte left over from a chunk of odd length: the low half of the next word.
     pending: Option<u8>,
 }
 
 impl PeChecksum {
-    pub fn new() -> PeChecksum {
+    pub(crate) fn new() -> PeChecksum {
         PeChecksum::default()
     }
 
     /// Adds the next bytes of the file.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
         if let Some(low) = self.pending.take() {
             let Some((&high, rest)) = bytes.split_first() else {
                 self.pending = Some(low);
@@ -255,7 +258,7 @@ impl PeChecksum {
 
     /// Adds bytes that lie at an even offset somewhere in the file (a field written later, such
     /// as the certificate table entry), independently of the stream.
-    pub fn add_at_even_offset(&mut self, bytes: &[u8]) {
+    pub(crate) fn add_at_even_offset(&mut self, bytes: &[u8]) {
         for word in bytes.chunks(2) {
             let high = word.get(1).copied().unwrap_or(0);
             self.sum += u64::from(u16::from_le_bytes([word[0], high]));
@@ -263,7 +266,7 @@ impl PeChecksum {
     }
 
     /// The checksum of a file of `len` bytes.
-    pub fn finish(mut self, len: u64) -> u32 {
+    pub(crate) fn finish(mut self, len: u64) -> u32 {
         if let Some(low) = self.pending.take() {
             self.sum += u64::from(low);
         }

@@ -33,16 +33,16 @@
 //! # Ok::<(), kiln_stages::sign::SignError>(())
 //! ```
 
-pub mod check;
-pub mod digest;
-pub mod error;
+mod check;
+pub(crate) mod digest;
+mod error;
 pub mod genkey;
 pub mod image;
 pub mod keys;
-pub mod pkcs7;
-pub mod spc;
-pub mod stage;
-pub mod verify;
+mod pkcs7;
+mod spc;
+mod stage;
+pub(crate) mod verify;
 
 pub use check::{SigningMethod, SigningPlan, check_signing, plan_signing};
 pub use error::{KeyProblem, SignError, SigningSetting};

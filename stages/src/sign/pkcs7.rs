@@ -43,16 +43,19 @@ use super::keys::{self, PrivateKey, PublicKey};
 use super::spc::{self, SPC_INDIRECT_DATA, sha256_algorithm};
 
 /// id-signedData.
-pub const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+pub(super) const ID_SIGNED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 /// PKCS#9 contentType.
-pub const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+pub(super) const ID_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
 /// PKCS#9 messageDigest.
-pub const ID_MESSAGE_DIGEST: ObjectIdentifier =
+pub(super) const ID_MESSAGE_DIGEST: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
 /// PKCS#9 signingTime.
-pub const ID_SIGNING_TIME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+pub(super) const ID_SIGNING_TIME: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
 /// PKCS#9 sMIMECapabilities.
-pub const ID_SMIME_CAPABILITIES: ObjectIdentifier =
+pub(super) const ID_SMIME_CAPABILITIES: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.15");
 
 /// OpenSSL's default S/MIME capabilities, in its order: the cipher and, for RC2, its key size.
@@ -69,7 +72,7 @@ const SMIME_CAPABILITIES: [(&str, Option<u8>); 8] = [
 
 /// Why a signature could not be built. Never carries key material.
 #[derive(Debug)]
-pub enum BuildError {
+pub(super) enum BuildError {
     Encoding(&'static str, der::Error),
     Signing,
 }
@@ -114,7 +117,7 @@ fn signing_time_value(seconds: u64) -> der::Result<Time> {
 
 /// The DER `ContentInfo` signing the image whose Authenticode SHA-256 digest is `digest`, with
 /// `key` and its `certificate`, at `signing_time` (seconds since 1970; `None`: no signingTime).
-pub fn authenticode_signature(
+pub(super) fn authenticode_signature(
     digest: &[u8; 32],
     key: &PrivateKey,
     certificate: &Certificate,
@@ -215,7 +218,7 @@ pub struct ParsedSignature {
 
 /// Reads the DER `ContentInfo` at the start of `der` (anything after it, such as padding, is
 /// ignored).
-pub fn parse_signature(der: &[u8]) -> Result<ParsedSignature, String> {
+pub(super) fn parse_signature(der: &[u8]) -> Result<ParsedSignature, String> {
     let mut reader = SliceReader::new(der).map_err(|e| e.to_string())?;
     let content_info: ContentInfo =
         der::Decode::decode(&mut reader).map_err(|e| format!("not PKCS#7: {e}"))?;

@@ -27,15 +27,15 @@ use der::{Decode, Encode, Sequence, TagMode, TagNumber};
 use spki::AlgorithmIdentifierOwned;
 
 /// `SPC_INDIRECT_DATA_OBJID`: the content type of an Authenticode signature.
-pub const SPC_INDIRECT_DATA: ObjectIdentifier =
+pub(super) const SPC_INDIRECT_DATA: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.4");
 
 /// `SPC_PE_IMAGE_DATAOBJ`: the data is a PE image.
-pub const SPC_PE_IMAGE_DATA: ObjectIdentifier =
+pub(super) const SPC_PE_IMAGE_DATA: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.2.1.15");
 
 /// id-sha256.
-pub const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+pub(super) const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 
 /// What signers have written as the file link since the field stopped meaning anything.
 const OBSOLETE: &str = "<<<Obsolete>>>";
@@ -67,7 +67,7 @@ struct SpcPeImageData {
 }
 
 /// The algorithm identifier of SHA-256 as Authenticode signers write it: with NULL parameters.
-pub fn sha256_algorithm() -> AlgorithmIdentifierOwned {
+pub(super) fn sha256_algorithm() -> AlgorithmIdentifierOwned {
     AlgorithmIdentifierOwned {
         oid: SHA256,
         parameters: Some(Any::from(Null)),
@@ -83,7 +83,7 @@ fn explicit<T>(number: u8, value: T) -> ContextSpecific<T> {
 }
 
 /// The DER `SpcIndirectDataContent` for an image whose Authenticode SHA-256 digest is `digest`.
-pub fn encode_indirect_data(digest: &[u8; 32]) -> der::Result<Vec<u8>> {
+pub(super) fn encode_indirect_data(digest: &[u8; 32]) -> der::Result<Vec<u8>> {
     let link = SpcPeImageData {
         flags: BitString::new(0, Vec::new())?,
         file: explicit(
@@ -113,7 +113,7 @@ pub fn encode_indirect_data(digest: &[u8; 32]) -> der::Result<Vec<u8>> {
 
 /// The digest an `SpcIndirectDataContent` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndirectData {
+pub(super) struct IndirectData {
     /// What the data is (`SPC_PE_IMAGE_DATA` for a PE image).
     pub data_type: ObjectIdentifier,
     pub digest_algorithm: ObjectIdentifier,
@@ -121,7 +121,7 @@ pub struct IndirectData {
 }
 
 /// Reads an `SpcIndirectDataContent` (its DER, tag and length included).
-pub fn decode_indirect_data(der: &[u8]) -> der::Result<IndirectData> {
+pub(super) fn decode_indirect_data(der: &[u8]) -> der::Result<IndirectData> {
     let content = SpcIndirectDataContent::from_der(der)?;
     Ok(IndirectData {
         data_type: content.data.value_type,

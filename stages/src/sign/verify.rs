@@ -39,7 +39,7 @@ pub struct SignatureReport {
 
 /// The image's first signature, or `None` when it has no certificate table. `image_digest` is
 /// the image's Authenticode digest, if it could be computed.
-pub fn read_signature<R: Read + Seek>(
+pub(crate) fn read_signature<R: Read + Seek>(
     reader: &mut R,
     headers: &PeHeaders,
     image_digest: Option<&[u8; 32]>,
@@ -137,6 +137,6 @@ impl SignatureReport {
 }
 
 /// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

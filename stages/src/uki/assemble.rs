@@ -48,7 +48,7 @@ use super::error::UkiError;
 use crate::pe::{MAX_SECTIONS, PeFormat, PeHeaders, SECTION_HEADER_SIZE, align_up};
 
 /// The largest stub kiln reads into memory (a systemd-stub is about 100 KiB).
-pub const MAX_STUB_SIZE: u64 = 64 << 20;
+pub(super) const MAX_STUB_SIZE: u64 = 64 << 20;
 
 /// The largest FileAlignment the PE specification allows (64 KiB).
 const MAX_FILE_ALIGNMENT: u64 = 0x1_0000;

@@ -57,15 +57,15 @@ use crate::sign::digest::{AuthenticodeLayout, hash_ranges};
 use crate::sign::verify::{hex, read_signature};
 
 /// The sections ukify shows as text.
-pub const TEXT_SECTIONS: [&str; 7] = [
+pub(super) const TEXT_SECTIONS: [&str; 7] = [
     ".cmdline", ".osrel", ".uname", ".pcrpkey", ".pcrsig", ".sbat", ".profile",
 ];
 
 /// Text longer than this is not shown (its size and digest still are).
-pub const MAX_TEXT: u64 = 1 << 20;
+pub(super) const MAX_TEXT: u64 = 1 << 20;
 
 /// What ukify shows for text that is not UTF-8.
-pub const NOT_UTF8: &str = "(not valid UTF-8)";
+pub(super) const NOT_UTF8: &str = "(not valid UTF-8)";
 
 /// One section as `kiln inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -19,12 +19,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod assemble;
-pub mod error;
-pub mod inspect;
+mod assemble;
+mod error;
+mod inspect;
 pub mod lookup;
 pub mod sbat;
-pub mod stage;
+mod stage;
 
 pub use crate::pe::{PeError, PeHeaders};
 pub use assemble::{PlacedSection, Placement, SectionContent, UkiLayout, UkiSection, assemble_uki};

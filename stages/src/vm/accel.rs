@@ -16,7 +16,7 @@ use crate::host::{Host, HostError, ToolInvocation, WatchEnd};
 
 /// How long OVMF gets to print something under KVM. It prints within a second under KVM; TCG
 /// needs about five here.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the user asked for (`--accel`, `--kvm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,7 +31,7 @@ pub enum AccelChoice {
 
 /// The outcome of running a guest under KVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvmProbe {
+pub(super) struct KvmProbe {
     pub works: bool,
     /// Why not, when it does not.
     pub reason: String,
@@ -40,7 +40,7 @@ pub struct KvmProbe {
 /// The accelerator for `choice`, and a note for the user when `auto` fell back to TCG.
 /// `device` says whether /dev/kvm can be opened (or why not); `probe` runs a guest under KVM
 /// (only for `auto`, only when the device is there).
-pub fn resolve_accel(
+pub(super) fn resolve_accel(
     choice: AccelChoice,
     device: Result<(), String>,
     probe: impl FnOnce() -> KvmProbe,
@@ -73,7 +73,7 @@ pub fn resolve_accel(
 }
 
 /// Whether /dev/kvm can be opened for reading and writing, or why not.
-pub fn kvm_device() -> Result<(), String> {
+pub(super) fn kvm_device() -> Result<(), String> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -90,7 +90,7 @@ pub fn kvm_device() -> Result<(), String> {
 }
 
 /// The arguments of the probe: OVMF under KVM with no disk, its serial port on stdout.
-pub fn probe_arguments(firmware_code: &Path, firmware_vars: &Path) -> Vec<String> {
+pub(super) fn probe_arguments(firmware_code: &Path, firmware_vars: &Path) -> Vec<String> {
     let drive = |options: &str, path: &Path| {
         format!(
             "if=pflash,format=raw,{options}file={}",
@@ -127,7 +127,7 @@ pub fn probe_arguments(firmware_code: &Path, firmware_vars: &Path) -> Vec<String
 
 /// Runs OVMF under KVM (`firmware_vars` is a writable copy the probe may change) and says
 /// whether it printed anything within [`PROBE_TIMEOUT`]. The guest is killed in every case.
-pub fn probe_kvm(
+pub(super) fn probe_kvm(
     host: &dyn Host,
     qemu: &Path,
     firmware_code: &Path,
@@ -168,7 +168,7 @@ pub fn probe_kvm(
 }
 
 /// Where probe answers are kept: `/run/kiln` for root, else `$XDG_RUNTIME_DIR/kiln`.
-pub fn cache_dir() -> Option<PathBuf> {
+pub(super) fn cache_dir() -> Option<PathBuf> {
     if rustix::process::geteuid().is_root() {
         return Some(PathBuf::from("/run/kiln"));
     }
@@ -179,7 +179,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// What a probe answer holds for: this boot of the host, this qemu, this firmware.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeKey {
+pub(super) struct ProbeKey {
     pub boot_id: String,
     pub qemu: String,
     pub firmware: String,
@@ -187,7 +187,7 @@ pub struct ProbeKey {
 
 impl ProbeKey {
     /// The key for the running host, or `None` when the boot id cannot be read.
-    pub fn current(qemu: &Path, firmware_code: &Path) -> Option<ProbeKey> {
+    pub(super) fn current(qemu: &Path, firmware_code: &Path) -> Option<ProbeKey> {
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
         Some(ProbeKey {
             boot_id: boot_id.trim().to_string(),
@@ -213,7 +213,7 @@ fn file_identity(path: &Path) -> String {
 }
 
 /// The cache file's text for `probe` under `key`.
-pub fn format_answer(key: &ProbeKey, probe: &KvmProbe) -> String {
+pub(super) fn format_answer(key: &ProbeKey, probe: &KvmProbe) -> String {
     format!(
         "boot_id={}\nqemu={}\nfirmware={}\nkvm={}\nreason={}\n",
         key.boot_id,
@@ -225,7 +225,7 @@ pub fn format_answer(key: &ProbeKey, probe: &KvmProbe) -> String {
 }
 
 /// The answer in `text` when it was recorded under `key`.
-pub fn parse_answer(text: &str, key: &ProbeKey) -> Option<KvmProbe> {
+pub(super) fn parse_answer(text: &str, key: &ProbeKey) -> Option<KvmProbe> {
     let field = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
@@ -249,7 +249,7 @@ pub fn parse_answer(text: &str, key: &ProbeKey) -> Option<KvmProbe> {
 
 /// The kept answer for `key` in `dir`, or the probe's, which is then kept (best effort: an
 /// unwritable directory only costs a probe next time).
-pub fn cached_probe(
+pub(super) fn cached_probe(
     dir: Option<&Path>,
     key: Option<&ProbeKey>,
     probe: impl FnOnce() -> KvmProbe,

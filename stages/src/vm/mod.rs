@@ -17,7 +17,7 @@
 //! # Ok::<(), kiln_stages::vm::VmError>(())
 //! ```
 
-pub mod accel;
+mod accel;
 pub mod command_line;
 
 use std::fs::File;

@@ -12,11 +12,11 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// Where downloaded packages and extracted files are kept.
-pub const DEB_CACHE: &str = "/var/tmp/kiln-test-debs";
+pub(crate) const DEB_CACHE: &str = "/var/tmp/kiln-test-debs";
 
 /// A systemd-stub and a kernel.
 #[derive(Debug, Clone)]
-pub struct BootFiles {
+pub(crate) struct BootFiles {
     pub stub: PathBuf,
     pub kernel: PathBuf,
     /// The kernel's version (`6.1.0-57-amd64`).
@@ -26,7 +26,7 @@ pub struct BootFiles {
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// The stub and kernel, or why they cannot be had.
-pub fn boot_files() -> Result<BootFiles, String> {
+pub(crate) fn boot_files() -> Result<BootFiles, String> {
     let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let cache = Path::new(DEB_CACHE);
     std::fs::create_dir_all(cache).map_err(|e| format!("cannot create {DEB_CACHE}: {e}"))?;

@@ -1,4 +1,4 @@
 //! What the uki tests share: synthetic PE images and a real stub and kernel from Debian.
 
-pub mod debian;
-pub mod synthetic_pe;
+pub(crate) mod debian;
+pub(crate) mod synthetic_pe;

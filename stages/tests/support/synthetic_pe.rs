@@ -5,24 +5,24 @@
 #![allow(dead_code)]
 
 /// Offset of the PE signature.
-pub const NT_OFFSET: usize = 0x80;
+pub(crate) const NT_OFFSET: usize = 0x80;
 /// Offset of the COFF file header.
-pub const FILE_HEADER: usize = NT_OFFSET + 4;
+pub(crate) const FILE_HEADER: usize = NT_OFFSET + 4;
 /// Offset of the optional header.
-pub const OPTIONAL_HEADER: usize = FILE_HEADER + 20;
+pub(crate) const OPTIONAL_HEADER: usize = FILE_HEADER + 20;
 /// Size of the optional header (PE32+ with 16 data directories).
-pub const OPTIONAL_SIZE: usize = 112 + 16 * 8;
+pub(crate) const OPTIONAL_SIZE: usize = 112 + 16 * 8;
 /// Offset of the section table.
-pub const SECTION_TABLE: usize = OPTIONAL_HEADER + OPTIONAL_SIZE;
+pub(crate) const SECTION_TABLE: usize = OPTIONAL_HEADER + OPTIONAL_SIZE;
 
-pub const SCN_CODE: u32 = 0x20;
-pub const SCN_DATA: u32 = 0x40;
-pub const SCN_READ: u32 = 0x4000_0000;
-pub const SCN_WRITE: u32 = 0x8000_0000;
-pub const SCN_EXECUTE: u32 = 0x2000_0000;
+pub(crate) const SCN_CODE: u32 = 0x20;
+pub(crate) const SCN_DATA: u32 = 0x40;
+pub(crate) const SCN_READ: u32 = 0x4000_0000;
+pub(crate) const SCN_WRITE: u32 = 0x8000_0000;
+pub(crate) const SCN_EXECUTE: u32 = 0x2000_0000;
 
 #[derive(Clone)]
-pub struct SyntheticSection {
+pub(crate) struct SyntheticSection {
     pub name: &'static str,
     pub data: Vec<u8>,
     pub virtual_size: u32,
@@ -31,7 +31,7 @@ pub struct SyntheticSection {
 
 /// A PE32+ image to build.
 #[derive(Clone)]
-pub struct SyntheticPe {
+pub(crate) struct SyntheticPe {
     pub sections: Vec<SyntheticSection>,
     pub file_alignment: u32,
     pub section_alignment: u32,
@@ -44,7 +44,7 @@ pub struct SyntheticPe {
 
 impl SyntheticPe {
     /// A stub-like image: `.text` (code), `.data` (writable), `.sbat` (read-only data).
-    pub fn stub_like() -> SyntheticPe {
+    pub(crate) fn stub_like() -> SyntheticPe {
         SyntheticPe {
             sections: vec![
                 SyntheticSection {
@@ -75,7 +75,7 @@ impl SyntheticPe {
     }
 
     /// The image's bytes.
-    pub fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let align = |value: u32, to: u32| value.div_ceil(to) * to;
         let mut image = vec![0u8; self.size_of_headers as usize];
         image[0..2].copy_from_slice(b"MZ");
@@ -133,24 +133,24 @@ impl SyntheticPe {
     }
 }
 
-pub fn put16(image: &mut [u8], at: usize, value: u16) {
+pub(crate) fn put16(image: &mut [u8], at: usize, value: u16) {
     image[at..at + 2].copy_from_slice(&value.to_le_bytes());
 }
 
-pub fn put32(image: &mut [u8], at: usize, value: u32) {
+pub(crate) fn put32(image: &mut [u8], at: usize, value: u32) {
     image[at..at + 4].copy_from_slice(&value.to_le_bytes());
 }
 
-pub fn get16(image: &[u8], at: usize) -> u16 {
+pub(crate) fn get16(image: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([image[at], image[at + 1]])
 }
 
-pub fn get32(image: &[u8], at: usize) -> u32 {
+pub(crate) fn get32(image: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(image[at..at + 4].try_into().unwrap())
 }
 
 /// `(name, file offset, size)` of each section header of any PE32/PE32+ image.
-pub fn section_table(image: &[u8]) -> (usize, Vec<usize>) {
+pub(crate) fn section_table(image: &[u8]) -> (usize, Vec<usize>) {
     let nt = get32(image, 0x3c) as usize;
     let count = get16(image, nt + 6) as usize;
     let optional_size = get16(image, nt + 20) as usize;
@@ -159,7 +159,7 @@ pub fn section_table(image: &[u8]) -> (usize, Vec<usize>) {
 }
 
 /// Malformed variants of a valid PE image, each with what it breaks.
-pub fn malformed_variants(valid: &[u8]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn malformed_variants(valid: &[u8]) -> Vec<(String, Vec<u8>)> {
     let nt = get32(valid, 0x3c) as usize;
     let (table, headers) = section_table(valid);
     let mut variants: Vec<(String, Vec<u8>)> = Vec::new();
