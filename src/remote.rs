@@ -159,33 +159,9 @@ pub(crate) fn resolve_with(
     let url = RemoteUrl::parse(&url)?;
     let mut config = RemoteConfig::new(url.clone());
 
-    let (push, push_from) = if args.push {
-        (true, "--cache-push".to_string())
-    } else if let Some(value) = env.var("KILN_CACHE_PUSH") {
-        (
-            parse_bool("KILN_CACHE_PUSH", &value)?,
-            "KILN_CACHE_PUSH".to_string(),
-        )
-    } else if let Some(push) = file.cache.push {
-        (push, file_label("push"))
-    } else {
-        (false, "default".to_string())
-    };
-
-    let (keys, trusted_from) = match env.var("KILN_CACHE_TRUSTED_KEYS") {
-        Some(keys) => (
-            keys.split_whitespace().map(str::to_string).collect(),
-            "KILN_CACHE_TRUSTED_KEYS".to_string(),
-        ),
-        None => (file.cache.trusted_keys.clone(), file_label("trusted-keys")),
-    };
-    for key in keys {
-        let key: PublicKey = key.parse().map_err(|source| CliError::RemoteKey {
-            from: trusted_from.clone(),
-            source,
-        })?;
-        config.trusted_keys.push(key);
-    }
+    let (push, push_from) = resolve_push(args, &file.cache, env, &file_label)?;
+    let (keys, trusted_from) = trusted_keys(&file.cache, env, &file_label)?;
+    config.trusted_keys.extend(keys);
 
     let signing_key_file = match env.var("KILN_CACHE_SIGNING_KEY") {
         Some(path) => Some(kiln_recipe::paths::absolute(cwd, Path::new(&path))),
@@ -198,25 +174,7 @@ pub(crate) fn resolve_with(
     if let Some(path) = &signing_key_file {
         config.signing_key = Some(read_signing_key(path)?);
     }
-
-    if let Some(transfers) = file.cache.transfers {
-        config.transfers = transfers.max(1);
-    }
-    if let Some(retries) = file.cache.retries {
-        config.retries = retries;
-    }
-    let defaults = Timeouts::default();
-    config.timeouts = Timeouts {
-        connect: file
-            .cache
-            .connect_timeout
-            .map_or(defaults.connect, Duration::from_secs),
-        stall: file
-            .cache
-            .timeout
-            .map_or(defaults.stall, Duration::from_secs),
-        min_rate: file.cache.min_rate.unwrap_or(defaults.min_rate),
-    };
+    apply_transfer_settings(&mut config, &file.cache);
 
     let (credentials, credentials_from) = credentials(&url, cwd, env)?;
     config.credentials = credentials;
@@ -229,6 +187,71 @@ pub(crate) fn resolve_with(
         signing_key_file,
         credentials_from,
     }))
+}
+
+/// Whether to push, and where that was decided: `--cache-push`, `KILN_CACHE_PUSH`, the config
+/// file, else not.
+fn resolve_push(
+    args: &RemoteArgs,
+    cache: &CacheSection,
+    env: &dyn Environment,
+    file_label: &dyn Fn(&str) -> String,
+) -> Result<(bool, String), CliError> {
+    Ok(if args.push {
+        (true, "--cache-push".to_string())
+    } else if let Some(value) = env.var("KILN_CACHE_PUSH") {
+        (
+            parse_bool("KILN_CACHE_PUSH", &value)?,
+            "KILN_CACHE_PUSH".to_string(),
+        )
+    } else if let Some(push) = cache.push {
+        (push, file_label("push"))
+    } else {
+        (false, "default".to_string())
+    })
+}
+
+/// The keys whose signatures are trusted, and where they came from: `KILN_CACHE_TRUSTED_KEYS`,
+/// else the config file.
+fn trusted_keys(
+    cache: &CacheSection,
+    env: &dyn Environment,
+    file_label: &dyn Fn(&str) -> String,
+) -> Result<(Vec<PublicKey>, String), CliError> {
+    let (keys, trusted_from) = match env.var("KILN_CACHE_TRUSTED_KEYS") {
+        Some(keys) => (
+            keys.split_whitespace().map(str::to_string).collect(),
+            "KILN_CACHE_TRUSTED_KEYS".to_string(),
+        ),
+        None => (cache.trusted_keys.clone(), file_label("trusted-keys")),
+    };
+    let mut parsed = Vec::new();
+    for key in keys {
+        let key: PublicKey = key.parse().map_err(|source| CliError::RemoteKey {
+            from: trusted_from.clone(),
+            source,
+        })?;
+        parsed.push(key);
+    }
+    Ok((parsed, trusted_from))
+}
+
+/// The config file's transfer count, retries and timeouts, over the defaults.
+fn apply_transfer_settings(config: &mut RemoteConfig, cache: &CacheSection) {
+    if let Some(transfers) = cache.transfers {
+        config.transfers = transfers.max(1);
+    }
+    if let Some(retries) = cache.retries {
+        config.retries = retries;
+    }
+    let defaults = Timeouts::default();
+    config.timeouts = Timeouts {
+        connect: cache
+            .connect_timeout
+            .map_or(defaults.connect, Duration::from_secs),
+        stall: cache.timeout.map_or(defaults.stall, Duration::from_secs),
+        min_rate: cache.min_rate.unwrap_or(defaults.min_rate),
+    };
 }
 
 /// The user's kiln config directory: `$XDG_CONFIG_HOME/kiln`, else `~/.config/kiln`.

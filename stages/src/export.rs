@@ -56,10 +56,6 @@ pub(crate) fn export(store: &Store, export: &Export, force: bool) -> Result<Expo
         }
     }
     let path = export.output_dir.join(&file_name);
-    let write_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| OutputError::Write { path, source }
-    };
     std::fs::create_dir_all(&export.output_dir).map_err(write_error(&export.output_dir))?;
     // What killed builds left staged beside the output goes first, whether or not it is written.
     remove_leftovers(&export.output_dir, &file_name);
@@ -85,45 +81,9 @@ pub(crate) fn export(store: &Store, export: &Export, force: bool) -> Result<Expo
     remove_any(&staging);
     match export.directory {
         true => {
-            let manifest =
-                store
-                    .manifest(&export.digest)
-                    .map_err(|source| OutputError::Checkout {
-                        path: staging.clone(),
-                        source,
-                    })?;
-            let options = CheckoutOptions {
-                mode: CheckoutMode::Copy,
-                mtime: Some(export.source_date_epoch as i64),
-                ..CheckoutOptions::default()
-            };
-            // The previous output, when it was written with the same SOURCE_DATE_EPOCH and its
-            // tree is still in the store, is cloned with hard links and brought up to date:
-            // the cost follows the change, not the image. With -f, what the output holds is
-            // read from the disk instead (each file checked against the image by type, size,
-            // mode, owner and mtime; a file that differs is read), so hand edits are undone,
-            // still by the difference only.
-            let is_dir = path.is_dir() && !path.is_symlink();
-            let updatable = if force {
-                is_dir
-                    .then(|| {
-                        store.scan_against(
-                            &path,
-                            &manifest,
-                            export.source_date_epoch as i64 * 1_000_000_000,
-                        )
-                    })
-                    .and_then(Result::ok)
-                    .map(|(actual, _)| without_marker(actual))
-            } else {
-                previous
-                    .as_deref()
-                    .and_then(parse_marker)
-                    .filter(|(_, epoch)| *epoch == export.source_date_epoch)
-                    .and_then(|(digest, _)| store.manifest(&digest).ok())
-                    .filter(|_| is_dir)
-            };
-            if force && updatable.as_ref() == Some(&manifest) {
+            let staged =
+                stage_directory(store, export, force, &path, previous.as_deref(), &staging)?;
+            if staged == Staged::AlreadyCurrent {
                 // Nothing differs: the output is the image already.
                 write_marker(&path, &marker);
                 link(export, &file_name)?;
@@ -132,94 +92,180 @@ pub(crate) fn export(store: &Store, export: &Export, force: bool) -> Result<Expo
                     written: false,
                 });
             }
-            // What the checkout copies is read from the store: hash it first. Updating the
-            // previous output copies only the blobs it did not hold.
-            let copied: Vec<(&Digest, u64)> = match &updatable {
-                Some(old) => {
-                    let held: std::collections::HashSet<&Digest> =
-                        old.blobs().map(|(blob, _)| blob).collect();
-                    manifest
-                        .blobs()
-                        .filter(|(blob, _)| !held.contains(blob))
-                        .collect()
-                }
-                None => manifest.blobs().collect(),
-            };
-            store
-                .verify_tree_blobs(&export.digest, copied)
-                .map_err(|source| OutputError::Checkout {
-                    path: staging.clone(),
-                    source,
-                })?;
-            let updated = updatable.is_some_and(|old| {
-                let done = kiln_cache::clone_hardlinked(&path, &staging).is_ok()
-                    && store
-                        .update_checkout(&old, &manifest, &staging, options)
-                        .is_ok();
-                if !done {
-                    remove_any(&staging);
-                }
-                done
-            });
-            if !updated {
-                store
-                    .checkout(&manifest, &staging, options)
-                    .map_err(|source| OutputError::Checkout {
-                        path: staging.clone(),
-                        source,
-                    })?;
-            }
         }
-        false => {
-            let checkout_error = |source| OutputError::Checkout {
-                path: staging.clone(),
-                source,
-            };
-            store.verify_blob(&export.digest).map_err(checkout_error)?;
-            let blob = store.blob_path(&export.digest).map_err(checkout_error)?;
-            std::fs::copy(blob, &staging).map_err(write_error(&staging))?;
-            // The store's objects are read-only; an output is the user's file.
-            std::fs::set_permissions(
-                &staging,
-                std::os::unix::fs::PermissionsExt::from_mode(0o644),
-            )
-            .map_err(write_error(&staging))?;
-            set_mtime(&staging, export.source_date_epoch);
-        }
+        false => stage_file(store, export, &staging)?,
     }
     write_marker(&staging, &marker);
     kiln_cache::testpoint::pause_at("output-rename");
+    replace(export, &file_name, &staging, &retired, path)
+}
+
+/// What preparing a directory output found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staged {
+    /// The new output stands under the staging name.
+    Ready,
+    /// Read back with `-f`, the output already is the image: nothing was staged.
+    AlreadyCurrent,
+}
+
+/// Prepares a directory output under `staging`: by updating a hard-linked clone of the previous
+/// output when it can be, by a fresh checkout otherwise.
+fn stage_directory(
+    store: &Store,
+    export: &Export,
+    force: bool,
+    path: &Path,
+    previous: Option<&str>,
+    staging: &Path,
+) -> Result<Staged, OutputError> {
+    let checkout_error = |source| OutputError::Checkout {
+        path: staging.to_path_buf(),
+        source,
+    };
+    let manifest = store.manifest(&export.digest).map_err(checkout_error)?;
+    let options = CheckoutOptions {
+        mode: CheckoutMode::Copy,
+        mtime: Some(export.source_date_epoch as i64),
+        ..CheckoutOptions::default()
+    };
+    let updatable = updatable_manifest(store, export, force, path, previous, &manifest);
+    if force && updatable.as_ref() == Some(&manifest) {
+        return Ok(Staged::AlreadyCurrent);
+    }
+    // What the checkout copies is read from the store: hash it first. Updating the
+    // previous output copies only the blobs it did not hold.
+    let copied: Vec<(&Digest, u64)> = match &updatable {
+        Some(old) => {
+            let held: std::collections::HashSet<&Digest> =
+                old.blobs().map(|(blob, _)| blob).collect();
+            manifest
+                .blobs()
+                .filter(|(blob, _)| !held.contains(blob))
+                .collect()
+        }
+        None => manifest.blobs().collect(),
+    };
+    store
+        .verify_tree_blobs(&export.digest, copied)
+        .map_err(checkout_error)?;
+    let updated = updatable.is_some_and(|old| {
+        let done = kiln_cache::clone_hardlinked(path, staging).is_ok()
+            && store
+                .update_checkout(&old, &manifest, staging, options)
+                .is_ok();
+        if !done {
+            remove_any(staging);
+        }
+        done
+    });
+    if !updated {
+        store
+            .checkout(&manifest, staging, options)
+            .map_err(checkout_error)?;
+    }
+    Ok(Staged::Ready)
+}
+
+/// The manifest of what the directory output at `path` holds, when it can be brought up to date
+/// rather than written afresh.
+///
+/// The previous output, when it was written with the same SOURCE_DATE_EPOCH and its tree is still
+/// in the store, is cloned with hard links and brought up to date: the cost follows the change,
+/// not the image. With -f, what the output holds is read from the disk instead (each file checked
+/// against the image by type, size, mode, owner and mtime; a file that differs is read), so hand
+/// edits are undone, still by the difference only.
+fn updatable_manifest(
+    store: &Store,
+    export: &Export,
+    force: bool,
+    path: &Path,
+    previous: Option<&str>,
+    manifest: &kiln_cache::Manifest,
+) -> Option<kiln_cache::Manifest> {
+    let is_dir = path.is_dir() && !path.is_symlink();
+    if force {
+        is_dir
+            .then(|| {
+                store.scan_against(
+                    path,
+                    manifest,
+                    export.source_date_epoch as i64 * 1_000_000_000,
+                )
+            })
+            .and_then(Result::ok)
+            .map(|(actual, _)| without_marker(actual))
+    } else {
+        previous
+            .and_then(parse_marker)
+            .filter(|(_, epoch)| *epoch == export.source_date_epoch)
+            .and_then(|(digest, _)| store.manifest(&digest).ok())
+            .filter(|_| is_dir)
+    }
+}
+
+/// Prepares a file output under `staging`: the verified blob, copied.
+fn stage_file(store: &Store, export: &Export, staging: &Path) -> Result<(), OutputError> {
+    let checkout_error = |source| OutputError::Checkout {
+        path: staging.to_path_buf(),
+        source,
+    };
+    store.verify_blob(&export.digest).map_err(checkout_error)?;
+    let blob = store.blob_path(&export.digest).map_err(checkout_error)?;
+    std::fs::copy(blob, staging).map_err(write_error(staging))?;
+    // The store's objects are read-only; an output is the user's file.
+    std::fs::set_permissions(staging, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(write_error(staging))?;
+    set_mtime(staging, export.source_date_epoch);
+    Ok(())
+}
+
+/// Puts the staged output in the place of `path`, keeping the previous output when that fails,
+/// then links the unversioned name to it.
+fn replace(
+    export: &Export,
+    file_name: &str,
+    staging: &Path,
+    retired: &Path,
+    path: PathBuf,
+) -> Result<Exported, OutputError> {
     // A directory cannot be renamed over another, nor over a symlink (the unversioned link a
     // versioned build left under this name): the two are exchanged in one step, and the old
     // one, now under the staging name, removed. A file is replaced by the rename itself.
     let staged_dir = staging.is_dir() && !staging.is_symlink();
     let replaces_dir = path.is_dir() && !path.is_symlink();
     if replaces_dir || (staged_dir && path.is_symlink()) {
-        match exchange(&staging, &path) {
+        match exchange(staging, &path) {
             Ok(()) => {
-                remove_any(&staging);
-                link(export, &file_name)?;
+                remove_any(staging);
+                link(export, file_name)?;
                 return Ok(Exported {
                     path,
                     written: true,
                 });
             }
             // A filesystem without RENAME_EXCHANGE: the old output moves aside first.
-            Err(_) => std::fs::rename(&path, &retired).map_err(write_error(&path))?,
+            Err(_) => std::fs::rename(&path, retired).map_err(write_error(&path))?,
         }
     }
-    if let Err(source) = std::fs::rename(&staging, &path) {
+    if let Err(source) = std::fs::rename(staging, &path) {
         // Put the previous output back: a failed export leaves it as it was.
-        let _ = std::fs::rename(&retired, &path);
-        remove_any(&staging);
+        let _ = std::fs::rename(retired, &path);
+        remove_any(staging);
         return Err(OutputError::Write { path, source });
     }
-    remove_any(&retired);
-    link(export, &file_name)?;
+    remove_any(retired);
+    link(export, file_name)?;
     Ok(Exported {
         path,
         written: true,
     })
+}
+
+/// The error of a failed write to `path`, for `map_err`.
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
+    let path = path.to_path_buf();
+    move |source| OutputError::Write { path, source }
 }
 
 fn link(export: &Export, file_name: &str) -> Result<(), OutputError> {

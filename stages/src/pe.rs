@@ -241,81 +241,13 @@ impl PeHeaders {
             reader,
             len: file_len,
         };
-
-        if file_len < 2 {
-            return Err(PeError::NotPe);
-        }
-        let mut magic = [0; 2];
-        file.read_at(0, &mut magic, "DOS header")?;
-        if u16::from_le_bytes(magic) != IMAGE_DOS_SIGNATURE {
-            return Err(PeError::NotPe);
-        }
-        let mut dos_bytes = [0; size_of::<ImageDosHeader>()];
-        file.read_at(0, &mut dos_bytes, "DOS header")?;
-        let dos: ImageDosHeader = read_pod(&dos_bytes);
-        let nt_offset = u64::from(dos.e_lfanew.get(LE));
-
-        let mut signature = [0; 4];
-        file.read_at(nt_offset, &mut signature, "PE signature")?;
-        if u32::from_le_bytes(signature) != IMAGE_NT_SIGNATURE {
-            return Err(PeError::NoPeSignature { offset: nt_offset });
-        }
-
-        let mut file_header_bytes = [0; size_of::<ImageFileHeader>()];
-        file.read_at(nt_offset + 4, &mut file_header_bytes, "COFF file header")?;
-        let file_header: ImageFileHeader = read_pod(&file_header_bytes);
+        let nt_offset = read_nt_offset(&mut file)?;
+        let file_header = read_file_header(&mut file, nt_offset)?;
         let section_count = file_header.number_of_sections.get(LE);
-        if section_count > MAX_SECTIONS {
-            return Err(PeError::TooManySections {
-                count: section_count,
-                max: MAX_SECTIONS,
-            });
-        }
-
         let optional_offset = nt_offset + 4 + FILE_HEADER_SIZE;
         let optional_size = file_header.size_of_optional_header.get(LE);
-        if optional_size < 2 {
-            return Err(PeError::OptionalHeaderTooSmall {
-                what: "magic",
-                size: optional_size,
-                needed: 2,
-            });
-        }
-        // At most 64 KiB: SizeOfOptionalHeader is a u16.
-        let mut optional_bytes = vec![0; usize::from(optional_size)];
-        file.read_at(optional_offset, &mut optional_bytes, "optional header")?;
-        let magic = u16::from_le_bytes([optional_bytes[0], optional_bytes[1]]);
-        let format = match magic {
-            IMAGE_NT_OPTIONAL_HDR64_MAGIC => PeFormat::Pe32Plus,
-            IMAGE_NT_OPTIONAL_HDR32_MAGIC => PeFormat::Pe32,
-            _ => return Err(PeError::UnknownOptionalHeader { magic }),
-        };
-        let fixed = format.fixed_optional_header_size();
-        if u64::from(optional_size) < fixed {
-            return Err(PeError::OptionalHeaderTooSmall {
-                what: "fields",
-                size: optional_size,
-                needed: fixed,
-            });
-        }
-        let optional = parse_optional_header(format, &optional_bytes);
-        let directory_count = optional
-            .number_of_rva_and_sizes
-            .min(IMAGE_NUMBEROF_DIRECTORY_ENTRIES as u32);
-        let directories_end = fixed + u64::from(directory_count) * DATA_DIRECTORY_SIZE;
-        if u64::from(optional_size) < directories_end {
-            return Err(PeError::OptionalHeaderTooSmall {
-                what: "data directories",
-                size: optional_size,
-                needed: directories_end,
-            });
-        }
-        let data_directories = pod::slice_from_bytes::<ImageDataDirectory>(
-            &optional_bytes[fixed as usize..],
-            directory_count as usize,
-        )
-        .map(|(directories, _)| directories.to_vec())
-        .unwrap_or_default();
+        let (optional, data_directories) =
+            read_optional_header(&mut file, optional_offset, optional_size)?;
 
         let section_table_offset = optional_offset + u64::from(optional_size);
         let mut table = vec![0; usize::from(section_count) * SECTION_HEADER_SIZE as usize];
@@ -452,6 +384,100 @@ impl PeHeaders {
             _ => Ok(()),
         }
     }
+}
+
+/// Checks the DOS header and the PE signature; returns where the NT headers start
+/// (`e_lfanew`).
+fn read_nt_offset<R: Read + Seek>(file: &mut Bounded<'_, R>) -> Result<u64, PeError> {
+    if file.len < 2 {
+        return Err(PeError::NotPe);
+    }
+    let mut magic = [0; 2];
+    file.read_at(0, &mut magic, "DOS header")?;
+    if u16::from_le_bytes(magic) != IMAGE_DOS_SIGNATURE {
+        return Err(PeError::NotPe);
+    }
+    let mut dos_bytes = [0; size_of::<ImageDosHeader>()];
+    file.read_at(0, &mut dos_bytes, "DOS header")?;
+    let dos: ImageDosHeader = read_pod(&dos_bytes);
+    let nt_offset = u64::from(dos.e_lfanew.get(LE));
+
+    let mut signature = [0; 4];
+    file.read_at(nt_offset, &mut signature, "PE signature")?;
+    if u32::from_le_bytes(signature) != IMAGE_NT_SIGNATURE {
+        return Err(PeError::NoPeSignature { offset: nt_offset });
+    }
+    Ok(nt_offset)
+}
+
+/// The COFF file header after the PE signature, its section count checked.
+fn read_file_header<R: Read + Seek>(
+    file: &mut Bounded<'_, R>,
+    nt_offset: u64,
+) -> Result<ImageFileHeader, PeError> {
+    let mut file_header_bytes = [0; size_of::<ImageFileHeader>()];
+    file.read_at(nt_offset + 4, &mut file_header_bytes, "COFF file header")?;
+    let file_header: ImageFileHeader = read_pod(&file_header_bytes);
+    let section_count = file_header.number_of_sections.get(LE);
+    if section_count > MAX_SECTIONS {
+        return Err(PeError::TooManySections {
+            count: section_count,
+            max: MAX_SECTIONS,
+        });
+    }
+    Ok(file_header)
+}
+
+/// The optional header of `optional_size` bytes at `optional_offset` and the data directories it
+/// has room for, its size checked against its format's fixed fields and directory count.
+fn read_optional_header<R: Read + Seek>(
+    file: &mut Bounded<'_, R>,
+    optional_offset: u64,
+    optional_size: u16,
+) -> Result<(OptionalHeader, Vec<ImageDataDirectory>), PeError> {
+    if optional_size < 2 {
+        return Err(PeError::OptionalHeaderTooSmall {
+            what: "magic",
+            size: optional_size,
+            needed: 2,
+        });
+    }
+    // At most 64 KiB: SizeOfOptionalHeader is a u16.
+    let mut optional_bytes = vec![0; usize::from(optional_size)];
+    file.read_at(optional_offset, &mut optional_bytes, "optional header")?;
+    let magic = u16::from_le_bytes([optional_bytes[0], optional_bytes[1]]);
+    let format = match magic {
+        IMAGE_NT_OPTIONAL_HDR64_MAGIC => PeFormat::Pe32Plus,
+        IMAGE_NT_OPTIONAL_HDR32_MAGIC => PeFormat::Pe32,
+        _ => return Err(PeError::UnknownOptionalHeader { magic }),
+    };
+    let fixed = format.fixed_optional_header_size();
+    if u64::from(optional_size) < fixed {
+        return Err(PeError::OptionalHeaderTooSmall {
+            what: "fields",
+            size: optional_size,
+            needed: fixed,
+        });
+    }
+    let optional = parse_optional_header(format, &optional_bytes);
+    let directory_count = optional
+        .number_of_rva_and_sizes
+        .min(IMAGE_NUMBEROF_DIRECTORY_ENTRIES as u32);
+    let directories_end = fixed + u64::from(directory_count) * DATA_DIRECTORY_SIZE;
+    if u64::from(optional_size) < directories_end {
+        return Err(PeError::OptionalHeaderTooSmall {
+            what: "data directories",
+            size: optional_size,
+            needed: directories_end,
+        });
+    }
+    let data_directories = pod::slice_from_bytes::<ImageDataDirectory>(
+        &optional_bytes[fixed as usize..],
+        directory_count as usize,
+    )
+    .map(|(directories, _)| directories.to_vec())
+    .unwrap_or_default();
+    Ok((optional, data_directories))
 }
 
 /// The fields kiln uses, from an optional header's bytes (at least the fixed part).

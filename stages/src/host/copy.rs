@@ -20,32 +20,7 @@ use super::xattr;
 /// together in `dst`. Ownership is set before mode and xattrs, because `chown` clears setuid bits
 /// and file capabilities. On error, `dst` may hold a partial copy: remove it.
 pub fn copy_tree_preserving(src: &Path, dst: &Path) -> Result<(), HostError> {
-    let root_meta = fs::symlink_metadata(src).map_err(|e| HostError::io("inspect", src, e))?;
-    if !root_meta.is_dir() {
-        return Err(HostError::io(
-            "copy",
-            src,
-            io::Error::from(io::ErrorKind::NotADirectory),
-        ));
-    }
-    match fs::symlink_metadata(dst) {
-        Ok(meta) => {
-            let empty = meta.is_dir()
-                && fs::read_dir(dst)
-                    .map_err(|e| HostError::io("read", dst, e))?
-                    .next()
-                    .is_none();
-            if !empty {
-                return Err(HostError::DestinationNotEmpty {
-                    path: dst.to_owned(),
-                });
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(dst).map_err(|e| HostError::io("create", dst, e))?;
-        }
-        Err(e) => return Err(HostError::io("inspect", dst, e)),
-    }
+    prepare_destination(src, dst)?;
 
     // Directories get their metadata last, deepest first, so a read-only directory can still
     // be filled and its mtime is not disturbed by its children.
@@ -93,41 +68,80 @@ pub fn copy_tree_preserving(src: &Path, dst: &Path) -> Result<(), HostError> {
             linked.insert((meta.dev(), meta.ino()), to.clone());
         }
 
-        if ft.is_file() {
-            fs::copy(from, &to).map_err(|e| HostError::io("copy", from, e))?;
-        } else if ft.is_symlink() {
-            let target =
-                fs::read_link(from).map_err(|e| HostError::io("read the symlink", from, e))?;
-            std::os::unix::fs::symlink(&target, &to)
-                .map_err(|e| HostError::io("create the symlink", &to, e))?;
-        } else {
-            let kind = if ft.is_char_device() {
-                FileType::CharacterDevice
-            } else if ft.is_block_device() {
-                FileType::BlockDevice
-            } else if ft.is_fifo() {
-                FileType::Fifo
-            } else if ft.is_socket() {
-                FileType::Socket
-            } else {
-                return Err(HostError::UnsupportedFileType {
-                    path: from.to_owned(),
-                });
-            };
-            rustix::fs::mknodat(
-                CWD,
-                &to,
-                kind,
-                Mode::from_raw_mode(meta.mode() & 0o7777),
-                meta.rdev(),
-            )
-            .map_err(|e| HostError::io("create the special file", &to, e.into()))?;
-        }
+        copy_content(from, &to, &meta)?;
         apply_metadata(from, &to, &meta)?;
     }
 
     for (from, to, meta) in dirs.iter().rev() {
         apply_metadata(from, to, meta)?;
+    }
+    Ok(())
+}
+
+/// Checks that `src` is a directory and that `dst` is an empty directory, creating it when it
+/// does not exist.
+fn prepare_destination(src: &Path, dst: &Path) -> Result<(), HostError> {
+    let root_meta = fs::symlink_metadata(src).map_err(|e| HostError::io("inspect", src, e))?;
+    if !root_meta.is_dir() {
+        return Err(HostError::io(
+            "copy",
+            src,
+            io::Error::from(io::ErrorKind::NotADirectory),
+        ));
+    }
+    match fs::symlink_metadata(dst) {
+        Ok(meta) => {
+            let empty = meta.is_dir()
+                && fs::read_dir(dst)
+                    .map_err(|e| HostError::io("read", dst, e))?
+                    .next()
+                    .is_none();
+            if !empty {
+                return Err(HostError::DestinationNotEmpty {
+                    path: dst.to_owned(),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(dst).map_err(|e| HostError::io("create", dst, e))?;
+        }
+        Err(e) => return Err(HostError::io("inspect", dst, e)),
+    }
+    Ok(())
+}
+
+/// Creates `to` as a copy of the non-directory `from`: a file's bytes, a symlink's target, a
+/// special file's type, mode and device number.
+fn copy_content(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), HostError> {
+    let ft = meta.file_type();
+    if ft.is_file() {
+        fs::copy(from, to).map_err(|e| HostError::io("copy", from, e))?;
+    } else if ft.is_symlink() {
+        let target = fs::read_link(from).map_err(|e| HostError::io("read the symlink", from, e))?;
+        std::os::unix::fs::symlink(&target, to)
+            .map_err(|e| HostError::io("create the symlink", to, e))?;
+    } else {
+        let kind = if ft.is_char_device() {
+            FileType::CharacterDevice
+        } else if ft.is_block_device() {
+            FileType::BlockDevice
+        } else if ft.is_fifo() {
+            FileType::Fifo
+        } else if ft.is_socket() {
+            FileType::Socket
+        } else {
+            return Err(HostError::UnsupportedFileType {
+                path: from.to_owned(),
+            });
+        };
+        rustix::fs::mknodat(
+            CWD,
+            to,
+            kind,
+            Mode::from_raw_mode(meta.mode() & 0o7777),
+            meta.rdev(),
+        )
+        .map_err(|e| HostError::io("create the special file", to, e.into()))?;
     }
     Ok(())
 }

@@ -155,23 +155,7 @@ where
     frontier.dedup();
     while !frontier.is_empty() {
         visited.extend(frontier.iter().cloned());
-        let infos: Vec<(String, ModInfo)> = frontier
-            .par_iter()
-            .map(|name| {
-                let info = match (files.get(name.as_str()), inventory.builtin_info.get(name)) {
-                    (Some(&index), _) => {
-                        let module = &inventory.modules[index];
-                        read(module).map_err(|error| UnreadableModule {
-                            module: module.clone(),
-                            error,
-                        })?
-                    }
-                    (None, Some(info)) => info.clone(),
-                    (None, None) => ModInfo::default(),
-                };
-                Ok((name.clone(), info))
-            })
-            .collect::<Result<_, UnreadableModule>>()?;
+        let infos = read_infos(&frontier, inventory, &files, &read)?;
         let mut next = BTreeSet::new();
         for (name, info) in infos {
             firmware.extend(info.firmware.iter().cloned());
@@ -190,18 +174,7 @@ where
             // Soft dependencies are optional (modprobe goes on without them): followed when a
             // module or an alias provides them, never reported missing.
             for dependency in info.softdeps.iter().map(|name| normalize_module_name(name)) {
-                let provided: Vec<String> = if files.contains_key(dependency.as_str()) {
-                    vec![dependency]
-                } else {
-                    inventory
-                        .aliases
-                        .get(&dependency)
-                        .into_iter()
-                        .flatten()
-                        .filter(|module| files.contains_key(module.as_str()))
-                        .cloned()
-                        .collect()
-                };
+                let provided = providers(dependency, inventory, &files);
                 for module in provided {
                     if !visited.contains(&module) {
                         next.insert(module);
@@ -221,6 +194,57 @@ where
         firmware,
         missing: missing.into_iter().collect(),
     })
+}
+
+/// The module information of each module in `frontier`: read from its file, taken from the
+/// built-in modules' information, or empty for a module that is neither.
+fn read_infos<F>(
+    frontier: &[String],
+    inventory: &KernelInventory,
+    files: &HashMap<String, usize>,
+    read: &F,
+) -> Result<Vec<(String, ModInfo)>, UnreadableModule>
+where
+    F: Fn(&str) -> Result<ModInfo, ModInfoError> + Sync,
+{
+    frontier
+        .par_iter()
+        .map(|name| {
+            let info = match (files.get(name.as_str()), inventory.builtin_info.get(name)) {
+                (Some(&index), _) => {
+                    let module = &inventory.modules[index];
+                    read(module).map_err(|error| UnreadableModule {
+                        module: module.clone(),
+                        error,
+                    })?
+                }
+                (None, Some(info)) => info.clone(),
+                (None, None) => ModInfo::default(),
+            };
+            Ok((name.clone(), info))
+        })
+        .collect()
+}
+
+/// The modules that provide the soft dependency `dependency`: the module of that name, else the
+/// modules its alias names.
+fn providers(
+    dependency: String,
+    inventory: &KernelInventory,
+    files: &HashMap<String, usize>,
+) -> Vec<String> {
+    if files.contains_key(dependency.as_str()) {
+        vec![dependency]
+    } else {
+        inventory
+            .aliases
+            .get(&dependency)
+            .into_iter()
+            .flatten()
+            .filter(|module| files.contains_key(module.as_str()))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Each module name's file. When two files have one name, the one below `updates/` wins (as

@@ -72,24 +72,11 @@ pub fn sign_image(
     signer: &Signer,
     signing_time: Option<u64>,
 ) -> Result<SignedImage, SignError> {
-    let read_error = |source| SignError::Read {
-        path: input.to_path_buf(),
-        source,
-    };
     let write_error = |source| SignError::Write {
         path: output.to_path_buf(),
         source,
     };
-    let mut source = File::open(input).map_err(read_error)?;
-    let headers = PeHeaders::read(&mut source).map_err(|source| SignError::Image {
-        path: input.to_path_buf(),
-        source,
-    })?;
-    if headers.certificate_table().is_some() {
-        return Err(SignError::AlreadySigned {
-            path: input.to_path_buf(),
-        });
-    }
+    let (mut source, headers) = open_unsigned(input)?;
     let len = headers.file_len;
     let padded = align_up(len, 8).ok_or(SignError::TooLarge {
         path: input.to_path_buf(),
@@ -98,42 +85,9 @@ pub fn sign_image(
         path: input.to_path_buf(),
         source,
     })?;
-    // Read as zero in the checksum: the CheckSum itself and the entry written afterwards.
-    let zeroed = [
-        layout.check_sum_offset..layout.check_sum_offset + 4,
-        layout.certificate_entry_offset..layout.certificate_entry_offset + 8,
-    ];
-
     let mut out = File::create(output).map_err(write_error)?;
-    let mut hasher = layout
-        .is_sequential()
-        .then(|| SequentialHasher::new(&layout));
-    let mut checksum = PeChecksum::new();
-    let mut buffer = vec![0; CHUNK];
-    let mut offset = 0u64;
-    source.seek(SeekFrom::Start(0)).map_err(read_error)?;
-    while offset < len {
-        let want = (len - offset).min(CHUNK as u64) as usize;
-        source.read_exact(&mut buffer[..want]).map_err(read_error)?;
-        let chunk = &mut buffer[..want];
-        out.write_all(chunk).map_err(write_error)?;
-        if let Some(hasher) = &mut hasher {
-            hasher.feed(offset, chunk);
-        }
-        zero_ranges(chunk, offset, &zeroed);
-        checksum.feed(chunk);
-        offset += want as u64;
-    }
-    let padding = vec![0; (padded - len) as usize];
-    out.write_all(&padding).map_err(write_error)?;
-    checksum.feed(&padding);
-    let digest = match hasher {
-        Some(mut hasher) => {
-            hasher.feed(len, &padding);
-            hasher.finish()
-        }
-        None => hash_ranges(&mut source, &layout.hashed, len).map_err(read_error)?,
-    };
+    let (digest, mut checksum) =
+        copy_and_hash(&mut source, &mut out, &layout, len, padded, input, output)?;
 
     let signature =
         pkcs7::authenticode_signature(&digest, &signer.key, &signer.certificate, signing_time)
@@ -175,6 +129,81 @@ pub fn sign_image(
         certificate_table: padded..table_end,
         check_sum,
     })
+}
+
+/// Opens `input` and reads its PE headers, refusing an image that is signed already.
+fn open_unsigned(input: &Path) -> Result<(File, PeHeaders), SignError> {
+    let mut source = File::open(input).map_err(|source| SignError::Read {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let headers = PeHeaders::read(&mut source).map_err(|source| SignError::Image {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    if headers.certificate_table().is_some() {
+        return Err(SignError::AlreadySigned {
+            path: input.to_path_buf(),
+        });
+    }
+    Ok((source, headers))
+}
+
+/// Copies the `len` bytes of `source` to `out`, padded with zeros to `padded`, in one pass that
+/// also feeds the Authenticode hasher and the PE checksum. Returns the Authenticode digest and
+/// the checksum so far (the certificate table is still to come).
+fn copy_and_hash(
+    source: &mut File,
+    out: &mut File,
+    layout: &AuthenticodeLayout,
+    len: u64,
+    padded: u64,
+    input: &Path,
+    output: &Path,
+) -> Result<([u8; 32], PeChecksum), SignError> {
+    let read_error = |source| SignError::Read {
+        path: input.to_path_buf(),
+        source,
+    };
+    let write_error = |source| SignError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    // Read as zero in the checksum: the CheckSum itself and the entry written afterwards.
+    let zeroed = [
+        layout.check_sum_offset..layout.check_sum_offset + 4,
+        layout.certificate_entry_offset..layout.certificate_entry_offset + 8,
+    ];
+    let mut hasher = layout
+        .is_sequential()
+        .then(|| SequentialHasher::new(layout));
+    let mut checksum = PeChecksum::new();
+    let mut buffer = vec![0; CHUNK];
+    let mut offset = 0u64;
+    source.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    while offset < len {
+        let want = (len - offset).min(CHUNK as u64) as usize;
+        source.read_exact(&mut buffer[..want]).map_err(read_error)?;
+        let chunk = &mut buffer[..want];
+        out.write_all(chunk).map_err(write_error)?;
+        if let Some(hasher) = &mut hasher {
+            hasher.feed(offset, chunk);
+        }
+        zero_ranges(chunk, offset, &zeroed);
+        checksum.feed(chunk);
+        offset += want as u64;
+    }
+    let padding = vec![0; (padded - len) as usize];
+    out.write_all(&padding).map_err(write_error)?;
+    checksum.feed(&padding);
+    let digest = match hasher {
+        Some(mut hasher) => {
+            hasher.feed(len, &padding);
+            hasher.finish()
+        }
+        None => hash_ranges(source, &layout.hashed, len).map_err(read_error)?,
+    };
+    Ok((digest, checksum))
 }
 
 /// Zeroes the bytes of `chunk` (which starts at `offset` in the file) that lie in `ranges`.
