@@ -525,87 +525,91 @@ impl Context<'_, '_> {
                 if piece.is_empty() {
                     continue;
                 }
-                if settings::BUILTIN_CONFIGS.contains(&piece) {
-                    let issue = ConfigIssue::new(
+                if let Some(resolved) = self.include_item(input, index, start, piece) {
+                    list.push(resolved);
+                }
+            }
+        }
+        Some(Some(Val::Paths(list)))
+    }
+
+    /// The file one non-empty item of `Include=` names, or `None` when it cannot be included
+    /// (reported).
+    fn include_item(
+        &mut self,
+        input: &Input,
+        index: usize,
+        start: usize,
+        piece: &str,
+    ) -> Option<PathBuf> {
+        if settings::BUILTIN_CONFIGS.contains(&piece) {
+            let issue = ConfigIssue::new(
                         Severity::Warning,
                         "kiln::config::not_implemented",
                         format!("`Include={piece}` names a configuration shipped with mkosi, which kiln does not have; it is ignored"),
                     )
                     .with_help("Copy the settings you need from mkosi's resources into the project");
-                    self.issue(input.locate_item(
-                        issue,
-                        index,
-                        start,
-                        piece.len(),
-                        "built into mkosi",
-                    ));
-                    continue;
-                }
-                let (lexical, resolved) = self.resolve_path(piece, true);
-                if !lexical.exists() {
-                    let issue = ConfigIssue::new(
-                        Severity::Error,
-                        "kiln::config::missing_include",
-                        format!("Included `{piece}` does not exist"),
-                    )
-                    .with_help(format!(
-                        "Relative includes are relative to {}; create the file or fix the path",
-                        self.cwd_phrase()
-                    ));
-                    self.issue(input.locate_item(
-                        issue,
-                        index,
-                        start,
-                        piece.len(),
-                        "no such file or directory",
-                    ));
-                    continue;
-                }
-                if let Some(id) = super::load::file_id(&resolved)
-                    && let Some(mut chain) = self.include_cycle(id)
-                {
-                    chain.push(self.shared.display(&resolved));
-                    let issue = ConfigIssue::new(
-                        Severity::Error,
-                        "kiln::config::include_cycle",
-                        format!("Including `{piece}` makes a cycle"),
-                    )
-                    .with_help(format!(
-                        "The includes go round: {}; remove one of them",
-                        chain.join(" -> ")
-                    ));
-                    self.issue(input.locate_item(
-                        issue,
-                        index,
-                        start,
-                        piece.len(),
-                        "included again while being read",
-                    ));
-                    continue;
-                }
-                if self.include_depth() >= super::load::MAX_INCLUDE_DEPTH {
-                    let issue = ConfigIssue::new(
-                        Severity::Error,
-                        "kiln::config::include_depth",
-                        format!(
-                            "Including `{piece}` nests configuration more than {} levels deep",
-                            super::load::MAX_INCLUDE_DEPTH
-                        ),
-                    )
-                    .with_help("Include the files side by side from one place instead of each from the one before");
-                    self.issue(input.locate_item(
-                        issue,
-                        index,
-                        start,
-                        piece.len(),
-                        "included too deep",
-                    ));
-                    continue;
-                }
-                list.push(resolved);
-            }
+            self.issue(input.locate_item(issue, index, start, piece.len(), "built into mkosi"));
+            return None;
         }
-        Some(Some(Val::Paths(list)))
+        let (lexical, resolved) = self.resolve_path(piece, true);
+        if !lexical.exists() {
+            let issue = ConfigIssue::new(
+                Severity::Error,
+                "kiln::config::missing_include",
+                format!("Included `{piece}` does not exist"),
+            )
+            .with_help(format!(
+                "Relative includes are relative to {}; create the file or fix the path",
+                self.cwd_phrase()
+            ));
+            self.issue(input.locate_item(
+                issue,
+                index,
+                start,
+                piece.len(),
+                "no such file or directory",
+            ));
+            return None;
+        }
+        if let Some(id) = super::load::file_id(&resolved)
+            && let Some(mut chain) = self.include_cycle(id)
+        {
+            chain.push(self.shared.display(&resolved));
+            let issue = ConfigIssue::new(
+                Severity::Error,
+                "kiln::config::include_cycle",
+                format!("Including `{piece}` makes a cycle"),
+            )
+            .with_help(format!(
+                "The includes go round: {}; remove one of them",
+                chain.join(" -> ")
+            ));
+            self.issue(input.locate_item(
+                issue,
+                index,
+                start,
+                piece.len(),
+                "included again while being read",
+            ));
+            return None;
+        }
+        if self.include_depth() >= super::load::MAX_INCLUDE_DEPTH {
+            let issue = ConfigIssue::new(
+                Severity::Error,
+                "kiln::config::include_depth",
+                format!(
+                    "Including `{piece}` nests configuration more than {} levels deep",
+                    super::load::MAX_INCLUDE_DEPTH
+                ),
+            )
+            .with_help(
+                "Include the files side by side from one place instead of each from the one before",
+            );
+            self.issue(input.locate_item(issue, index, start, piece.len(), "included too deep"));
+            return None;
+        }
+        Some(resolved)
     }
 }
 
