@@ -176,86 +176,9 @@ pub(crate) fn load_mkosi(shared: &mut Shared<'_>, configdir: &Path, opts: &LoadO
         main.cli.contains_key("Dependencies") || main.config.contains_key("Dependencies");
     drop(main);
 
-    // Subimages: universal settings come fixed from the main image (as if from the command
-    // line), inherited ones as overridable defaults, Environment= only through PassEnvironment=.
-    let mut passed_cli = Layer::new();
-    let mut inherited = Layer::new();
-    for setting in settings::SETTINGS.iter().filter(|s| s.implemented()) {
-        let value = main_final.get(setting.name).cloned().flatten();
-        if setting.scope.passed_down_fixed() {
-            passed_cli.insert(setting.name, value);
-        } else if setting.scope == Scope::Inherit {
-            inherited.insert(setting.name, value);
-        }
-    }
-    let passed_environment: BTreeMap<String, String> = match (
-        main_final.get("Environment").cloned().flatten(),
-        main_final.get("PassEnvironment").cloned().flatten(),
-    ) {
-        (Some(Val::Map(env)), Some(Val::List(names))) => names
-            .iter()
-            .filter_map(|n| env.get(n).map(|v| (n.clone(), v.clone())))
-            .collect(),
-        _ => BTreeMap::new(),
-    };
-
-    let mut images: Vec<(String, Finalized)> = Vec::new();
-    let mut default_dependencies = Vec::new();
-    let images_dir = configdir.join("mkosi.images");
-    if images_dir.exists() {
-        let entries = {
-            let mut lister = Context::new(shared, "main", configdir.to_path_buf());
-            lister.sorted_entries(&images_dir)
-        };
-        for entry in entries {
-            let is_dir = entry.is_dir();
-            let file_name = entry
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !is_dir && !file_name.ends_with(".conf") {
-                let mut lister = Context::new(shared, "main", configdir.to_path_buf());
-                lister.ignored_entry(&entry, "mkosi.images/");
-                continue;
-            }
-            let name = file_name
-                .strip_suffix(".conf")
-                .unwrap_or(&file_name)
-                .to_string();
-            if name.is_empty() {
-                let shown = shared.display(&entry);
-                shared.push(
-                    ConfigIssue::new(
-                        Severity::Error,
-                        "kiln::config::invalid_image",
-                        format!("`{shown}` is not a valid image name"),
-                    )
-                    .with_help("Name subimages `mkosi.images/NAME.conf` or `mkosi.images/NAME/`")
-                    .in_file(shown),
-                );
-                continue;
-            }
-            let cwd = if is_dir {
-                entry.clone()
-            } else {
-                configdir.to_path_buf()
-            };
-            let mut sub = Context::new(shared, &name, cwd);
-            sub.cli = passed_cli.clone();
-            sub.config = inherited.clone();
-            sub.config.insert(
-                "Environment",
-                (!passed_environment.is_empty()).then(|| Val::Map(passed_environment.clone())),
-            );
-            if !sub.parse_config_one(&entry, is_dir, true) {
-                continue;
-            }
-            let finalized = sub.finalize();
-            drop(sub);
-            images.push((name.clone(), finalized));
-            default_dependencies.push(name);
-        }
-    }
+    let passed = PassedDown::from_main(&main_final);
+    let images = load_subimages(shared, configdir, &passed);
+    let default_dependencies: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
 
     let mut main_final = main_final;
     if !explicit_dependencies {
@@ -266,21 +189,7 @@ pub(crate) fn load_mkosi(shared: &mut Shared<'_>, configdir: &Path, opts: &LoadO
 
     let mut recipe = to_recipe(shared, &main_final);
     if !order.is_empty() {
-        let names: Vec<String> = order.iter().map(|name| format!("`{name}`")).collect();
-        shared.push(
-            ConfigIssue::new(
-                Severity::Warning,
-                "kiln::config::not_built",
-                format!(
-                    "The subimages {} of `mkosi.images/` are read, but kiln builds only the main image",
-                    names.join(", ")
-                ),
-            )
-            .with_help(
-                "Build the subimages with mkosi, or make each one a project of its own for kiln",
-            )
-            .in_file("mkosi.images"),
-        );
+        warn_subimages_not_built(shared, &order);
     }
     for name in order {
         if let Some((_, finalized)) = images.iter().find(|(n, _)| *n == name) {
@@ -293,6 +202,141 @@ pub(crate) fn load_mkosi(shared: &mut Shared<'_>, configdir: &Path, opts: &LoadO
     recipe
 }
 
+/// What subimages get from the main image: universal settings fixed (as if from the command
+/// line), inherited ones as overridable defaults, `Environment=` only through
+/// `PassEnvironment=`.
+struct PassedDown {
+    cli: Layer,
+    inherited: Layer,
+    environment: BTreeMap<String, String>,
+}
+
+impl PassedDown {
+    fn from_main(main_final: &Finalized) -> Self {
+        let mut cli = Layer::new();
+        let mut inherited = Layer::new();
+        for setting in settings::SETTINGS.iter().filter(|s| s.implemented()) {
+            let value = main_final.get(setting.name).cloned().flatten();
+            if setting.scope.passed_down_fixed() {
+                cli.insert(setting.name, value);
+            } else if setting.scope == Scope::Inherit {
+                inherited.insert(setting.name, value);
+            }
+        }
+        let environment: BTreeMap<String, String> = match (
+            main_final.get("Environment").cloned().flatten(),
+            main_final.get("PassEnvironment").cloned().flatten(),
+        ) {
+            (Some(Val::Map(env)), Some(Val::List(names))) => names
+                .iter()
+                .filter_map(|n| env.get(n).map(|v| (n.clone(), v.clone())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        PassedDown {
+            cli,
+            inherited,
+            environment,
+        }
+    }
+}
+
+/// The subimages of `mkosi.images/` that read without error, by name in the order listed.
+fn load_subimages(
+    shared: &mut Shared<'_>,
+    configdir: &Path,
+    passed: &PassedDown,
+) -> Vec<(String, Finalized)> {
+    let mut images: Vec<(String, Finalized)> = Vec::new();
+    let images_dir = configdir.join("mkosi.images");
+    if images_dir.exists() {
+        let entries = {
+            let mut lister = Context::new(shared, "main", configdir.to_path_buf());
+            lister.sorted_entries(&images_dir)
+        };
+        for entry in entries {
+            if let Some(image) = load_subimage(shared, configdir, &entry, passed) {
+                images.push(image);
+            }
+        }
+    }
+    images
+}
+
+/// One entry of `mkosi.images/` read as a subimage, or `None` when it is not one (reported) or
+/// its conditions do not hold.
+fn load_subimage(
+    shared: &mut Shared<'_>,
+    configdir: &Path,
+    entry: &Path,
+    passed: &PassedDown,
+) -> Option<(String, Finalized)> {
+    let is_dir = entry.is_dir();
+    let file_name = entry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !is_dir && !file_name.ends_with(".conf") {
+        let mut lister = Context::new(shared, "main", configdir.to_path_buf());
+        lister.ignored_entry(entry, "mkosi.images/");
+        return None;
+    }
+    let name = file_name
+        .strip_suffix(".conf")
+        .unwrap_or(&file_name)
+        .to_string();
+    if name.is_empty() {
+        let shown = shared.display(entry);
+        shared.push(
+            ConfigIssue::new(
+                Severity::Error,
+                "kiln::config::invalid_image",
+                format!("`{shown}` is not a valid image name"),
+            )
+            .with_help("Name subimages `mkosi.images/NAME.conf` or `mkosi.images/NAME/`")
+            .in_file(shown),
+        );
+        return None;
+    }
+    let cwd = if is_dir {
+        entry.to_path_buf()
+    } else {
+        configdir.to_path_buf()
+    };
+    let mut sub = Context::new(shared, &name, cwd);
+    sub.cli = passed.cli.clone();
+    sub.config = passed.inherited.clone();
+    sub.config.insert(
+        "Environment",
+        (!passed.environment.is_empty()).then(|| Val::Map(passed.environment.clone())),
+    );
+    if !sub.parse_config_one(entry, is_dir, true) {
+        return None;
+    }
+    let finalized = sub.finalize();
+    Some((name, finalized))
+}
+
+/// Warns that the subimages in `order` are read but not built.
+fn warn_subimages_not_built(shared: &mut Shared<'_>, order: &[String]) {
+    let names: Vec<String> = order.iter().map(|name| format!("`{name}`")).collect();
+    shared.push(
+        ConfigIssue::new(
+            Severity::Warning,
+            "kiln::config::not_built",
+            format!(
+                "The subimages {} of `mkosi.images/` are read, but kiln builds only the main image",
+                names.join(", ")
+            ),
+        )
+        .with_help("Build the subimages with mkosi, or make each one a project of its own for kiln")
+        .in_file("mkosi.images"),
+    );
+}
+
+/// Each image's name and the names of the images it depends on.
+type DependencyGraph = Vec<(String, Vec<String>)>;
+
 /// The subimages the main image needs, dependencies first (mkosi's `resolve_deps`, which orders
 /// like Python's `graphlib.TopologicalSorter.static_order`).
 fn resolve_dependencies(
@@ -300,10 +344,47 @@ fn resolve_dependencies(
     images: &[(String, Finalized)],
     wanted: &[String],
 ) -> Vec<String> {
-    let graph: Vec<(String, Vec<String>)> = images
+    let graph: DependencyGraph = images
         .iter()
         .map(|(name, f)| (name.clone(), list(f, "Dependencies")))
         .collect();
+    if !dependencies_known(shared, &graph, wanted) {
+        return Vec::new();
+    }
+    let needed = needed_images(&graph, wanted);
+    let graph: DependencyGraph = graph
+        .into_iter()
+        .filter(|(n, _)| needed.contains(n))
+        .collect();
+
+    let (nodes, order) = static_order(&graph);
+    if order.len() < nodes.len() {
+        let cycle: Vec<String> = nodes
+            .iter()
+            .filter(|n| !order.contains(n))
+            .map(|n| format!("`{n}`"))
+            .collect();
+        shared.push(
+            ConfigIssue::new(
+                Severity::Error,
+                "kiln::config::dependency_cycle",
+                format!("Image dependency cycle between {}", cycle.join(", ")),
+            )
+            .with_help(
+                "Images cannot depend on each other in a circle: remove one of the `Dependencies=`",
+            )
+            .in_file("mkosi.images"),
+        );
+        return Vec::new();
+    }
+    let mut images_in_order: Vec<String> = graph.iter().map(|(n, _)| n.clone()).collect();
+    images_in_order.sort_by_key(|n| order.iter().position(|o| o == n));
+    images_in_order
+}
+
+/// Whether every dependency, of the main image (`wanted`) and of each subimage, names an image;
+/// when one does not, the last such is reported.
+fn dependencies_known(shared: &mut Shared<'_>, graph: &DependencyGraph, wanted: &[String]) -> bool {
     let known: BTreeSet<&str> = graph.iter().map(|(n, _)| n.as_str()).collect();
     let mut problem = None;
     for name in wanted {
@@ -313,7 +394,7 @@ fn resolve_dependencies(
             ));
         }
     }
-    for (image, deps) in &graph {
+    for (image, deps) in graph {
         for dep in deps {
             if !known.contains(dep.as_str()) {
                 problem = Some(format!(
@@ -322,22 +403,26 @@ fn resolve_dependencies(
             }
         }
     }
-    if let Some(message) = problem {
-        let names: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
-        let help = if names.is_empty() {
-            "The project has no subimages: add `mkosi.images/NAME.conf` or remove the dependency"
-                .to_string()
-        } else {
-            format!("The subimages in `mkosi.images/` are {}", names.join(", "))
-        };
-        shared.push(
-            ConfigIssue::new(Severity::Error, "kiln::config::unknown_dependency", message)
-                .with_help(help)
-                .in_file("mkosi.images"),
-        );
-        return Vec::new();
-    }
-    // The images the wanted ones need, transitively.
+    let Some(message) = problem else {
+        return true;
+    };
+    let names: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
+    let help = if names.is_empty() {
+        "The project has no subimages: add `mkosi.images/NAME.conf` or remove the dependency"
+            .to_string()
+    } else {
+        format!("The subimages in `mkosi.images/` are {}", names.join(", "))
+    };
+    shared.push(
+        ConfigIssue::new(Severity::Error, "kiln::config::unknown_dependency", message)
+            .with_help(help)
+            .in_file("mkosi.images"),
+    );
+    false
+}
+
+/// The images the `wanted` ones need, transitively (themselves included).
+fn needed_images(graph: &DependencyGraph, wanted: &[String]) -> BTreeSet<String> {
     let mut needed: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = wanted.to_vec();
     while let Some(image) = queue.first().cloned() {
@@ -348,14 +433,14 @@ fn resolve_dependencies(
             queue.extend(deps.iter().cloned());
         }
     }
-    let graph: Vec<(String, Vec<String>)> = graph
-        .into_iter()
-        .filter(|(n, _)| needed.contains(n))
-        .collect();
+    needed
+}
 
-    // graphlib: nodes in the order they were first seen (an image, then its dependencies).
+/// graphlib's `static_order`: every node of `graph` (in the order first seen: an image, then its
+/// dependencies) and the order they can be built in, which leaves out the nodes on a cycle.
+fn static_order(graph: &DependencyGraph) -> (Vec<String>, Vec<String>) {
     let mut nodes: Vec<String> = Vec::new();
-    for (name, deps) in &graph {
+    for (name, deps) in graph {
         for node in std::iter::once(name).chain(deps) {
             if !nodes.contains(node) {
                 nodes.push(node.clone());
@@ -364,7 +449,7 @@ fn resolve_dependencies(
     }
     let mut waiting: BTreeMap<String, usize> = nodes.iter().map(|n| (n.clone(), 0)).collect();
     let mut successors: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, deps) in &graph {
+    for (name, deps) in graph {
         for dep in deps {
             *waiting.entry(name.clone()).or_default() += 1;
             successors
@@ -391,28 +476,7 @@ fn resolve_dependencies(
             }
         }
     }
-    if order.len() < nodes.len() {
-        let cycle: Vec<String> = nodes
-            .iter()
-            .filter(|n| !order.contains(n))
-            .map(|n| format!("`{n}`"))
-            .collect();
-        shared.push(
-            ConfigIssue::new(
-                Severity::Error,
-                "kiln::config::dependency_cycle",
-                format!("Image dependency cycle between {}", cycle.join(", ")),
-            )
-            .with_help(
-                "Images cannot depend on each other in a circle: remove one of the `Dependencies=`",
-            )
-            .in_file("mkosi.images"),
-        );
-        return Vec::new();
-    }
-    let mut images_in_order: Vec<String> = graph.iter().map(|(n, _)| n.clone()).collect();
-    images_in_order.sort_by_key(|n| order.iter().position(|o| o == n));
-    images_in_order
+    (nodes, order)
 }
 
 fn text(f: &Finalized, name: &str) -> Option<String> {

@@ -140,121 +140,166 @@ fn common_margin<'a>(lines: &[RawLine<'a>]) -> &'a str {
 pub(crate) fn parse(text: &str) -> IniFile {
     let lines = raw_lines(text);
     let margin = common_margin(&lines).len();
-    let mut file = IniFile::default();
-    // The entry being read, which indented lines continue.
-    let mut current: Option<Entry> = None;
-    // After a bad line, its indented continuation lines are skipped with it.
-    let mut skipping = false;
-    // After a bad section header, the lines up to the next header belong to no section and are
-    // skipped with it.
-    let mut bad_section = false;
-
+    let mut parser = Parser::default();
     for raw in &lines {
-        // Dedent: lines made only of spaces and tabs become empty, others lose the margin.
-        let only_blanks = raw.text.trim_start_matches([' ', '\t']).is_empty();
-        if only_blanks {
-            continue;
+        if let Some(line) = content_line(raw, margin) {
+            parser.line(&line);
         }
-        let start = raw.offset + margin;
-        let mut line = &raw.text[margin..];
-        if let Some(hash) = line.find('#') {
-            line = &line[..hash];
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let indented = line.starts_with(char::is_whitespace);
-        let trimmed = line.trim();
-        let trimmed_offset = start + (line.len() - line.trim_start().len());
-        let trimmed_span = Span::new(trimmed_offset, trimmed.len());
+    }
+    parser.finish()
+}
 
-        if indented {
-            if let Some(entry) = current.as_mut() {
+/// A line with something other than a comment: its text without surrounding whitespace, where
+/// that text is, and whether the line is indented (once dedented).
+struct ContentLine<'a> {
+    trimmed: &'a str,
+    offset: usize,
+    indented: bool,
+}
+
+impl ContentLine<'_> {
+    fn span(&self) -> Span {
+        Span::new(self.offset, self.trimmed.len())
+    }
+}
+
+/// `raw` dedented by `margin` and with its comment removed, or `None` when nothing is left.
+fn content_line<'a>(raw: &RawLine<'a>, margin: usize) -> Option<ContentLine<'a>> {
+    // Dedent: lines made only of spaces and tabs become empty, others lose the margin.
+    let only_blanks = raw.text.trim_start_matches([' ', '\t']).is_empty();
+    if only_blanks {
+        return None;
+    }
+    let start = raw.offset + margin;
+    let mut line = &raw.text[margin..];
+    if let Some(hash) = line.find('#') {
+        line = &line[..hash];
+    }
+    if line.trim().is_empty() {
+        return None;
+    }
+    Some(ContentLine {
+        trimmed: line.trim(),
+        offset: start + (line.len() - line.trim_start().len()),
+        indented: line.starts_with(char::is_whitespace),
+    })
+}
+
+/// The state of reading a file line by line.
+#[derive(Default)]
+struct Parser {
+    file: IniFile,
+    /// The entry being read, which indented lines continue.
+    current: Option<Entry>,
+    /// After a bad line, its indented continuation lines are skipped with it.
+    skipping: bool,
+    /// After a bad section header, the lines up to the next header belong to no section and are
+    /// skipped with it.
+    bad_section: bool,
+}
+
+impl Parser {
+    fn line(&mut self, line: &ContentLine<'_>) {
+        if line.indented {
+            if let Some(entry) = self.current.as_mut() {
                 entry.lines.push(ValueLine {
-                    text: trimmed.to_string(),
-                    span: trimmed_span,
+                    text: line.trimmed.to_string(),
+                    span: line.span(),
                 });
-                continue;
+                return;
             }
-            if skipping {
-                continue;
+            if self.skipping {
+                return;
             }
         }
-        skipping = false;
-        if let Some(entry) = current.take() {
-            push_entry(&mut file, entry);
+        self.skipping = false;
+        if let Some(entry) = self.current.take() {
+            push_entry(&mut self.file, entry);
         }
-
-        if trimmed.starts_with('[') {
-            if !trimmed.ends_with(']') || trimmed.len() < 2 {
-                file.errors.push(SyntaxError::UnterminatedSection {
-                    line: trimmed.to_string(),
-                    span: trimmed_span,
-                });
-                bad_section = true;
-                continue;
-            }
-            let name = trimmed[1..trimmed.len() - 1].trim();
-            if name.is_empty() {
-                file.errors
-                    .push(SyntaxError::EmptySection { span: trimmed_span });
-                bad_section = true;
-                continue;
-            }
-            bad_section = false;
-            file.sections.push(Section {
-                name: name.to_string(),
-                header: trimmed_span,
-                entries: Vec::new(),
+        if line.trimmed.starts_with('[') {
+            self.section_header(line);
+            return;
+        }
+        if self.bad_section {
+            return;
+        }
+        if self.file.sections.is_empty() {
+            self.file.errors.push(SyntaxError::OutsideSection {
+                line: line.trimmed.to_string(),
+                span: line.span(),
             });
-            continue;
+            self.skipping = true;
+            return;
         }
+        self.entry(line);
+    }
 
-        if bad_section {
-            continue;
-        }
-        if file.sections.is_empty() {
-            file.errors.push(SyntaxError::OutsideSection {
+    /// A line starting with `[`.
+    fn section_header(&mut self, line: &ContentLine<'_>) {
+        let trimmed = line.trimmed;
+        if !trimmed.ends_with(']') || trimmed.len() < 2 {
+            self.file.errors.push(SyntaxError::UnterminatedSection {
                 line: trimmed.to_string(),
-                span: trimmed_span,
+                span: line.span(),
             });
-            skipping = true;
-            continue;
+            self.bad_section = true;
+            return;
         }
+        let name = trimmed[1..trimmed.len() - 1].trim();
+        if name.is_empty() {
+            self.file
+                .errors
+                .push(SyntaxError::EmptySection { span: line.span() });
+            self.bad_section = true;
+            return;
+        }
+        self.bad_section = false;
+        self.file.sections.push(Section {
+            name: name.to_string(),
+            header: line.span(),
+            entries: Vec::new(),
+        });
+    }
 
+    /// A `Key=Value` line inside a section, which starts the entry indented lines continue.
+    fn entry(&mut self, line: &ContentLine<'_>) {
+        let trimmed = line.trimmed;
         let Some(eq) = trimmed.find('=') else {
-            file.errors.push(SyntaxError::MissingEquals {
+            self.file.errors.push(SyntaxError::MissingEquals {
                 key: trimmed.to_string(),
-                span: trimmed_span,
+                span: line.span(),
             });
-            skipping = true;
-            continue;
+            self.skipping = true;
+            return;
         };
         if eq == 0 {
-            file.errors
-                .push(SyntaxError::MissingName { span: trimmed_span });
-            skipping = true;
-            continue;
+            self.file
+                .errors
+                .push(SyntaxError::MissingName { span: line.span() });
+            self.skipping = true;
+            return;
         }
         let raw_key = &trimmed[..eq];
         let key = raw_key.trim_end();
         let raw_value = &trimmed[eq + 1..];
         let value = raw_value.trim();
-        let value_offset =
-            trimmed_offset + eq + 1 + (raw_value.len() - raw_value.trim_start().len());
-        current = Some(Entry {
+        let value_offset = line.offset + eq + 1 + (raw_value.len() - raw_value.trim_start().len());
+        self.current = Some(Entry {
             key: key.to_string(),
-            key_span: Span::new(trimmed_offset, key.len()),
+            key_span: Span::new(line.offset, key.len()),
             lines: vec![ValueLine {
                 text: value.to_string(),
                 span: Span::new(value_offset, value.len()),
             }],
         });
     }
-    if let Some(entry) = current.take() {
-        push_entry(&mut file, entry);
+
+    fn finish(mut self) -> IniFile {
+        if let Some(entry) = self.current.take() {
+            push_entry(&mut self.file, entry);
+        }
+        self.file
     }
-    file
 }
 
 fn push_entry(file: &mut IniFile, entry: Entry) {

@@ -522,21 +522,7 @@ impl<'s, 'e> Context<'s, 'e> {
     fn apply_entry(&mut self, parsed: &Rc<Parsed>, section: &str, entry: &ini::Entry) {
         let source = &parsed.source;
         let span = entry.key_span;
-        let mut key = entry.key.as_str();
-        if let Some(stripped) = key.strip_prefix('@') {
-            self.issue(
-                ConfigIssue::new(
-                    Severity::Warning,
-                    "kiln::config::deprecated",
-                    format!(
-                        "The `@` prefix is deprecated: write `{stripped}=` instead of `{key}=`"
-                    ),
-                )
-                .with_help("mkosi no longer needs `@`; remove it")
-                .at(source, span.offset, span.len, "deprecated `@`"),
-            );
-            key = stripped;
-        }
+        let key = self.strip_at_prefix(source, entry);
         let Some(setting) = settings::lookup(key) else {
             self.unknown_setting(source, key, span);
             return;
@@ -557,26 +543,7 @@ impl<'s, 'e> Context<'s, 'e> {
             return;
         }
         if section != setting.section {
-            self.issue(
-                ConfigIssue::new(
-                    Severity::Warning,
-                    "kiln::config::wrong_section",
-                    format!(
-                        "Setting `{key}=` should be configured in `[{}]`, not `[{section}]`",
-                        setting.section
-                    ),
-                )
-                .with_help(format!(
-                    "It is applied anyway; move it below `[{}]`",
-                    setting.section
-                ))
-                .at(
-                    source,
-                    span.offset,
-                    span.len,
-                    format!("belongs in [{}]", setting.section),
-                ),
-            );
+            self.warn_wrong_section(source, key, section, setting, span);
         }
         self.warn_if_old_name(key, setting, source, span);
         if !setting.implemented() {
@@ -595,31 +562,95 @@ impl<'s, 'e> Context<'s, 'e> {
             return;
         }
         if let settings::Built::Not { differs, same } = setting.built {
-            let value = entry.value();
-            let value = value.trim();
-            if !value.is_empty() && !same.contains(&value.to_ascii_lowercase().as_str()) {
-                self.issue(
-                    ConfigIssue::new(
-                        Severity::Warning,
-                        "kiln::config::not_built",
-                        format!(
-                            "`{}=` is read, but no stage of kiln builds it yet: {differs}",
-                            setting.name
-                        ),
-                    )
-                    .with_help(
-                        "The image kiln builds differs from mkosi's here; remove the setting to \
-                         silence this, or build with mkosi",
-                    )
-                    .at(source, span.offset, span.len, "not built by kiln"),
-                );
-            }
+            self.warn_not_built(source, entry, setting, differs, same);
         }
         let input = self.expand_entry(source, entry);
         let location = source.location(entry.value_span().offset);
         self.assign(setting, input, Some(location));
         if matches!(setting.kind, Kind::Include) {
             self.parse_new_includes();
+        }
+    }
+
+    /// The entry's key without mkosi's deprecated `@` prefix, which is warned about.
+    fn strip_at_prefix<'k>(&mut self, source: &SourceText, entry: &'k ini::Entry) -> &'k str {
+        let span = entry.key_span;
+        let key = entry.key.as_str();
+        let Some(stripped) = key.strip_prefix('@') else {
+            return key;
+        };
+        self.issue(
+            ConfigIssue::new(
+                Severity::Warning,
+                "kiln::config::deprecated",
+                format!("The `@` prefix is deprecated: write `{stripped}=` instead of `{key}=`"),
+            )
+            .with_help("mkosi no longer needs `@`; remove it")
+            .at(source, span.offset, span.len, "deprecated `@`"),
+        );
+        stripped
+    }
+
+    /// The warning for a setting written in another section than its own (it still applies).
+    fn warn_wrong_section(
+        &mut self,
+        source: &SourceText,
+        key: &str,
+        section: &str,
+        setting: &Setting,
+        span: Span,
+    ) {
+        self.issue(
+            ConfigIssue::new(
+                Severity::Warning,
+                "kiln::config::wrong_section",
+                format!(
+                    "Setting `{key}=` should be configured in `[{}]`, not `[{section}]`",
+                    setting.section
+                ),
+            )
+            .with_help(format!(
+                "It is applied anyway; move it below `[{}]`",
+                setting.section
+            ))
+            .at(
+                source,
+                span.offset,
+                span.len,
+                format!("belongs in [{}]", setting.section),
+            ),
+        );
+    }
+
+    /// The warning for a setting kiln reads but no stage builds, unless its value is one of
+    /// `same` (which builds what mkosi builds).
+    fn warn_not_built(
+        &mut self,
+        source: &SourceText,
+        entry: &ini::Entry,
+        setting: &Setting,
+        differs: &str,
+        same: &[&str],
+    ) {
+        let span = entry.key_span;
+        let value = entry.value();
+        let value = value.trim();
+        if !value.is_empty() && !same.contains(&value.to_ascii_lowercase().as_str()) {
+            self.issue(
+                ConfigIssue::new(
+                    Severity::Warning,
+                    "kiln::config::not_built",
+                    format!(
+                        "`{}=` is read, but no stage of kiln builds it yet: {differs}",
+                        setting.name
+                    ),
+                )
+                .with_help(
+                    "The image kiln builds differs from mkosi's here; remove the setting to \
+                         silence this, or build with mkosi",
+                )
+                .at(source, span.offset, span.len, "not built by kiln"),
+            );
         }
     }
 

@@ -17,7 +17,8 @@ use super::fnmatch;
 use super::host::{absolutize, native_architecture};
 use super::ini::Entry;
 use super::load::{Context, Parsed, Val};
-use super::settings::{self, Matcher, Scope};
+use super::model::Feature;
+use super::settings::{self, Matcher, Scope, Setting};
 use super::values;
 
 impl Context<'_, '_> {
@@ -118,53 +119,90 @@ impl Context<'_, '_> {
 
     /// One condition; a condition that cannot be evaluated is reported and does not hold.
     fn evaluate(&mut self, parsed: &Parsed, section: &str, entry: &Entry, value: &str) -> bool {
+        let Some(setting) = settings::lookup(&entry.key) else {
+            return self.evaluate_match_only(parsed, section, entry, value);
+        };
+        if !self.can_match_on(parsed, section, entry, setting)
+            || !self.condition_value_valid(parsed, entry, setting, value)
+        {
+            return false;
+        }
+        let feature = if setting.matcher == Matcher::Feature {
+            match values::parse_feature(value) {
+                Some(f) => Some(f),
+                None => {
+                    self.invalid_condition_value(parsed, entry, value, &["yes", "no", "auto"]);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(current) = self.finalize_value(setting) else {
+            // An unset optional setting (ImageId=, ImageVersion=) matches nothing; an empty list
+            // is a value.
+            return setting.matcher == Matcher::List && value.is_empty();
+        };
+        current_matches(setting.matcher, &current, value, feature)
+    }
+
+    /// A condition on something other than a setting (`PathExists=`, `Image=`, ...); an unknown
+    /// key is reported and does not hold.
+    fn evaluate_match_only(
+        &mut self,
+        parsed: &Parsed,
+        section: &str,
+        entry: &Entry,
+        value: &str,
+    ) -> bool {
+        let key = entry.key.as_str();
+        let span = entry.key_span;
+        match key {
+            "PathExists" => !value.is_empty() && absolutize(&self.cwd, Path::new(value)).exists(),
+            "Image" => value == self.image,
+            "HostArchitecture" => {
+                if !settings::ARCHITECTURES.contains(&value) {
+                    self.invalid_condition_value(parsed, entry, value, settings::ARCHITECTURES);
+                    return false;
+                }
+                value == native_architecture()
+            }
+            "SystemdVersion" => self.systemd_version_matches(parsed, entry, value),
+            _ => {
+                let matchable = settings::SETTINGS
+                    .iter()
+                    .filter(|s| s.matcher != Matcher::None)
+                    .map(|s| s.name)
+                    .chain(settings::MATCH_ONLY.iter().copied());
+                let help = match settings::closest(key, matchable) {
+                    Some(near) => format!("Did you mean `{near}=`?"),
+                    None => "See mkosi(1) for the conditions `[Match]` supports".to_string(),
+                };
+                self.issue(cannot(key, section).with_help(help).at(
+                    &parsed.source,
+                    span.offset,
+                    span.len,
+                    "not a condition",
+                ));
+                false
+            }
+        }
+    }
+
+    /// Whether `setting` can be matched on here; when it cannot, that is reported.
+    fn can_match_on(
+        &mut self,
+        parsed: &Parsed,
+        section: &str,
+        entry: &Entry,
+        setting: &'static Setting,
+    ) -> bool {
         let key = entry.key.as_str();
         let span = entry.key_span;
         let source = &parsed.source;
-        let cannot = |key: &str| {
-            ConfigIssue::new(
-                Severity::Error,
-                "kiln::config::invalid_condition",
-                format!("`{key}=` cannot be used in `[{section}]`"),
-            )
-        };
-        let Some(setting) = settings::lookup(key) else {
-            return match key {
-                "PathExists" => {
-                    !value.is_empty() && absolutize(&self.cwd, Path::new(value)).exists()
-                }
-                "Image" => value == self.image,
-                "HostArchitecture" => {
-                    if !settings::ARCHITECTURES.contains(&value) {
-                        self.invalid_condition_value(parsed, entry, value, settings::ARCHITECTURES);
-                        return false;
-                    }
-                    value == native_architecture()
-                }
-                "SystemdVersion" => self.systemd_version_matches(parsed, entry, value),
-                _ => {
-                    let matchable = settings::SETTINGS
-                        .iter()
-                        .filter(|s| s.matcher != Matcher::None)
-                        .map(|s| s.name)
-                        .chain(settings::MATCH_ONLY.iter().copied());
-                    let help = match settings::closest(key, matchable) {
-                        Some(near) => format!("Did you mean `{near}=`?"),
-                        None => "See mkosi(1) for the conditions `[Match]` supports".to_string(),
-                    };
-                    self.issue(cannot(key).with_help(help).at(
-                        source,
-                        span.offset,
-                        span.len,
-                        "not a condition",
-                    ));
-                    false
-                }
-            };
-        };
         if setting.matcher == Matcher::None {
             self.issue(
-                cannot(key)
+                cannot(key, section)
                     .with_help(format!("mkosi cannot match on `{}=`", setting.name))
                     .at(source, span.offset, span.len, "not a condition"),
             );
@@ -194,6 +232,18 @@ impl Context<'_, '_> {
             );
             return false;
         }
+        true
+    }
+
+    /// Whether `value` is one a condition on `setting` can compare with (a valid choice or
+    /// architecture); when it is not, that is reported.
+    fn condition_value_valid(
+        &mut self,
+        parsed: &Parsed,
+        entry: &Entry,
+        setting: &'static Setting,
+        value: &str,
+    ) -> bool {
         if let Matcher::Enum = setting.matcher
             && let settings::Kind::Enum(choices) = setting.kind
             && !choices.contains(&value)
@@ -208,47 +258,7 @@ impl Context<'_, '_> {
             self.invalid_condition_value(parsed, entry, value, settings::ARCHITECTURES);
             return false;
         }
-        let feature = if setting.matcher == Matcher::Feature {
-            match values::parse_feature(value) {
-                Some(f) => Some(f),
-                None => {
-                    self.invalid_condition_value(parsed, entry, value, &["yes", "no", "auto"]);
-                    return false;
-                }
-            }
-        } else {
-            None
-        };
-        let Some(current) = self.finalize_value(setting) else {
-            // An unset optional setting (ImageId=, ImageVersion=) matches nothing; an empty list
-            // is a value.
-            return setting.matcher == Matcher::List && value.is_empty();
-        };
-        match (setting.matcher, &current) {
-            (Matcher::Enum | Matcher::Text, Val::Text(text)) => text == value,
-            (Matcher::Architecture, Val::Text(arch)) => {
-                if value == "uefi" {
-                    settings::UEFI_ARCHITECTURES.contains(&arch.as_str())
-                } else {
-                    arch == value
-                }
-            }
-            (Matcher::Glob, Val::Text(text)) => fnmatch::matches(text, value),
-            (Matcher::Version, Val::Text(text)) => values::version_matches(value, text),
-            (Matcher::Feature, Val::Feature(f)) => Some(*f) == feature,
-            (Matcher::List, Val::List(list)) => {
-                if value.is_empty() {
-                    list.is_empty()
-                } else {
-                    list.iter().any(|item| item == value)
-                }
-            }
-            (Matcher::KeyValue, Val::Map(map)) => match value.split_once('=') {
-                Some((k, v)) => map.get(k).is_some_and(|have| have == v),
-                None => map.contains_key(value),
-            },
-            _ => false,
-        }
+        true
     }
 
     fn invalid_condition_value(
@@ -304,5 +314,44 @@ impl Context<'_, '_> {
                 false
             }
         }
+    }
+}
+
+/// The error for a key that cannot be a condition in `[section]`.
+fn cannot(key: &str, section: &str) -> ConfigIssue {
+    ConfigIssue::new(
+        Severity::Error,
+        "kiln::config::invalid_condition",
+        format!("`{key}=` cannot be used in `[{section}]`"),
+    )
+}
+
+/// Whether a setting's `current` value satisfies a condition `value` compared by `matcher`
+/// (`feature` is `value` read as a feature, for `Matcher::Feature`).
+fn current_matches(matcher: Matcher, current: &Val, value: &str, feature: Option<Feature>) -> bool {
+    match (matcher, current) {
+        (Matcher::Enum | Matcher::Text, Val::Text(text)) => text == value,
+        (Matcher::Architecture, Val::Text(arch)) => {
+            if value == "uefi" {
+                settings::UEFI_ARCHITECTURES.contains(&arch.as_str())
+            } else {
+                arch == value
+            }
+        }
+        (Matcher::Glob, Val::Text(text)) => fnmatch::matches(text, value),
+        (Matcher::Version, Val::Text(text)) => values::version_matches(value, text),
+        (Matcher::Feature, Val::Feature(f)) => Some(*f) == feature,
+        (Matcher::List, Val::List(list)) => {
+            if value.is_empty() {
+                list.is_empty()
+            } else {
+                list.iter().any(|item| item == value)
+            }
+        }
+        (Matcher::KeyValue, Val::Map(map)) => match value.split_once('=') {
+            Some((k, v)) => map.get(k).is_some_and(|have| have == v),
+            None => map.contains_key(value),
+        },
+        _ => false,
     }
 }
