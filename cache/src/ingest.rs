@@ -245,20 +245,7 @@ impl Store {
         // Before looking at any file (see `statcache`).
         let started = now_ns();
         let use_cache = stat_cache && opts.mode != PutMode::Move;
-        // The rows load while the tree is walked.
-        let (found, cache) = std::thread::scope(|scope| {
-            let loader = use_cache.then(|| scope.spawn(|| self.load_cache(dir, started)));
-            let found = walk(dir);
-            let cache = loader
-                .map(|loader| {
-                    loader
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-                })
-                .transpose();
-            (found, cache)
-        });
-        let (found, cache) = (found?, cache?);
+        let (found, cache) = self.walk_loading_cache(dir, use_cache, started)?;
 
         let leader = hardlink_leaders(&found);
 
@@ -278,71 +265,9 @@ impl Store {
             })
             .collect::<Result<Vec<Option<(Entry, Content)>>>>()?;
 
-        let mut report = IngestReport {
-            entries: found.len(),
-            ..IngestReport::default()
-        };
-        let mut upserts = Vec::new();
-        let mut rows_seen = 0;
-        for ((_, content), f) in read
-            .iter()
-            .zip(&found)
-            .filter_map(|(r, f)| Some((r.as_ref()?, f)))
-        {
-            match content {
-                Content::None => continue,
-                Content::Reused => {
-                    report.reused += 1;
-                    rows_seen += 1;
-                }
-                Content::Hashed {
-                    bytes,
-                    row,
-                    had_row,
-                } => {
-                    report.hashed += 1;
-                    report.bytes_hashed += bytes;
-                    rows_seen += usize::from(*had_row);
-                    if let Some(row) = row {
-                        upserts.push((f.rel.as_str(), *row));
-                    }
-                }
-            }
-            report.files += 1;
-        }
-        // Rows of files that are no longer regular files of the tree.
-        let gone: Vec<&str> = match &cache {
-            Some(cache) if cache.rows.rows.len() > rows_seen => {
-                let kept: HashSet<&str> = read
-                    .iter()
-                    .zip(&found)
-                    .filter(|(r, _)| {
-                        matches!(r, Some((_, Content::Reused | Content::Hashed { .. })))
-                    })
-                    .map(|(_, f)| f.rel.as_str())
-                    .collect();
-                cache
-                    .rows
-                    .rows
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|rel| !kept.contains(rel))
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-
-        let followers: Vec<Entry> = found
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                let l = leader[i].filter(|&l| l != i)?;
-                read[l].as_ref().map(|(leader, _)| Entry {
-                    path: f.rel.clone(),
-                    ..leader.clone()
-                })
-            })
-            .collect();
+        let (report, upserts, rows_seen) = tally(&read, &found);
+        let gone = gone_rows(cache.as_ref(), &read, &found, rows_seen);
+        let followers = followers(&found, &leader, &read);
         // Every blob named by a new row is stored by now (a hash-only ingest
         // stored nothing, and records nothing).
         // They are flushed first: a row must not outlive its blob, a power
@@ -365,6 +290,28 @@ impl Store {
                 source,
             })?;
         Ok((manifest, report))
+    }
+
+    /// Walks `dir` and, when `use_cache`, loads its stat cache meanwhile.
+    fn walk_loading_cache(
+        &self,
+        dir: &Path,
+        use_cache: bool,
+        started: i64,
+    ) -> Result<(Vec<Found>, Option<Cache>)> {
+        let (found, cache) = std::thread::scope(|scope| {
+            let loader = use_cache.then(|| scope.spawn(|| self.load_cache(dir, started)));
+            let found = walk(dir);
+            let cache = loader
+                .map(|loader| {
+                    loader
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                })
+                .transpose();
+            (found, cache)
+        });
+        Ok((found?, cache?))
     }
 
     fn load_cache(&self, dir: &Path, started: i64) -> Result<Cache> {
@@ -469,6 +416,94 @@ impl Store {
         };
         Ok((entry, content))
     }
+}
+
+/// Counts what an ingest read into its report, and collects the stat cache
+/// rows to write and how many rows the cache held for the files read.
+fn tally<'a>(
+    read: &[Option<(Entry, Content)>],
+    found: &'a [Found],
+) -> (IngestReport, Vec<(&'a str, Row)>, usize) {
+    let mut report = IngestReport {
+        entries: found.len(),
+        ..IngestReport::default()
+    };
+    let mut upserts = Vec::new();
+    let mut rows_seen = 0;
+    for ((_, content), f) in read
+        .iter()
+        .zip(found)
+        .filter_map(|(r, f)| Some((r.as_ref()?, f)))
+    {
+        match content {
+            Content::None => continue,
+            Content::Reused => {
+                report.reused += 1;
+                rows_seen += 1;
+            }
+            Content::Hashed {
+                bytes,
+                row,
+                had_row,
+            } => {
+                report.hashed += 1;
+                report.bytes_hashed += bytes;
+                rows_seen += usize::from(*had_row);
+                if let Some(row) = row {
+                    upserts.push((f.rel.as_str(), *row));
+                }
+            }
+        }
+        report.files += 1;
+    }
+    (report, upserts, rows_seen)
+}
+
+/// Rows of files that are no longer regular files of the tree.
+fn gone_rows<'a>(
+    cache: Option<&'a Cache>,
+    read: &[Option<(Entry, Content)>],
+    found: &[Found],
+    rows_seen: usize,
+) -> Vec<&'a str> {
+    match cache {
+        Some(cache) if cache.rows.rows.len() > rows_seen => {
+            let kept: HashSet<&str> = read
+                .iter()
+                .zip(found)
+                .filter(|(r, _)| matches!(r, Some((_, Content::Reused | Content::Hashed { .. }))))
+                .map(|(_, f)| f.rel.as_str())
+                .collect();
+            cache
+                .rows
+                .rows
+                .keys()
+                .map(String::as_str)
+                .filter(|rel| !kept.contains(rel))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The entries of the followers of hard link groups: their leader's entry
+/// under their own path.
+fn followers(
+    found: &[Found],
+    leader: &[Option<usize>],
+    read: &[Option<(Entry, Content)>],
+) -> Vec<Entry> {
+    found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let l = leader[i].filter(|&l| l != i)?;
+            read[l].as_ref().map(|(leader, _)| Entry {
+                path: f.rel.clone(),
+                ..leader.clone()
+            })
+        })
+        .collect()
 }
 
 /// For each walked entry that is one path of a hard link group, the index of

@@ -79,16 +79,37 @@ struct Plan<'a> {
 impl<'a> Plan<'a> {
     fn new(old: &'a Manifest, new: &'a Manifest) -> Plan<'a> {
         let mut plan = Plan::default();
+        let (mut fresh, changed_dirs) = plan.add_changes(old, new);
+
+        // A hard link group with any new member is created whole: its
+        // unchanged members share an inode with the old tree.
+        let groups = new.canonical_groups();
+        let group_of = |e: &Entry| e.hardlink.and_then(|g| groups.get(&g).copied());
+        if !groups.is_empty() {
+            plan.add_dirty_groups(old, new, &mut fresh, &group_of);
+        }
+        plan.sort_fresh(fresh, &group_of);
+        plan.add_finish(new, &changed_dirs);
+        plan
+    }
+
+    /// Walks the diff of `old` and `new`: counts it, lists what to remove,
+    /// and returns the new entries to create and the directories whose
+    /// metadata changed in place, with their old entry when the xattrs
+    /// changed.
+    fn add_changes(
+        &mut self,
+        old: &'a Manifest,
+        new: &'a Manifest,
+    ) -> (Vec<&'a Entry>, HashMap<&'a str, Option<&'a Entry>>) {
         let mut fresh: Vec<&Entry> = Vec::new();
-        // Directories whose metadata changed in place, with their old entry
-        // when the xattrs changed.
         let mut changed_dirs: HashMap<&str, Option<&Entry>> = HashMap::new();
         let mut removed_dir: Option<&str> = None;
         for change in old.diff(new) {
             let path = change.path.as_str();
             match change.what {
                 ChangeKind::Removed => {
-                    plan.report.removed += 1;
+                    self.report.removed += 1;
                     // The root stays; its entries are listed one by one.
                     if path.is_empty() || removed_dir.is_some_and(|d| in_subtree(path, d)) {
                         continue;
@@ -97,11 +118,11 @@ impl<'a> Plan<'a> {
                         if entry.kind.is_dir() {
                             removed_dir = Some(&entry.path);
                         }
-                        plan.remove.push(entry);
+                        self.remove.push(entry);
                     }
                 }
                 ChangeKind::Added => {
-                    plan.report.added += 1;
+                    self.report.added += 1;
                     if let Some(entry) = new.get(path).filter(|_| !path.is_empty()) {
                         fresh.push(entry);
                     }
@@ -114,61 +135,75 @@ impl<'a> Plan<'a> {
                         changed_dirs.insert(&after.path, m.xattrs.then_some(before));
                         continue;
                     }
-                    plan.report.replaced += 1;
+                    self.report.replaced += 1;
                     if before.kind.is_dir() {
                         removed_dir = Some(&before.path);
                     }
-                    plan.remove.push(before);
+                    self.remove.push(before);
                     fresh.push(after);
                 }
             }
         }
+        (fresh, changed_dirs)
+    }
 
-        // A hard link group with any new member is created whole: its
-        // unchanged members share an inode with the old tree.
-        let groups = new.canonical_groups();
-        let group_of = |e: &Entry| e.hardlink.and_then(|g| groups.get(&g).copied());
-        if !groups.is_empty() {
-            let fresh_paths: HashSet<&str> = fresh.iter().map(|e| e.path.as_str()).collect();
-            let dirty: HashSet<u32> = fresh.iter().filter_map(|e| group_of(e)).collect();
-            for entry in new.entries() {
-                if group_of(entry).is_some_and(|g| dirty.contains(&g))
-                    && !fresh_paths.contains(entry.path.as_str())
-                {
-                    plan.report.replaced += 1;
-                    if let Some(before) = old.get(&entry.path) {
-                        plan.remove.push(before);
-                    }
-                    fresh.push(entry);
+    /// Adds to `fresh` (and replaces) the unchanged members of every hard
+    /// link group that has a member in `fresh`, then sorts `fresh` and the
+    /// removals back into manifest order.
+    fn add_dirty_groups(
+        &mut self,
+        old: &'a Manifest,
+        new: &'a Manifest,
+        fresh: &mut Vec<&'a Entry>,
+        group_of: &impl Fn(&Entry) -> Option<u32>,
+    ) {
+        let fresh_paths: HashSet<&str> = fresh.iter().map(|e| e.path.as_str()).collect();
+        let dirty: HashSet<u32> = fresh.iter().filter_map(|e| group_of(e)).collect();
+        for entry in new.entries() {
+            if group_of(entry).is_some_and(|g| dirty.contains(&g))
+                && !fresh_paths.contains(entry.path.as_str())
+            {
+                self.report.replaced += 1;
+                if let Some(before) = old.get(&entry.path) {
+                    self.remove.push(before);
                 }
+                fresh.push(entry);
             }
-            plan.remove.sort_by(|a, b| compare_paths(&a.path, &b.path));
-            fresh.sort_by(|a, b| compare_paths(&a.path, &b.path));
         }
+        self.remove.sort_by(|a, b| compare_paths(&a.path, &b.path));
+        fresh.sort_by(|a, b| compare_paths(&a.path, &b.path));
+    }
 
+    /// Sorts the new entries into directories to make, entries to create
+    /// (the first member of each hard link group) and links to its leader.
+    fn sort_fresh(&mut self, fresh: Vec<&'a Entry>, group_of: &impl Fn(&Entry) -> Option<u32>) {
         let mut leaders: HashMap<u32, &Entry> = HashMap::new();
         for entry in fresh {
             if entry.kind.is_dir() {
-                plan.mkdirs.push(entry);
+                self.mkdirs.push(entry);
                 continue;
             }
             match group_of(entry) {
                 Some(g) => match leaders.get(&g) {
-                    Some(leader) => plan.link.push((entry, leader)),
+                    Some(leader) => self.link.push((entry, leader)),
                     None => {
                         leaders.insert(g, entry);
-                        plan.create.push(entry);
+                        self.create.push(entry);
                     }
                 },
-                None => plan.create.push(entry),
+                None => self.create.push(entry),
             }
         }
+    }
 
-        // Every directory whose listing changes gets its time back.
-        let created: HashSet<&str> = plan.mkdirs.iter().map(|e| e.path.as_str()).collect();
+    /// Lists the directories to finish: every directory whose listing
+    /// changes gets its time back, and those created or changed in place
+    /// their metadata.
+    fn add_finish(&mut self, new: &'a Manifest, changed_dirs: &HashMap<&str, Option<&'a Entry>>) {
+        let created: HashSet<&str> = self.mkdirs.iter().map(|e| e.path.as_str()).collect();
         let mut parents: HashSet<&str> = HashSet::from([""]);
-        let touched = plan.remove.iter().chain(&plan.mkdirs).chain(&plan.create);
-        for entry in touched.chain(plan.link.iter().map(|(e, _)| e)) {
+        let touched = self.remove.iter().chain(&self.mkdirs).chain(&self.create);
+        for entry in touched.chain(self.link.iter().map(|(e, _)| e)) {
             if let Some(parent) = entry.parent() {
                 parents.insert(parent);
             }
@@ -185,12 +220,11 @@ impl<'a> Plan<'a> {
             }
         }
         finish.sort_by(|a, b| compare_paths(&a.0.path, &b.0.path));
-        plan.report.dirs_updated = finish
+        self.report.dirs_updated = finish
             .iter()
             .filter(|(dir, _)| !created.contains(dir.path.as_str()))
             .count();
-        plan.finish = finish;
-        plan
+        self.finish = finish;
     }
 }
 

@@ -112,12 +112,35 @@ impl Store {
             temp_removed: self.clean_temp(false)?,
             ..VerifyReport::default()
         };
+        let mut removed: HashSet<Digest> = HashSet::new();
+        let present = self.check_blobs(&mut report, &mut removed)?;
 
+        report.stat_rows_removed =
+            self.prune_stat_cache(|blob| present.contains_key(blob) || self.has_blob(blob))?;
+
+        self.check_variants(&mut report)?;
+        let tree_complete = self.check_trees(&mut report, &present, &mut removed)?;
+        self.drop_damaged_actions(&mut report, &present, &removed, &tree_complete)?;
+        // Shared checkouts are hard links to the objects: one that shares a damaged inode
+        // must not be used again.
+        if !report.removed.is_empty() || !report.repaired.is_empty() {
+            self.remove_shared_checkouts()?;
+        }
+        Ok(report)
+    }
+
+    /// Checks every blob, recording what it removed and repaired in `report`
+    /// and the digests of removed blobs in `removed`. Returns every blob
+    /// present, with its length: a tree that claims another length for it
+    /// lies.
+    fn check_blobs(
+        &self,
+        report: &mut VerifyReport,
+        removed: &mut HashSet<Digest>,
+    ) -> Result<HashMap<BlobId, u64>> {
         let blobs = self.list_objects(ObjectDir::Objects)?;
         report.blobs_checked = blobs.len();
-        // Every blob present, with its length: a tree that claims another length for it lies.
         let mut present: HashMap<BlobId, u64> = HashMap::new();
-        let mut removed: HashSet<Digest> = HashSet::new();
         let checks = self.check_all(&blobs, |object| match object.frozen {
             true => self.check_frozen(object),
             false => check_blob(object),
@@ -140,10 +163,11 @@ impl Store {
                 _ => {}
             }
         }
+        Ok(present)
+    }
 
-        report.stat_rows_removed =
-            self.prune_stat_cache(|blob| present.contains_key(blob) || self.has_blob(blob))?;
-
+    /// Checks every variant, recording the removed ones in `report`.
+    fn check_variants(&self, report: &mut VerifyReport) -> Result<()> {
         let variants = self.list_objects(ObjectDir::Variants)?;
         report.variants_checked = variants.len();
         for (object, check) in variants
@@ -154,12 +178,23 @@ impl Store {
                 report.removed.push(object.path.clone());
             }
         }
+        Ok(())
+    }
 
+    /// Checks every tree against the blobs `present`, recording removed and
+    /// incomplete trees in `report` and the digests of removed ones in
+    /// `removed`. Returns whether each tree kept is complete.
+    fn check_trees(
+        &self,
+        report: &mut VerifyReport,
+        present: &HashMap<BlobId, u64>,
+        removed: &mut HashSet<Digest>,
+    ) -> Result<HashMap<TreeId, bool>> {
         let trees = self.list_objects(ObjectDir::Trees)?;
         report.trees_checked = trees.len();
         let complete: Vec<Option<bool>> = trees
             .par_iter()
-            .map(|object| self.check_tree(object, &present))
+            .map(|object| self.check_tree(object, present))
             .collect::<Result<_>>()?;
         let mut tree_complete: HashMap<TreeId, bool> = HashMap::new();
         for (object, complete) in trees.iter().zip(complete) {
@@ -179,7 +214,19 @@ impl Store {
                 _ => {}
             }
         }
+        Ok(tree_complete)
+    }
 
+    /// Drops the action cache entries whose output cannot be served, or that
+    /// were made from an object `removed` or an incomplete tree, and records
+    /// them in `report`.
+    fn drop_damaged_actions(
+        &self,
+        report: &mut VerifyReport,
+        present: &HashMap<BlobId, u64>,
+        removed: &HashSet<Digest>,
+        tree_complete: &HashMap<TreeId, bool>,
+    ) -> Result<()> {
         // What a stage made from an object removed here, or from a tree that lacks one, may
         // carry the damage on in objects of its own: its cache entry goes too.
         let tainted = |digest: &Digest| {
@@ -205,13 +252,7 @@ impl Store {
                 report.actions_removed.push(key);
             }
         }
-        index.delete_actions(&report.actions_removed)?;
-        // Shared checkouts are hard links to the objects: one that shares a damaged inode
-        // must not be used again.
-        if !report.removed.is_empty() || !report.repaired.is_empty() {
-            self.remove_shared_checkouts()?;
-        }
-        Ok(report)
+        index.delete_actions(&report.actions_removed)
     }
 
     /// Runs `check` on every object in parallel, removing the corrupt ones.

@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln_cache::{Digest, PutMode, RecordedInput, Store, StoreError};
+use kiln_cache::{Digest, Index, PutMode, RecordedInput, Store, StoreError};
 
 use crate::graph::Graph;
 use crate::inputs::{InputError, resolve_static, stage_input};
 use crate::key::stage_key;
 use crate::remote::{RemoteHit, RemoteSession};
-use crate::stage::{InputSource, ResolveContext, ResolveMode};
+use crate::stage::{InputSource, ResolveContext, ResolveMode, Stage};
 
 /// A stage's state for the current inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,25 +153,7 @@ pub fn plan_with_remote(
     remote: Option<&RemoteSession<'_>>,
 ) -> Result<Plan, PlanError> {
     let Some(store) = store else {
-        let stages = graph
-            .order()
-            .iter()
-            .map(|&position| {
-                let stage = graph.stage(position);
-                PlannedStage {
-                    index: position,
-                    name: stage.name().to_string(),
-                    kind: stage.kind(),
-                    version: stage.version(),
-                    key: None,
-                    state: PlannedState::WillRun,
-                    inputs: Vec::new(),
-                    upstream: stage_upstreams(stage),
-                    notes: Vec::new(),
-                }
-            })
-            .collect();
-        return Ok(Plan { stages });
+        return Ok(plan_without_store(graph));
     };
     let force_rerun = options.force_rerun;
     let put = if options.mode == ResolveMode::ReadOnly {
@@ -185,80 +167,29 @@ pub fn plan_with_remote(
     let mut stages = Vec::with_capacity(graph.len());
     for &position in graph.order() {
         let stage = graph.stage(position);
-        let mut inputs = Vec::new();
-        let mut blocked_by = None;
-        let mut upstream_names = Vec::new();
-        for input in stage.inputs() {
-            if let InputSource::Stage(upstream) = &input.source {
-                upstream_names.push(upstream.clone());
-                match outputs.get(upstream) {
-                    Some(output) => inputs.push(stage_input(&input, upstream, *output)),
-                    None => {
-                        if blocked_by.is_none() && will_run.contains_key(upstream) {
-                            blocked_by = Some(upstream.clone());
-                        }
-                    }
-                }
-            } else if let Some(recorded) =
-                resolve_static(stage.name(), &input, project_dir, store, put)?
-            {
-                inputs.push(recorded);
-            }
-        }
-        let resolve_context = ResolveContext {
-            store: Some(store),
-            project_dir,
-            mode: options.mode,
+        let known = Known {
+            outputs: &outputs,
+            will_run: &will_run,
         };
-        let resolution = stage
-            .resolve(&resolve_context)
-            .map_err(|source| PlanError::Resolve {
-                stage: stage.name().to_string(),
-                source,
-            })?;
-        let resolved = resolution.inputs.is_some();
-        for input in resolution.inputs.unwrap_or_default() {
-            if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store, put)? {
-                inputs.push(recorded);
-            }
-        }
+        let StageInputs {
+            mut inputs,
+            blocked_by,
+            upstream_names,
+        } = gather_inputs(stage, known, project_dir, store, put)?;
+        let (resolved, notes) =
+            resolve_inputs(stage, store, project_dir, options.mode, put, &mut inputs)?;
         let (key, state) = match blocked_by {
             Some(upstream) => (None, PlannedState::Pending { upstream }),
             None if !resolved => (None, PlannedState::WillResolve),
             None => {
                 let key = stage_key(stage.kind(), stage.version(), &inputs);
-                let cached = if force_rerun {
-                    None
-                } else {
-                    index.lookup_action(&key)?
-                };
-                let remote_hit = match (cached, remote) {
-                    (None, Some(remote)) if !force_rerun => remote.lookup(&index, stage, &key),
-                    _ => None,
-                };
-                match (cached, remote_hit) {
-                    (Some(result), _) => {
-                        outputs.insert(stage.name().to_string(), result.output);
-                        (
-                            Some(key),
-                            PlannedState::Cached {
-                                output: result.output,
-                            },
-                        )
-                    }
-                    (None, Some(hit)) => {
-                        let output = hit.output().output;
-                        outputs.insert(stage.name().to_string(), output);
-                        (
-                            Some(key),
-                            PlannedState::Remote {
-                                output,
-                                hit: Box::new(hit),
-                            },
-                        )
-                    }
-                    (None, None) => (Some(key), PlannedState::WillRun),
+                let state = look_up(stage, &key, &index, remote, force_rerun)?;
+                if let PlannedState::Cached { output } | PlannedState::Remote { output, .. } =
+                    &state
+                {
+                    outputs.insert(stage.name().to_string(), *output);
                 }
+                (Some(key), state)
             }
         };
         if !matches!(
@@ -276,10 +207,148 @@ pub fn plan_with_remote(
             state,
             inputs,
             upstream: upstream_names,
-            notes: resolution.notes,
+            notes,
         });
     }
     Ok(Plan { stages })
+}
+
+/// The plan of a project without a store: every stage will run.
+fn plan_without_store(graph: &Graph) -> Plan {
+    let stages = graph
+        .order()
+        .iter()
+        .map(|&position| {
+            let stage = graph.stage(position);
+            PlannedStage {
+                index: position,
+                name: stage.name().to_string(),
+                kind: stage.kind(),
+                version: stage.version(),
+                key: None,
+                state: PlannedState::WillRun,
+                inputs: Vec::new(),
+                upstream: stage_upstreams(stage),
+                notes: Vec::new(),
+            }
+        })
+        .collect();
+    Plan { stages }
+}
+
+/// What planning knows of the stages planned so far.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    /// The output of every stage cached or taken from the remote.
+    outputs: &'a BTreeMap<String, Digest>,
+    /// The stages that will (or may) run.
+    will_run: &'a BTreeMap<String, ()>,
+}
+
+/// What [`gather_inputs`] finds.
+struct StageInputs {
+    inputs: Vec<RecordedInput>,
+    /// The first upstream stage that will run.
+    blocked_by: Option<String>,
+    /// Every upstream stage, in the order of the inputs.
+    upstream_names: Vec<String>,
+}
+
+/// The inputs of `stage` known before it resolves: its static inputs and the outputs of
+/// upstream stages already known. Also returns the first upstream stage that will run, which
+/// blocks it, and the names of all its upstream stages.
+fn gather_inputs(
+    stage: &dyn Stage,
+    known: Known<'_>,
+    project_dir: &Path,
+    store: &Store,
+    put: PutMode,
+) -> Result<StageInputs, PlanError> {
+    let mut inputs = Vec::new();
+    let mut blocked_by = None;
+    let mut upstream_names = Vec::new();
+    for input in stage.inputs() {
+        if let InputSource::Stage(upstream) = &input.source {
+            upstream_names.push(upstream.clone());
+            match known.outputs.get(upstream) {
+                Some(output) => inputs.push(stage_input(&input, upstream, *output)),
+                None => {
+                    if blocked_by.is_none() && known.will_run.contains_key(upstream) {
+                        blocked_by = Some(upstream.clone());
+                    }
+                }
+            }
+        } else if let Some(recorded) =
+            resolve_static(stage.name(), &input, project_dir, store, put)?
+        {
+            inputs.push(recorded);
+        }
+    }
+    Ok(StageInputs {
+        inputs,
+        blocked_by,
+        upstream_names,
+    })
+}
+
+/// Lets `stage` resolve the inputs only it can find and adds them to `inputs`. Returns whether
+/// it could, and its notes on how.
+fn resolve_inputs(
+    stage: &dyn Stage,
+    store: &Store,
+    project_dir: &Path,
+    mode: ResolveMode,
+    put: PutMode,
+    inputs: &mut Vec<RecordedInput>,
+) -> Result<(bool, Vec<String>), PlanError> {
+    let resolve_context = ResolveContext {
+        store: Some(store),
+        project_dir,
+        mode,
+    };
+    let resolution = stage
+        .resolve(&resolve_context)
+        .map_err(|source| PlanError::Resolve {
+            stage: stage.name().to_string(),
+            source,
+        })?;
+    let resolved = resolution.inputs.is_some();
+    for input in resolution.inputs.unwrap_or_default() {
+        if let Some(recorded) = resolve_static(stage.name(), &input, project_dir, store, put)? {
+            inputs.push(recorded);
+        }
+    }
+    Ok((resolved, resolution.notes))
+}
+
+/// The state of `stage` whose key is `key`: cached when the action cache knows it, else from
+/// `remote` when it holds a trusted record, else it will run.
+fn look_up(
+    stage: &dyn Stage,
+    key: &Digest,
+    index: &Index,
+    remote: Option<&RemoteSession<'_>>,
+    force_rerun: bool,
+) -> Result<PlannedState, PlanError> {
+    let cached = if force_rerun {
+        None
+    } else {
+        index.lookup_action(key)?
+    };
+    let remote_hit = match (cached, remote) {
+        (None, Some(remote)) if !force_rerun => remote.lookup(index, stage, key),
+        _ => None,
+    };
+    Ok(match (cached, remote_hit) {
+        (Some(result), _) => PlannedState::Cached {
+            output: result.output,
+        },
+        (None, Some(hit)) => PlannedState::Remote {
+            output: hit.output().output,
+            hit: Box::new(hit),
+        },
+        (None, None) => PlannedState::WillRun,
+    })
 }
 
 fn stage_upstreams(stage: &dyn crate::stage::Stage) -> Vec<String> {
