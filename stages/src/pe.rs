@@ -24,6 +24,7 @@ use object::pe::{
     ImageOptionalHeader64, ImageSectionHeader,
 };
 use object::pod;
+use object::read::pe::ImageOptionalHeader;
 use thiserror::Error;
 
 /// The most sections kiln accepts, the limit of the Windows loader and of the PE specification
@@ -483,32 +484,22 @@ fn read_optional_header<R: Read + Seek>(
 /// The fields kiln uses, from an optional header's bytes (at least the fixed part).
 fn parse_optional_header(format: PeFormat, bytes: &[u8]) -> OptionalHeader {
     match format {
-        PeFormat::Pe32Plus => {
-            let header: ImageOptionalHeader64 = read_pod(bytes);
-            OptionalHeader {
-                format,
-                size_of_initialized_data: header.size_of_initialized_data.get(LE),
-                section_alignment: header.section_alignment.get(LE),
-                file_alignment: header.file_alignment.get(LE),
-                size_of_image: header.size_of_image.get(LE),
-                size_of_headers: header.size_of_headers.get(LE),
-                check_sum: header.check_sum.get(LE),
-                number_of_rva_and_sizes: header.number_of_rva_and_sizes.get(LE),
-            }
-        }
-        PeFormat::Pe32 => {
-            let header: ImageOptionalHeader32 = read_pod(bytes);
-            OptionalHeader {
-                format,
-                size_of_initialized_data: header.size_of_initialized_data.get(LE),
-                section_alignment: header.section_alignment.get(LE),
-                file_alignment: header.file_alignment.get(LE),
-                size_of_image: header.size_of_image.get(LE),
-                size_of_headers: header.size_of_headers.get(LE),
-                check_sum: header.check_sum.get(LE),
-                number_of_rva_and_sizes: header.number_of_rva_and_sizes.get(LE),
-            }
-        }
+        PeFormat::Pe32Plus => optional_fields(format, &read_pod::<ImageOptionalHeader64>(bytes)),
+        PeFormat::Pe32 => optional_fields(format, &read_pod::<ImageOptionalHeader32>(bytes)),
+    }
+}
+
+/// The fields kiln uses, from either layout of the optional header.
+fn optional_fields<H: ImageOptionalHeader>(format: PeFormat, header: &H) -> OptionalHeader {
+    OptionalHeader {
+        format,
+        size_of_initialized_data: header.size_of_initialized_data(),
+        section_alignment: header.section_alignment(),
+        file_alignment: header.file_alignment(),
+        size_of_image: header.size_of_image(),
+        size_of_headers: header.size_of_headers(),
+        check_sum: header.check_sum(),
+        number_of_rva_and_sizes: header.number_of_rva_and_sizes(),
     }
 }
 
